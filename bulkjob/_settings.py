@@ -1,0 +1,187 @@
+"""Run settings: one frozen, keyword-only dataclass, validated at construction.
+
+Every knob of a run lives here, with its default as a named constant. The TOML
+file, ``BULKJOB_*`` / ``INSIDEVIEW_*`` environment variables and CLI flags are all
+mapped onto these same fields by :mod:`bulkjob._config`; nothing else reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._errors import ConfigError
+
+__all__ = ["Settings"]
+
+DEFAULT_BASE_URL = "https://api.insideview.com/api/v1"
+DEFAULT_TOKEN_URL = "https://login.insideview.com/Auth/login/v1/token.json"
+#: The documented form of a new contact id: 64 characters of [A-Za-z0-9_-].
+DEFAULT_ID_PATTERN = r"[A-Za-z0-9_-]{64}"
+#: The documented per-job maximum of the submit endpoint.
+MAX_CHUNK_SIZE = 10_000
+#: Public client code used 1000 requests per 5 minutes; the real figure is per licence.
+DEFAULT_MAX_REQUESTS = 1000
+DEFAULT_PER_SECONDS = 300.0
+#: Extra spacing added to every window, as a fraction of it, so that network jitter
+#: between our clock and the server's can never squeeze N+1 requests into one window.
+DEFAULT_WINDOW_MARGIN = 0.02
+DEFAULT_CONCURRENCY = 8
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_REQUEST_TIMEOUT = 120.0
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_RETRY_MAX_TIME = 900.0
+DEFAULT_BACKOFF_INITIAL = 1.0
+DEFAULT_BACKOFF_MAX = 60.0
+DEFAULT_THROTTLE_INITIAL_DELAY = 5.0
+DEFAULT_MAX_THROTTLED = 20
+DEFAULT_TOKEN_REFRESH_MARGIN = 300.0
+DEFAULT_DRAIN_TIMEOUT = 60.0
+# The real 400 texts for these two cases are not public: these patterns match the one
+# text seen publicly ("2 jobs are already running...") and the obvious wordings.
+# They are searched (case-insensitively) in "errorNumber message" of a 400 answer.
+DEFAULT_QUOTA_PATTERNS = (r"quota", r"insufficient\s+(transaction|credit)", r"credits?\b.*\bexceed")
+DEFAULT_QUEUE_FULL_PATTERNS = (
+    r"already running",
+    r"too many jobs",
+    r"processing queue",
+    r"queue (is )?full",
+)
+
+Accept = Literal["json", "xml"]
+LogFormat = Literal["console", "json"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything that shapes a run. Secrets are excluded from ``repr`` and :meth:`public`."""
+
+    base_url: str = DEFAULT_BASE_URL
+    token_url: str = DEFAULT_TOKEN_URL
+    access_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    token_refresh_margin: float = DEFAULT_TOKEN_REFRESH_MARGIN
+
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    per_seconds: float = DEFAULT_PER_SECONDS
+    window_margin: float = DEFAULT_WINDOW_MARGIN
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int = MAX_CHUNK_SIZE
+
+    accept: Accept = "json"
+    retrieve_company_details: bool = False
+    webhook: str | None = None
+
+    column: str | None = None
+    id_pattern: str = DEFAULT_ID_PATTERN
+    dedupe: bool = False
+    strict: bool = False
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_max_time: float = DEFAULT_RETRY_MAX_TIME
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    throttle_initial_delay: float = DEFAULT_THROTTLE_INITIAL_DELAY
+    max_throttled: int = DEFAULT_MAX_THROTTLED
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    quota_patterns: tuple[str, ...] = DEFAULT_QUOTA_PATTERNS
+    queue_full_patterns: tuple[str, ...] = DEFAULT_QUEUE_FULL_PATTERNS
+    quota_error_numbers: tuple[str, ...] = ()
+    queue_full_error_numbers: tuple[str, ...] = ()
+
+    log_format: LogFormat = "console"
+
+    def __post_init__(self) -> None:
+        _url("base_url", self.base_url)
+        _url("token_url", self.token_url)
+        if self.webhook is not None:
+            _url("webhook", self.webhook)
+        _int_range("max_requests", self.max_requests, 1, 1_000_000)
+        _float_range("per_seconds", self.per_seconds, 0.001, 86_400.0)
+        _float_range("window_margin", self.window_margin, 0.0, 1.0)
+        _int_range("concurrency", self.concurrency, 1, 256)
+        _int_range("chunk_size", self.chunk_size, 1, MAX_CHUNK_SIZE)
+        _choice("accept", self.accept, ("json", "xml"))
+        _choice("log_format", self.log_format, ("console", "json"))
+        _float_range("connect_timeout", self.connect_timeout, 0.001, 3_600.0)
+        _float_range("request_timeout", self.request_timeout, 0.001, 3_600.0)
+        _int_range("max_attempts", self.max_attempts, 1, 100)
+        _float_range("retry_max_time", self.retry_max_time, 0.0, 7 * 86_400.0)
+        _float_range("backoff_initial", self.backoff_initial, 0.0, 3_600.0)
+        _float_range("backoff_max", self.backoff_max, 0.0, 86_400.0)
+        _float_range("throttle_initial_delay", self.throttle_initial_delay, 0.0, 86_400.0)
+        _int_range("max_throttled", self.max_throttled, 1, 10_000)
+        _float_range("token_refresh_margin", self.token_refresh_margin, 0.0, 30 * 86_400.0)
+        _float_range("drain_timeout", self.drain_timeout, 0.0, 86_400.0)
+        for name in ("id_pattern",):
+            _regex(name, getattr(self, name))
+        for name in ("quota_patterns", "queue_full_patterns"):
+            for pattern in getattr(self, name):
+                _regex(name, pattern)
+        if self.column is not None and not self.column.strip():
+            raise ConfigError("column: must be a non-empty header name")
+        if self.client_secret is not None and self.client_id is None:
+            raise ConfigError("client_id: required when client_secret is set")
+        if self.client_id is not None and self.client_secret is None:
+            raise ConfigError("client_secret: required when client_id is set")
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def public(self) -> dict[str, object]:
+        """The settings as plain data, secrets left out: safe for reports and journals."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for secret in SECRET_FIELDS:
+            data.pop(secret, None)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @property
+    def has_credentials(self) -> bool:
+        """True when a token or a client id + secret pair is configured."""
+        return bool(self.access_token) or (
+            self.client_id is not None and self.client_secret is not None
+        )
+
+
+SECRET_FIELDS = ("access_token", "client_secret")
+
+
+def _int_range(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be from {low} to {high}, got {value}")
+
+
+def _float_range(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: expected a number from {low:g} to {high:g}, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{name}: must be from {low:g} to {high:g}, got {value}")
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _url(name: str, value: object) -> None:
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
+        raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+
+
+def _regex(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a regular expression string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{name}: invalid regular expression {value!r}: {exc}") from None
