@@ -1,0 +1,69 @@
+"""The chunker: cut the stream of id records into jobs of at most ``size`` ids.
+
+Boundaries depend only on the input order and the size, never on timing, so the same
+input and size always give the same chunks (sequence numbers, ids, origins, digests):
+that is what lets a resumed run recognise the chunks it already submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+from ._errors import ConfigError
+from ._settings import MAX_CHUNK_SIZE
+from ._source import IdRecord, Origin
+
+__all__ = ["Chunk", "chunked"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One job's worth of ids, with where its first and last id came from."""
+
+    seq: int
+    ids: list[str]
+    first: Origin
+    last: Origin
+    # Filled on first use of ``digest``: hashing costs a join + sha256 of up to ~650 KB,
+    # paid only by callers that need it, and only once.
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def body(self) -> bytes:
+        """The HTTP request body: the ids, one per line with a trailing newline, UTF-8."""
+        return ("\n".join(self.ids) + "\n").encode()
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 hex of :meth:`body`: identifies the chunk's content for resume."""
+        digest = self._digest
+        if digest is None:
+            digest = hashlib.sha256(self.body()).hexdigest()
+            # Frozen only guards against callers; caching a value derived from the
+            # (never reassigned) fields keeps the instance observably immutable.
+            object.__setattr__(self, "_digest", digest)
+        return digest
+
+
+def chunked(records: Iterable[IdRecord], size: int, *, start: int = 1) -> Iterator[Chunk]:
+    """Group ``records`` into chunks of ``size`` ids (the last may be smaller), numbered from
+    ``start``. Arguments are checked at the call, not at the first ``next``."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"chunk_size: must be from 1 to {MAX_CHUNK_SIZE}, got {size!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+        raise ConfigError(f"start: must be an integer of at least 1, got {start!r}")
+    return _chunks(iter(records), size, start)
+
+
+def _chunks(records: Iterator[IdRecord], size: int, seq: int) -> Iterator[Chunk]:
+    while batch := list(islice(records, size)):
+        _, first_path, first_line = batch[0]
+        _, last_path, last_line = batch[-1]
+        ids = [record[0] for record in batch]
+        yield Chunk(seq, ids, Origin(first_path, first_line), Origin(last_path, last_line))
+        seq += 1

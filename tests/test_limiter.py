@@ -1,0 +1,153 @@
+"""Tests for the sliding-window limiter, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+
+import pytest
+
+from bulkjob._limiter import WindowLimiter
+from tests.vclock import run_virtual
+
+
+def max_in_window(stamps: list[float], window: float) -> int:
+    """Most stamps inside any half-open window (t - window, t]."""
+    stamps = sorted(stamps)
+    return max(
+        (i + 1 - bisect.bisect_right(stamps, t - window) for i, t in enumerate(stamps)),
+        default=0,
+    )
+
+
+async def _traffic(
+    limiter: WindowLimiter, requests: int, workers: int, latency: float
+) -> tuple[list[float], list[float]]:
+    """Send ``requests`` through ``workers`` tasks; return send and completion times."""
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+    done: list[float] = []
+    todo = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in todo:
+            async with limiter:
+                sent.append(loop.time())
+                await asyncio.sleep(latency)
+                done.append(loop.time())
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return sent, done
+
+
+@pytest.mark.parametrize(
+    ("n", "per", "workers", "latency"),
+    [(20, 1.0, 8, 0.003), (5, 10.0, 3, 2.0), (1000, 300.0, 16, 1.5)],
+)
+def test_never_more_than_n_in_any_window(n: int, per: float, workers: int, latency: float) -> None:
+    """Neither sends nor completions ever exceed N inside one sliding window."""
+
+    async def main() -> tuple[list[float], list[float]]:
+        return await _traffic(WindowLimiter(n, per, margin=0.01), n * 4 + 3, workers, latency)
+
+    sent, done = run_virtual(main)
+    assert max_in_window(sent, per) <= n
+    assert max_in_window(done, per) <= n
+
+
+def test_server_arrival_anywhere_in_flight_stays_within_limit() -> None:
+    """Any arrival time between send and completion keeps N per window (jitter-proof)."""
+
+    async def main() -> tuple[list[float], list[float]]:
+        return await _traffic(WindowLimiter(10, 1.0, margin=0.0), 55, 10, 0.05)
+
+    sent, done = run_virtual(main)
+    # Worst case for the guarantee: old requests arrive as late as possible, new ones early.
+    pairs = sorted(zip(sent, done, strict=True))
+    for i in range(len(pairs) - 10):
+        assert pairs[i + 10][0] - pairs[i][1] >= 1.0 - 1e-9
+
+
+def test_throughput_close_to_the_allowed_rate() -> None:
+    """Steady state runs within margin plus latency of N per window."""
+
+    async def main() -> float:
+        limiter = WindowLimiter(20, 1.0, margin=0.01)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await _traffic(limiter, 400, 8, 0.003)
+        return loop.time() - start
+
+    elapsed = run_virtual(main)
+    ideal = 400 / 20
+    assert ideal * 0.9 <= elapsed <= ideal * 1.03
+
+
+def test_throttled_pauses_every_worker_and_doubles() -> None:
+    """A 429 pause holds all acquirers; consecutive pauses double up to one window."""
+
+    async def main() -> tuple[list[float], float, list[float]]:
+        limiter = WindowLimiter(100, 10.0, margin=0.0, initial_delay=1.0, pace=False)
+        loop = asyncio.get_running_loop()
+        delays = [limiter.throttled() for _ in range(6)]
+        paused_at = loop.time()
+        stamps: list[float] = []
+
+        async def one() -> None:
+            async with limiter:
+                stamps.append(loop.time())
+
+        await asyncio.gather(*(one() for _ in range(5)))
+        return delays, paused_at, stamps
+
+    delays, paused_at, stamps = run_virtual(main)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert all(t >= paused_at + 1.0 for t in stamps)
+
+
+def test_retry_after_is_honoured_and_success_resets_backoff() -> None:
+    """Retry-After sets the pause; a success restarts the doubling at the initial delay."""
+
+    async def main() -> list[float]:
+        limiter = WindowLimiter(10, 60.0, initial_delay=2.0)
+        out = [limiter.throttled(7.0), limiter.throttled(), limiter.throttled()]
+        limiter.succeeded()
+        out.append(limiter.throttled())
+        return out
+
+    assert run_virtual(main) == [7.0, 2.0, 4.0, 2.0]
+
+
+def test_release_without_acquire_is_an_error() -> None:
+    """Releasing more slots than were taken is a bug and says so."""
+
+    async def main() -> None:
+        WindowLimiter(1, 1.0).release()
+
+    with pytest.raises(RuntimeError, match="without a matching"):
+        run_virtual(main)
+
+
+def test_cancelled_waiter_gives_its_slot_back() -> None:
+    """A task cancelled while waiting holds no slot afterwards."""
+
+    async def main() -> int:
+        limiter = WindowLimiter(1, 10.0, pace=False)
+        await limiter.acquire()
+        waiter = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(1)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        limiter.release()
+        return limiter.in_flight
+
+    assert run_virtual(main) == 0
+
+
+def test_rejects_bad_settings() -> None:
+    """Zero requests or a non-positive window are refused with the field's name."""
+    with pytest.raises(ValueError, match="max_requests"):
+        WindowLimiter(0, 1.0)
+    with pytest.raises(ValueError, match="per_seconds"):
+        WindowLimiter(1, 0.0)
