@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ._errors import ConfigError
+from ._kinds import KINDS, JobKind
 
 __all__ = ["Settings"]
 
@@ -66,6 +67,7 @@ class Settings:
     client_secret: str | None = field(default=None, repr=False)
     token_refresh_margin: float = DEFAULT_TOKEN_REFRESH_MARGIN
 
+    kind: str = "new-contact-details"
     max_requests: int = DEFAULT_MAX_REQUESTS
     per_seconds: float = DEFAULT_PER_SECONDS
     window_margin: float = DEFAULT_WINDOW_MARGIN
@@ -107,7 +109,8 @@ class Settings:
         _float_range("per_seconds", self.per_seconds, 0.001, 86_400.0)
         _float_range("window_margin", self.window_margin, 0.0, 1.0)
         _int_range("concurrency", self.concurrency, 1, 256)
-        _int_range("chunk_size", self.chunk_size, 1, MAX_CHUNK_SIZE)
+        _choice("kind", self.kind, tuple(KINDS))
+        _int_range("chunk_size", self.chunk_size, 1, KINDS[self.kind].max_ids)
         _choice("accept", self.accept, ("json", "xml"))
         _choice("log_format", self.log_format, ("console", "json"))
         _float_range("connect_timeout", self.connect_timeout, 0.001, 3_600.0)
@@ -142,6 +145,11 @@ class Settings:
         for secret in SECRET_FIELDS:
             data.pop(secret, None)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @property
+    def job_kind(self) -> JobKind:
+        """The bulk endpoint this run submits to."""
+        return KINDS[self.kind]
 
     @property
     def has_credentials(self) -> bool:

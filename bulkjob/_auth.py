@@ -1,0 +1,131 @@
+"""Access tokens: a fixed one, or one minted from client id + secret and kept fresh.
+
+InsideView sends the token in a custom ``accessToken`` header. Minted tokens carry an
+``expirationTime`` such as ``"Tue, Jul 21, 2015 09:08:17 PM GMT"`` whose lifetime varies
+per key, so the token is re-fetched ahead of that time, and once more on a 401.
+Every token value is registered for log redaction the moment it is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+
+from ._errors import AuthError, ProtocolError, TransportError
+from ._logging import get_logger, register_secret
+from ._settings import Settings
+from ._wire import ErrorBody, parse_body
+
+__all__ = ["TokenSource", "parse_expiration"]
+
+_EXPIRATION_FORMATS = ("%a, %b %d, %Y %I:%M:%S %p GMT", "%a, %d %b %Y %H:%M:%S GMT")
+log = get_logger()
+
+
+def parse_expiration(text: str) -> float | None:
+    """The documented ``expirationTime`` as a POSIX timestamp, or None if unreadable."""
+    for fmt in _EXPIRATION_FORMATS:
+        try:
+            return datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+class TokenSource:
+    """Hands out a valid access token; refreshes minted tokens before they expire."""
+
+    __slots__ = ("_expires", "_lock", "_refresh_at", "_session", "_settings", "_token", "mints")
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self._settings = settings
+        self._session = session
+        self._token: str | None = settings.access_token
+        self._expires: float | None = None
+        self._refresh_at = float("inf") if settings.access_token else 0.0
+        self._lock = asyncio.Lock()
+        #: How many tokens were minted from the client credentials.
+        self.mints = 0
+        register_secret(settings.access_token)
+        register_secret(settings.client_secret)
+
+    def __repr__(self) -> str:
+        state = "fixed" if self._settings.access_token else f"minted x{self.mints}"
+        return f"<TokenSource {state} expires={self._expires}>"
+
+    @property
+    def can_refresh(self) -> bool:
+        """Whether a 401 can be answered by minting a new token."""
+        s = self._settings
+        return s.client_id is not None and s.client_secret is not None
+
+    async def get(self) -> str:
+        """A token believed valid now."""
+        if self._token is not None and time.time() < self._refresh_at:
+            return self._token
+        async with self._lock:
+            if self._token is None or time.time() >= self._refresh_at:
+                if not self.can_refresh:
+                    if self._token is None:
+                        raise AuthError(
+                            "no credentials: set an access token (INSIDEVIEW_ACCESS_TOKEN or "
+                            "--access-token) or a client id and secret"
+                        )
+                    return self._token
+                await self._mint()
+            assert self._token is not None
+            return self._token
+
+    async def refresh(self, rejected: str) -> None:
+        """The server refused ``rejected`` (401): mint a new one unless another task did."""
+        if not self.can_refresh:
+            raise AuthError("the access token was refused", status=401)
+        async with self._lock:
+            if self._token == rejected:
+                await self._mint()
+
+    async def _mint(self) -> None:
+        s = self._settings
+        params = {"clientId": s.client_id or "", "clientSecret": s.client_secret or ""}
+        params["grantType"] = "cred"
+        try:
+            async with self._session.post(
+                s.token_url, params=params, headers={"Accept": "application/json"}
+            ) as resp:
+                text = await resp.text(errors="replace")
+                status, ctype = resp.status, resp.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception text would include the URL, and with it the client secret.
+            raise TransportError(
+                f"token endpoint unreachable ({type(exc).__name__})", status=None
+            ) from None
+        data = parse_body(ctype, text)
+        if status != 200:
+            err = ErrorBody.from_data(data, text)
+            raise AuthError(
+                "the token endpoint refused the client credentials",
+                status=status,
+                error_number=err.error_number,
+                server_message=err.message,
+            )
+        details = data.get("accessTokenDetails", data)
+        token = details.get("accessToken") if isinstance(details, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("the token endpoint answered without an accessToken", status=status)
+        register_secret(token)
+        expiry_text = details.get("expirationTime") if isinstance(details, dict) else None
+        expires = parse_expiration(expiry_text) if isinstance(expiry_text, str) else None
+        now = time.time()
+        self._token, self._expires = token, expires
+        if expires is None:
+            self._refresh_at = float("inf")  # unknown lifetime: refresh on a 401 only
+        else:
+            # Refresh a margin ahead of expiry, but never less than half-way through a
+            # short-lived token's life (a margin longer than the life would loop).
+            life = max(expires - now, 0.0)
+            self._refresh_at = expires - min(s.token_refresh_margin, life / 2)
+        self.mints += 1
+        log.info("token.minted", expires=expiry_text, mints=self.mints)

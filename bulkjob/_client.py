@@ -1,0 +1,291 @@
+"""The API client: one submit, with auth, throttle pauses, retries and answer classification.
+
+Every request passes through the shared :class:`~bulkjob._limiter.WindowLimiter`, so
+retries and status calls are counted against the token's window like everything else.
+Answers are classified once, here, into the error tree of :mod:`bulkjob._errors`:
+
+======================  =====================================================
+200                     accepted: the job id
+429                     every worker pauses (Retry-After honoured), then resend
+5xx, timeout, reset     transient: jittered exponential backoff, bounded
+400                     quota / queue full / rejected, by errorNumber + message
+401                     mint a new token once; a second 401 is fatal
+405, 403                fatal: not allowed to use this API
+415, other 4xx          fatal protocol error, with the server's message
+======================  =====================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from tenacity import RetryCallState
+
+from ._auth import TokenSource
+from ._chunker import Chunk
+from ._errors import (
+    AuthError,
+    JobRejectedError,
+    ProtocolError,
+    QueueFullError,
+    QuotaExhaustedError,
+    ThrottledError,
+    TransportError,
+)
+from ._limiter import WindowLimiter
+from ._logging import get_logger, redact
+from ._retry import Transient, retrying
+from ._settings import Settings
+from ._wire import ErrorBody, parse_body
+
+__all__ = ["ApiClient", "ClientStats", "JobAccepted"]
+
+log = get_logger()
+
+#: Called with a chunk whose submit may have been accepted although no answer came
+#: back; returns the job id it was accepted as, or None if it certainly was not.
+Reconciler = Callable[[Chunk], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobAccepted:
+    """The server queued a job."""
+
+    job_id: str
+    status: str
+    job_type: str
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters the report and the progress line read."""
+
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+    token_refreshes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    content_type: str
+    text: str
+    retry_after: float | None
+
+
+class ApiClient:
+    """Talks to one API base URL on behalf of one run."""
+
+    __slots__ = ("_limiter", "_queue_re", "_quota_re", "_session", "_settings", "_tokens", "stats")
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        limiter: WindowLimiter,
+        tokens: TokenSource,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._limiter = limiter
+        self._tokens = tokens
+        self._quota_re = _any_of(settings.quota_patterns)
+        self._queue_re = _any_of(settings.queue_full_patterns)
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:
+        return f"<ApiClient {self._settings.base_url} {self.stats}>"
+
+    async def submit(self, chunk: Chunk, reconcile: Reconciler | None = None) -> JobAccepted:
+        """Submit one chunk as one job; raises a :class:`RequestError` subclass on failure.
+
+        A transient failure after which the job may exist on the server is passed to
+        ``reconcile`` before any resend; without one it is resent (the sandbox and most
+        servers only drop connections before accepting).
+        """
+        s = self._settings
+        url = f"{s.base_url.rstrip('/')}/{s.job_kind.path}"
+        params: dict[str, str] = {}
+        if s.retrieve_company_details:
+            params["retrieveCompanyDetails"] = "true"
+        if s.webhook:
+            params["webhook"] = s.webhook
+        body = chunk.body()
+        try:
+            async for attempt in retrying(s, self._on_retry):
+                with attempt:
+                    answer = await self._send("POST", url, chunk.seq, params=params, data=body)
+                    if answer is None and reconcile is not None:
+                        job_id = await reconcile(chunk)
+                        if job_id is not None:
+                            return JobAccepted(job_id, "accepted", s.job_kind.job_type)
+                    if answer is None:
+                        raise Transient("no answer (connection dropped or timed out)")
+                    return self._accepted(answer, chunk.seq)
+        except Transient as exc:
+            raise TransportError(
+                f"gave up after {s.max_attempts} attempts: {exc.reason}",
+                status=exc.status,
+                chunk=chunk.seq,
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, object]:
+        """GET ``base_url/path`` (status, admin calls) through the limiter, with retries."""
+        url = f"{self._settings.base_url.rstrip('/')}/{path.lstrip('/')}"
+        try:
+            async for attempt in retrying(self._settings, self._on_retry):
+                with attempt:
+                    answer = await self._send("GET", url, None, params=params or {})
+                    if answer is None:
+                        raise Transient("no answer (connection dropped or timed out)")
+                    if answer.status != 200:
+                        self._raise_for(answer, None)
+                    return parse_body(answer.content_type, answer.text)
+        except Transient as exc:
+            raise TransportError(f"GET {path} failed: {exc.reason}", status=exc.status) from None
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def _send(
+        self, method: str, url: str, seq: int | None, *, params: dict[str, str], data: bytes = b""
+    ) -> _Answer | None:
+        """One request, repeated through 429 pauses and one token refresh.
+
+        Returns None when the request may have reached the server but no answer came
+        back; raises :class:`Transient` for failures that certainly did not get through
+        (connection refused) or that are safe to repeat (5xx).
+        """
+        s = self._settings
+        headers = {
+            "Accept": "application/json" if s.accept == "json" else "application/xml",
+            "Content-Type": "text/plain; charset=utf-8",
+        }
+        throttled_in_a_row = 0
+        refreshed = False
+        while True:
+            token = await self._tokens.get()
+            headers["accessToken"] = token
+            async with self._limiter:
+                self.stats.requests += 1
+                try:
+                    answer = await self._exchange(method, url, headers, params, data)
+                except aiohttp.ClientConnectorError as exc:
+                    raise Transient(f"cannot connect: {_oneline(exc)}") from None
+                except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientError) as exc:
+                    log.warning("request.dropped", chunk=seq, error=type(exc).__name__)
+                    if method == "POST":
+                        return None
+                    raise Transient(f"{type(exc).__name__}: {_oneline(exc)}") from None
+            if answer.status == 429:
+                throttled_in_a_row += 1
+                self.stats.throttled += 1
+                pause = self._limiter.throttled(answer.retry_after)
+                log.warning(
+                    "request.throttled",
+                    chunk=seq,
+                    pause_s=round(pause, 3),
+                    in_a_row=throttled_in_a_row,
+                )
+                if throttled_in_a_row >= s.max_throttled:
+                    raise ThrottledError(
+                        f"still throttled after {throttled_in_a_row} pauses", status=429, chunk=seq
+                    )
+                continue
+            if answer.status == 401 and not refreshed and self._tokens.can_refresh:
+                refreshed = True
+                self.stats.token_refreshes += 1
+                log.info("token.refused", chunk=seq)
+                await self._tokens.refresh(token)
+                continue
+            if answer.status >= 500:
+                raise Transient(f"server error {answer.status}", status=answer.status)
+            self._limiter.succeeded()
+            return answer
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str],
+        data: bytes,
+    ) -> _Answer:
+        async with self._session.request(
+            method, url, headers=headers, params=params, data=data or None
+        ) as resp:
+            text = await resp.text(errors="replace")
+            return _Answer(resp.status, resp.content_type, text, _retry_after(resp))
+
+    def _accepted(self, answer: _Answer, seq: int) -> JobAccepted:
+        if answer.status != 200:
+            self._raise_for(answer, seq)
+        data = parse_body(answer.content_type, answer.text)
+        job_id = data.get("jobId")
+        if not isinstance(job_id, str) or not job_id:
+            raise ProtocolError(
+                "accepted answer without a jobId",
+                status=200,
+                chunk=seq,
+                server_message=answer.text[:200],
+            )
+        return JobAccepted(
+            job_id, str(data.get("status") or "accepted"), str(data.get("type") or "")
+        )
+
+    def _raise_for(self, answer: _Answer, seq: int | None) -> None:
+        err = ErrorBody.from_data(parse_body(answer.content_type, answer.text), answer.text)
+        ctx = {
+            "status": answer.status,
+            "error_number": err.error_number,
+            "server_message": redact(err.message or ""),
+            "chunk": seq,
+        }
+        s = self._settings
+        if answer.status == 400:
+            text = f"{err.error_number or ''} {err.message or ''}"
+            if err.error_number in s.quota_error_numbers or self._quota_re.search(text):
+                raise QuotaExhaustedError("transaction quota exhausted", **ctx)  # type: ignore[arg-type]
+            if err.error_number in s.queue_full_error_numbers or self._queue_re.search(text):
+                raise QueueFullError("too many jobs queued", **ctx)  # type: ignore[arg-type]
+            raise JobRejectedError("job rejected", **ctx)  # type: ignore[arg-type]
+        if answer.status in (401, 403, 405):
+            what = "access token refused" if answer.status == 401 else "not allowed to use this API"
+            raise AuthError(what, **ctx)  # type: ignore[arg-type]
+        if answer.status == 415:
+            raise ProtocolError("content type refused", **ctx)  # type: ignore[arg-type]
+        raise ProtocolError(f"unexpected answer {answer.status}", **ctx)  # type: ignore[arg-type]
+
+    def _on_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "request.retrying",
+            attempt=state.attempt_number,
+            wait_s=round(wait, 3),
+            reason=str(exc) if exc else None,
+        )
+
+
+def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # HTTP-date form: rare for APIs; the backoff takes over
+
+
+def _oneline(exc: BaseException) -> str:
+    return redact(" ".join(str(exc).split()))[:200] or type(exc).__name__

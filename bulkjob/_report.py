@@ -1,0 +1,119 @@
+"""The run report: where every id of the input ended up, and why the run stopped.
+
+Invariant (checked by :meth:`RunReport.accounted` and by the tests)::
+
+    ids_read == ids_submitted + ids_invalid + ids_duplicate + ids_rejected + ids_pending
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ._logging import redact
+
+__all__ = ["JobInfo", "RejectedChunk", "RunReport", "StopReason"]
+
+StopReason = Literal["quota", "queue_full", "auth", "interrupted", "transport", "protocol", "input"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """One accepted job and the stretch of input it holds."""
+
+    job_id: str
+    chunk: int
+    ids: int
+    first: str
+    last: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedChunk:
+    """A chunk the server refused, with the reason it gave."""
+
+    chunk: int
+    ids: int
+    first: str
+    last: str
+    reason: str
+    status: int | None = None
+    error_number: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RunReport:
+    """Counts, jobs and outcome of one run (``--report PATH`` writes it as JSON)."""
+
+    ids_read: int = 0
+    ids_submitted: int = 0
+    ids_invalid: int = 0
+    ids_duplicate: int = 0
+    ids_rejected: int = 0
+    ids_pending: int = 0
+    jobs: list[JobInfo] = field(default_factory=list)
+    rejected: list[RejectedChunk] = field(default_factory=list)
+    pending_chunks: list[int] = field(default_factory=list)
+    invalid_samples: list[str] = field(default_factory=list)
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+    stop_reason: StopReason | None = None
+    stop_message: str | None = None
+    elapsed_s: float = 0.0
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> bool:
+        """True when every id read is in exactly one outcome bucket."""
+        return self.ids_read == (
+            self.ids_submitted
+            + self.ids_invalid
+            + self.ids_duplicate
+            + self.ids_rejected
+            + self.ids_pending
+        )
+
+    @property
+    def ok(self) -> bool:
+        """The run finished with nothing pending and nothing rejected."""
+        return self.stop_reason is None and not self.rejected and self.ids_pending == 0
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for JSON; secrets are scrubbed from every message."""
+        data = asdict(self)
+        data["accounted"] = self.accounted
+        if self.stop_message:
+            data["stop_message"] = redact(self.stop_message)
+        return data
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the report atomically (a reader never sees half a file)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".report-", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(self.to_dict(), out, indent=2)
+            out.write("\n")
+        os.replace(tmp, target)
+
+    def summary(self) -> str:
+        """A few human lines for the end of a CLI run."""
+        lines = [
+            f"ids read {self.ids_read:,}: submitted {self.ids_submitted:,} in "
+            f"{len(self.jobs):,} jobs, invalid {self.ids_invalid:,}, duplicate "
+            f"{self.ids_duplicate:,}, rejected {self.ids_rejected:,}, pending {self.ids_pending:,}",
+            f"requests {self.requests:,} (throttled {self.throttled:,}, retries {self.retries:,}) "
+            f"in {self.elapsed_s:,.1f}s",
+        ]
+        for sample in self.invalid_samples[:5]:
+            lines.append(f"invalid: {sample}")
+        for rej in self.rejected[:5]:
+            lines.append(f"rejected chunk {rej.chunk} ({rej.first}..{rej.last}): {rej.reason}")
+        if self.stop_reason:
+            lines.append(f"stopped: {self.stop_reason}: {redact(self.stop_message or '')}")
+        return "\n".join(lines)

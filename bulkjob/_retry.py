@@ -1,0 +1,57 @@
+"""Retry policy for transient failures (5xx, timeouts, dropped connections), on tenacity.
+
+Bounded both ways, as stamina does: at most ``max_attempts`` tries and at most
+``retry_max_time`` seconds since the first one, with exponential backoff and full
+jitter so that workers which failed together do not come back together.
+429s are not handled here: they pause every worker through the limiter and do not
+spend attempts (see :mod:`bulkjob._limiter`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from ._settings import Settings
+
+__all__ = ["Transient", "retrying"]
+
+
+class Transient(Exception):
+    """One attempt failed in a way worth retrying.
+
+    ``maybe_sent`` is True when the request may have reached the server before the
+    failure (the connection dropped or timed out after the body went out): such a
+    submit may have been accepted, and is reconciled rather than blindly resent.
+    """
+
+    def __init__(self, reason: str, *, status: int | None = None, maybe_sent: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.maybe_sent = maybe_sent
+
+
+def retrying(
+    settings: Settings, on_retry: Callable[[RetryCallState], None] | None = None
+) -> AsyncRetrying:
+    """A tenacity controller for one request: ``async for attempt in retrying(s): ...``."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Transient),
+        stop=stop_after_attempt(settings.max_attempts) | stop_after_delay(settings.retry_max_time),
+        wait=wait_exponential_jitter(
+            initial=settings.backoff_initial,
+            max=settings.backoff_max,
+            jitter=settings.backoff_initial,
+        ),
+        before_sleep=on_retry,
+        reraise=True,
+    )
