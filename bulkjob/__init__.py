@@ -1,12 +1,57 @@
-"""bulkjob: push millions of ids through InsideView-style bulk job APIs, throttle-safe."""
+"""bulkjob: push millions of ids through InsideView-style bulk job APIs, throttle-safe.
+
+Streams ids from large inputs, cuts them into jobs of at most 10,000, submits them
+concurrently under a sliding-window limiter, retries transient failures, stops cleanly
+on quota / queue-full errors, and accounts for every id in a :class:`RunReport`.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+
+from ._errors import (
+    AuthError,
+    BulkJobError,
+    ConfigError,
+    InputError,
+    JobRejectedError,
+    ProtocolError,
+    QueueFullError,
+    QuotaExhaustedError,
+    ThrottledError,
+    TransportError,
+)
+from ._report import JobInfo, RejectedChunk, RunReport
+from ._runner import Progress, Runner
+from ._sandbox import Sandbox, SandboxConfig
+from ._settings import Settings
+from ._sync import submit, submit_async
 
 try:
     __version__ = version("bulkjob")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AuthError",
+    "BulkJobError",
+    "ConfigError",
+    "InputError",
+    "JobInfo",
+    "JobRejectedError",
+    "Progress",
+    "ProtocolError",
+    "QueueFullError",
+    "QuotaExhaustedError",
+    "RejectedChunk",
+    "RunReport",
+    "Runner",
+    "Sandbox",
+    "SandboxConfig",
+    "Settings",
+    "ThrottledError",
+    "TransportError",
+    "__version__",
+    "submit",
+    "submit_async",
+]

@@ -1,0 +1,279 @@
+"""The ``bulkjob`` command: a thin layer that parses flags, runs, and maps errors to exit codes.
+
+Exit codes: 0 done · 1 internal error · 2 usage/config/input error · 3 stopped on quota ·
+4 stopped on queue full · 5 auth/permission failure · 6 done but some jobs rejected ·
+7 gave up on a failing server (retries exhausted) · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from ._config import load_settings
+from ._errors import (
+    AuthError,
+    BulkJobError,
+    ConfigError,
+    InputError,
+    QueueFullError,
+    QuotaExhaustedError,
+    TransportError,
+)
+from ._logging import configure_logging, redact
+from ._progress import ProgressLine
+from ._report import RunReport
+from ._runner import Runner
+from ._settings import Settings
+
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_QUOTA = 3
+EXIT_QUEUE_FULL = 4
+EXIT_AUTH = 5
+EXIT_REJECTED = 6
+EXIT_TRANSPORT = 7
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = {
+    None: EXIT_OK,
+    "quota": EXIT_QUOTA,
+    "queue_full": EXIT_QUEUE_FULL,
+    "auth": EXIT_AUTH,
+    "transport": EXIT_TRANSPORT,
+    "protocol": EXIT_INTERNAL,
+    "input": EXIT_USAGE,
+    "interrupted": EXIT_INTERRUPTED,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one ``error:`` line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to the API; each maps to a Settings field."""
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings")
+    p.add_argument("--base-url", dest="base_url", metavar="URL")
+    p.add_argument("--token-url", dest="token_url", metavar="URL")
+    p.add_argument(
+        "--access-token",
+        dest="access_token",
+        metavar="T",
+        help="prefer INSIDEVIEW_ACCESS_TOKEN: flags show up in process lists",
+    )
+    p.add_argument(
+        "--kind",
+        choices=["new-contact-details", "contact-details", "new-company-details", "company-tech"],
+    )
+    p.add_argument(
+        "--max-requests",
+        dest="max_requests",
+        type=_positive_int,
+        metavar="N",
+        help="requests allowed per window (default 1000)",
+    )
+    p.add_argument(
+        "--per",
+        dest="per_seconds",
+        type=_number,
+        metavar="SECONDS",
+        help="window length in seconds (default 300)",
+    )
+    p.add_argument("--concurrency", type=_positive_int, metavar="N")
+    p.add_argument("--accept", choices=["json", "xml"])
+    p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every job (info level)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bulkjob", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"bulkjob {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    submit = sub.add_parser("submit", help="submit every id of the inputs as bulk jobs")
+    submit.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="files of ids (plain, CSV/TSV, gzip); '-' or none for stdin",
+    )
+    _add_run_options(submit)
+    submit.add_argument("--chunk-size", dest="chunk_size", type=_positive_int, metavar="N")
+    submit.add_argument(
+        "--retrieve-company-details",
+        dest="retrieve_company_details",
+        action="store_const",
+        const=True,
+    )
+    submit.add_argument("--webhook", metavar="URL")
+    submit.add_argument("--column", metavar="NAME", help="CSV/TSV column holding the ids")
+    submit.add_argument("--id-pattern", dest="id_pattern", metavar="REGEX")
+    submit.add_argument(
+        "--dedupe",
+        action="store_const",
+        const=True,
+        help="drop ids repeated anywhere in the run (~90 bytes per distinct id)",
+    )
+    submit.add_argument(
+        "--strict",
+        action="store_const",
+        const=True,
+        help="any invalid id is an input error before anything is sent",
+    )
+    submit.add_argument("--report", metavar="PATH", help="write the run report as JSON")
+    submit.add_argument("--no-progress", dest="progress", action="store_false")
+
+    sandbox = sub.add_parser("sandbox", help="serve a local look-alike of the API", add_help=False)
+    sandbox.add_argument("args", nargs=argparse.REMAINDER)
+
+    demo = sub.add_parser("demo", help="submit a generated file to an embedded sandbox")
+    demo.add_argument("--ids", type=_positive_int, default=200_000, metavar="N")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--dir", metavar="DIR", help="where to write the ids and the report")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.add_argument("--debug", action="store_true")
+    return parser
+
+
+_NOT_SETTINGS = {"command", "inputs", "config", "debug", "verbose", "report", "progress", "args"}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from flags > env > config file > defaults."""
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    return load_settings(flags=flags, config_path=args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bulkjob`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:
+        from ._sandbox import sandbox_main
+
+        return sandbox_main(argv[1:])
+    args = _parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        if args.command == "demo":
+            from ._demo import demo
+
+            return demo(ids=args.ids, seed=args.seed, directory=args.dir, progress=args.progress)
+        return _submit(args)
+    except BulkJobError as exc:
+        if debug:
+            raise
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the last resort: one line, no traceback
+        if debug:
+            raise
+        print(
+            f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _exit_code(exc: BulkJobError) -> int:
+    if isinstance(exc, ConfigError | InputError):
+        return EXIT_USAGE
+    if isinstance(exc, QuotaExhaustedError):
+        return EXIT_QUOTA
+    if isinstance(exc, QueueFullError):
+        return EXIT_QUEUE_FULL
+    if isinstance(exc, AuthError):
+        return EXIT_AUTH
+    if isinstance(exc, TransportError):
+        return EXIT_TRANSPORT
+    return EXIT_INTERNAL
+
+
+def _submit(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    configure_logging(settings.log_format, level=level)
+    progress = ProgressLine(enabled=None if args.progress else False)
+    inputs = [p for p in args.inputs] or ["-"]
+    report = run_with_signals(Runner(settings, inputs, progress=progress))
+    return finish(report, args.report)
+
+
+def run_with_signals(runner: Runner) -> RunReport:
+    """Run; the first SIGINT/SIGTERM stops cleanly, a second one stops at once."""
+
+    async def main() -> RunReport:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        seen = 0
+
+        def on_signal() -> None:
+            nonlocal seen
+            seen += 1
+            if seen == 1:
+                print(
+                    "\nstopping: letting requests in flight finish (signal again to stop now)",
+                    file=sys.stderr,
+                )
+                runner.request_stop("interrupted", "interrupted by signal")
+            elif task is not None:
+                task.cancel()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await runner.run()
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
+
+
+def finish(report: RunReport, report_path: str | None) -> int:
+    """Print the summary, write the report, and choose the exit code."""
+    if report_path:
+        report.write_json(report_path)
+    print(report.summary(), file=sys.stderr)
+    code = EXIT_CODES.get(report.stop_reason, EXIT_INTERNAL)
+    if code == EXIT_OK and report.rejected:
+        return EXIT_REJECTED
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

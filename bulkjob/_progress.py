@@ -1,0 +1,58 @@
+"""The live progress line: ids/s, jobs accepted, throttled, ETA — on a terminal only."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from ._runner import Progress
+
+__all__ = ["ProgressLine", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``4000`` -> ``1h06m``."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ProgressLine:
+    """Redraws one line on a TTY; does nothing at all when the stream is not a TTY."""
+
+    __slots__ = ("_drawn", "_stream", "enabled")
+
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self.enabled = self._stream.isatty() if enabled is None else enabled
+        self._drawn = False
+
+    def render(self, p: Progress) -> str:
+        """The text of the line for one snapshot."""
+        rate = p.ids_submitted / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        remaining = max(p.ids_total - p.ids_submitted, 0)
+        eta = format_duration(remaining / rate) if rate > 0 and remaining else "--"
+        text = (
+            f"{p.ids_submitted:,}/{p.ids_total:,} ids submitted · {rate:,.0f} ids/s · "
+            f"{p.jobs:,} jobs · {p.requests:,} requests · throttled {p.throttled:,} · ETA {eta}"
+        )
+        if p.stopping:
+            text += f" · stopping ({p.stopping})"
+        return text
+
+    def update(self, progress: Progress) -> None:
+        """Redraw with the latest snapshot."""
+        if self.enabled:
+            self._stream.write("\r" + self.render(progress) + "\x1b[K")
+            self._stream.flush()
+            self._drawn = True
+
+    def close(self) -> None:
+        """End the line so that what follows starts on a fresh one."""
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False

@@ -1,0 +1,69 @@
+"""The async entry point and its synchronous twin for plain scripts and notebooks.
+
+``submit()`` owns its event loop. Called where a loop is already running in this
+thread (a Jupyter cell), it cannot nest ``asyncio.run``; it then runs the whole run on
+a private loop in a worker thread and waits for it, so the caller sees the same
+blocking call either way. The runner, its session and its limiter live and die on
+that one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Sequence
+from typing import BinaryIO, TypeVar
+
+from ._report import RunReport
+from ._runner import ProgressSink, Runner
+from ._settings import Settings
+
+__all__ = ["run_sync", "submit", "submit_async"]
+
+T = TypeVar("T")
+
+
+async def submit_async(
+    inputs: Sequence[str],
+    settings: Settings | None = None,
+    *,
+    stdin: BinaryIO | None = None,
+    progress: ProgressSink | None = None,
+    **changes: object,
+) -> RunReport:
+    """Submit every valid id of ``inputs`` (paths, or ``"-"`` for stdin) and report.
+
+    ``changes`` override fields of ``settings`` (or of the defaults), e.g.
+    ``submit_async(["ids.txt"], access_token=..., max_requests=1000, per_seconds=300)``.
+    """
+    s = (settings or Settings()).replace(**changes) if changes else (settings or Settings())
+    return await Runner(s, inputs, stdin=stdin, progress=progress).run()
+
+
+def submit(
+    inputs: Sequence[str],
+    settings: Settings | None = None,
+    *,
+    stdin: BinaryIO | None = None,
+    progress: ProgressSink | None = None,
+    **changes: object,
+) -> RunReport:
+    """Blocking twin of :func:`submit_async`; safe to call from a notebook cell."""
+    return run_sync(
+        lambda: submit_async(inputs, settings, stdin=stdin, progress=progress, **changes)
+    )
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run the coroutine ``make()`` to completion, whether or not a loop is running here."""
+
+    async def main() -> T:
+        return await make()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    # A loop is running in this thread: nesting is impossible, so use a thread of our own.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bulkjob") as pool:
+        return pool.submit(asyncio.run, main()).result()
