@@ -192,6 +192,8 @@ class Runner:
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
                 if stop_wait in done:
+                    if not pending:
+                        break
                     _, late = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
                     if late:
                         log.warning("run.drain_timeout", seconds=self.settings.drain_timeout)

@@ -1,0 +1,81 @@
+"""Shared fixtures: sandbox servers on ephemeral ports, id files, fast settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from bulkjob._sandbox import Sandbox, SandboxConfig
+from bulkjob._settings import Settings
+
+#: The fixed token every default sandbox accepts, and its client credentials.
+TOKEN = "sandbox-token"
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
+
+SandboxFactory = Callable[..., Awaitable[Sandbox]]
+IdsWriter = Callable[..., Path]
+
+
+def make_ids(n: int, prefix: str = "id", start: int = 0) -> list[str]:
+    """``n`` distinct, deterministic ids of the documented form: 64 chars of [A-Za-z0-9_-]."""
+    width = 63 - len(prefix)
+    return [f"{prefix}_{i:0{width}d}" for i in range(start, start + n)]
+
+
+def settings_for(sandbox: Sandbox, **kw: object) -> Settings:
+    """Settings aimed at ``sandbox`` with tiny windows and backoffs; ``kw`` overrides.
+
+    The fixed sandbox token is used unless client credentials are given.
+    """
+    fast: dict[str, object] = {
+        "base_url": sandbox.base_url,
+        "token_url": sandbox.token_url,
+        "max_requests": 10_000,
+        "per_seconds": 1.0,
+        "concurrency": 4,
+        "chunk_size": 100,
+        "max_attempts": 8,
+        "retry_max_time": 10.0,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+        "throttle_initial_delay": 0.05,
+        "request_timeout": 5.0,
+        "connect_timeout": 2.0,
+        "drain_timeout": 2.0,
+    }
+    if "client_id" not in kw:
+        fast["access_token"] = TOKEN
+    fast.update(kw)
+    return Settings(**fast)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxFactory]:
+    """A factory: ``await sandbox(**SandboxConfig fields)`` starts one on 127.0.0.1:0."""
+    started: list[Sandbox] = []
+
+    async def start(**config: object) -> Sandbox:
+        server = Sandbox(SandboxConfig(**config))  # type: ignore[arg-type]
+        await server.start("127.0.0.1", 0)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.close()
+
+
+@pytest.fixture
+def ids(tmp_path: Path) -> IdsWriter:
+    """A writer: ``ids(lines_or_count, name=...)`` writes an id file in tmp_path."""
+
+    def write(lines: int | Iterable[str], name: str = "ids.txt") -> Path:
+        values = make_ids(lines) if isinstance(lines, int) else list(lines)
+        path = tmp_path / name
+        path.write_text("".join(f"{v}\n" for v in values), encoding="utf-8")
+        return path
+
+    return write
