@@ -264,7 +264,7 @@ async def test_bad_input_is_one_line_exit_2_nothing_sent(
     sb = await sandbox()
     path = tmp_path / "input.txt"
     write(path)  # type: ignore[operator]
-    code, out, err = await bulkjob(
+    code, _, err = await bulkjob(
         "submit", str(path), *fast_flags(sb), *flags, env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
     )
     assert code == 2, err

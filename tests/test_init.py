@@ -1,0 +1,23 @@
+"""Tests for the public surface of the package."""
+
+from __future__ import annotations
+
+import bulkjob
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """``__all__`` is sorted and names exactly the public attributes."""
+    assert list(bulkjob.__all__) == sorted(bulkjob.__all__)
+    public = {n for n in vars(bulkjob) if not n.startswith("_")} | {"__version__"}
+    assert set(bulkjob.__all__) == public - {"annotations", "version", "PackageNotFoundError"}
+
+
+def test_version_from_metadata() -> None:
+    """The version comes from the installed package metadata."""
+    assert bulkjob.__version__ and bulkjob.__version__ != "0+unknown"
+
+
+def test_error_tree_has_one_root() -> None:
+    """Every exported error derives from BulkJobError."""
+    errors = [getattr(bulkjob, n) for n in bulkjob.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, bulkjob.BulkJobError) for e in errors)

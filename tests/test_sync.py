@@ -1,0 +1,68 @@
+"""Tests for the sync facade: plain scripts and already-running loops (notebooks)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from bulkjob import Sandbox, SandboxConfig, submit
+from bulkjob._sync import run_sync
+from tests.conftest import TOKEN, make_ids
+
+
+def _serve_in_thread() -> tuple[Sandbox, threading.Event, threading.Thread]:
+    """A sandbox on its own loop in a thread, so the caller's thread has no loop."""
+    started, stop = threading.Event(), threading.Event()
+    holder: list[Sandbox] = []
+
+    def main() -> None:
+        async def serve() -> None:
+            async with Sandbox(SandboxConfig()) as sb:
+                holder.append(sb)
+                started.set()
+                await asyncio.to_thread(stop.wait)
+
+        asyncio.run(serve())
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    started.wait(10)
+    return holder[0], stop, thread
+
+
+def test_submit_from_a_plain_script(tmp_path: Path) -> None:
+    """``submit()`` runs its own loop and returns the report."""
+    sb, stop, thread = _serve_in_thread()
+    try:
+        path = tmp_path / "ids.txt"
+        path.write_text("\n".join(make_ids(250)) + "\n")
+        report = submit([str(path)], base_url=sb.base_url, access_token=TOKEN, chunk_size=100)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert report.ids_submitted == 250 and len(report.jobs) == 3 and report.accounted
+
+
+async def test_submit_while_a_loop_is_running(tmp_path: Path) -> None:
+    """Called from inside a running loop (a notebook cell), ``submit()`` still works."""
+    async with Sandbox(SandboxConfig()) as sb:
+        path = tmp_path / "ids.txt"
+        path.write_text("\n".join(make_ids(50)) + "\n")
+        # The blocking call runs in a helper thread with its own loop; this loop must keep
+        # serving the sandbox meanwhile, so the blocking call itself goes to a thread here.
+        report = await asyncio.to_thread(
+            submit, [str(path)], base_url=sb.base_url, access_token=TOKEN, chunk_size=20
+        )
+        assert report.ids_submitted == 50
+        assert sb.ledger.ids_accepted == 50
+
+
+async def test_run_sync_inside_a_running_loop_uses_a_private_loop() -> None:
+    """``run_sync`` does not nest in the caller's loop: the coroutine runs on another loop."""
+    outer = asyncio.get_running_loop()
+
+    async def where() -> bool:
+        return asyncio.get_running_loop() is outer
+
+    assert run_sync(where) is False
