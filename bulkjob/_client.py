@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from tenacity import RetryCallState
@@ -45,9 +46,18 @@ __all__ = ["ApiClient", "ClientStats", "JobAccepted"]
 
 log = get_logger()
 
-#: Called with a chunk whose submit may have been accepted although no answer came
-#: back; returns the job id it was accepted as, or None if it certainly was not.
-Reconciler = Callable[[Chunk], Awaitable[str | None]]
+
+class SubmitHooks(Protocol):
+    """What the runner's journal and reconciler plug into a submit."""
+
+    async def sending(self, chunk: Chunk) -> None:
+        """Called with a limiter slot held, right before the request leaves."""
+
+    async def reconcile(self, chunk: Chunk) -> str | None:
+        """No answer came back: the job id it became, or None if certainly not accepted.
+
+        Raises AmbiguousError when that cannot be told.
+        """
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +110,13 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"<ApiClient {self._settings.base_url} {self.stats}>"
 
-    async def submit(self, chunk: Chunk, reconcile: Reconciler | None = None) -> JobAccepted:
+    async def submit(self, chunk: Chunk, hooks: SubmitHooks | None = None) -> JobAccepted:
         """Submit one chunk as one job; raises a :class:`RequestError` subclass on failure.
 
-        A transient failure after which the job may exist on the server is passed to
-        ``reconcile`` before any resend; without one it is resent (the sandbox and most
-        servers only drop connections before accepting).
+        A failure after which the job may exist on the server (no answer) is passed to
+        ``hooks.reconcile`` before any resend; without hooks it is resent (fine against
+        servers that only drop connections before accepting, as the sandbox's plain
+        ``drop_rate`` does).
         """
         s = self._settings
         url = f"{s.base_url.rstrip('/')}/{s.job_kind.path}"
@@ -115,13 +126,17 @@ class ApiClient:
         if s.webhook:
             params["webhook"] = s.webhook
         body = chunk.body()
+        before = (lambda: hooks.sending(chunk)) if hooks is not None else None
         try:
             async for attempt in retrying(s, self._on_retry):
                 with attempt:
-                    answer = await self._send("POST", url, chunk.seq, params=params, data=body)
-                    if answer is None and reconcile is not None:
-                        job_id = await reconcile(chunk)
+                    answer = await self._send(
+                        "POST", url, chunk.seq, params=params, data=body, before=before
+                    )
+                    if answer is None and hooks is not None:
+                        job_id = await hooks.reconcile(chunk)
                         if job_id is not None:
+                            log.info("job.reconciled", chunk=chunk.seq, job_id=job_id)
                             return JobAccepted(job_id, "accepted", s.job_kind.job_type)
                     if answer is None:
                         raise Transient("no answer (connection dropped or timed out)")
@@ -151,7 +166,14 @@ class ApiClient:
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _send(
-        self, method: str, url: str, seq: int | None, *, params: dict[str, str], data: bytes = b""
+        self,
+        method: str,
+        url: str,
+        seq: int | None,
+        *,
+        params: dict[str, str],
+        data: bytes = b"",
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> _Answer | None:
         """One request, repeated through 429 pauses and one token refresh.
 
@@ -170,6 +192,8 @@ class ApiClient:
             token = await self._tokens.get()
             headers["accessToken"] = token
             async with self._limiter:
+                if before is not None:
+                    await before()
                 self.stats.requests += 1
                 try:
                     answer = await self._exchange(method, url, headers, params, data)

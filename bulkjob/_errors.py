@@ -10,6 +10,7 @@ The tree is shallow on purpose; the CLI maps each branch to one exit code::
     ├── QueueFullError           400: too many jobs running for the account    (exit 4)
     ├── JobRejectedError         400: the server refused this job's input      (exit 6)
     ├── ProtocolError            415 or an answer bulkjob cannot understand    (exit 1)
+    ├── AmbiguousError           a submit got no answer and can't be reconciled (exit 8)
     └── TransportError           5xx / timeouts / resets after every retry     (exit 7)
         └── ThrottledError       429 and still 429 after every pause           (exit 7)
 
@@ -21,6 +22,7 @@ the chunk sequence number when one was being sent.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousError",
     "AuthError",
     "BulkJobError",
     "ConfigError",
@@ -102,6 +104,10 @@ class JobRejectedError(RequestError):
 
 class ProtocolError(RequestError):
     """The server answered in a way bulkjob cannot use (415, unparseable body, ...)."""
+
+
+class AmbiguousError(RequestError):
+    """A submit may have been accepted (no answer came back) and the job list can't tell."""
 
 
 class TransportError(RequestError):

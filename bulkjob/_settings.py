@@ -41,6 +41,9 @@ DEFAULT_THROTTLE_INITIAL_DELAY = 5.0
 DEFAULT_MAX_THROTTLED = 20
 DEFAULT_TOKEN_REFRESH_MARGIN = 300.0
 DEFAULT_DRAIN_TIMEOUT = 60.0
+#: How far the server's job creation times may be from ours when reconciling.
+DEFAULT_RECONCILE_SKEW = 60.0
+DEFAULT_QUEUE_POLL = 30.0
 # The real 400 texts for these two cases are not public: these patterns match the one
 # text seen publicly ("2 jobs are already running...") and the obvious wordings.
 # They are searched (case-insensitively) in "errorNumber message" of a 400 answer.
@@ -54,6 +57,7 @@ DEFAULT_QUEUE_FULL_PATTERNS = (
 
 Accept = Literal["json", "xml"]
 LogFormat = Literal["console", "json"]
+QueueFullPolicy = Literal["stop", "wait"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +96,10 @@ class Settings:
     throttle_initial_delay: float = DEFAULT_THROTTLE_INITIAL_DELAY
     max_throttled: int = DEFAULT_MAX_THROTTLED
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    reconcile_skew: float = DEFAULT_RECONCILE_SKEW
+    on_queue_full: QueueFullPolicy = "stop"
+    queue_poll_interval: float = DEFAULT_QUEUE_POLL
+    require_quota: bool = False
 
     quota_patterns: tuple[str, ...] = DEFAULT_QUOTA_PATTERNS
     queue_full_patterns: tuple[str, ...] = DEFAULT_QUEUE_FULL_PATTERNS
@@ -123,6 +131,9 @@ class Settings:
         _int_range("max_throttled", self.max_throttled, 1, 10_000)
         _float_range("token_refresh_margin", self.token_refresh_margin, 0.0, 30 * 86_400.0)
         _float_range("drain_timeout", self.drain_timeout, 0.0, 86_400.0)
+        _float_range("reconcile_skew", self.reconcile_skew, 0.0, 86_400.0)
+        _choice("on_queue_full", self.on_queue_full, ("stop", "wait"))
+        _float_range("queue_poll_interval", self.queue_poll_interval, 0.01, 86_400.0)
         for name in ("id_pattern",):
             _regex(name, getattr(self, name))
         for name in ("quota_patterns", "queue_full_patterns"):

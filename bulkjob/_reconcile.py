@@ -1,0 +1,174 @@
+"""Reconciling submits that may or may not have been accepted, from the account's job list.
+
+A submit is ambiguous when its request may have reached the server but no answer came
+back (the connection dropped or timed out after sending, or the process died between
+journaling ``sending`` and journaling the answer). Resending blindly could pay for the
+same ids twice; dropping could lose them. The documented ``GET /admin/jobs`` lists the
+account's jobs; the API gives no way to tag a job, so matching is by job type, id count
+and creation time, among jobs this run does not already know:
+
+- no unknown job of that type and size since the send: it was not accepted (resend);
+- as many such jobs as ambiguous chunks of that size: all were accepted, paired in
+  time order;
+- anything else (say two candidates for one chunk): unresolved. It is never guessed:
+  the chunk stays ``ambiguous`` until the user resubmits or abandons it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ._client import ApiClient
+from ._errors import BulkJobError, ProtocolError
+from ._logging import get_logger
+from ._settings import Settings
+
+__all__ = ["Ambiguous", "Reconciler", "RemoteJob"]
+
+log = get_logger()
+_COUNT_FIELDS = ("ids", "totalRecords", "recordCount", "inputCount", "totalIds", "numberOfIds")
+_TIME_FIELDS = ("created", "createdDate", "creationTime", "submittedAt", "submitted", "startTime")
+_MAX_PAGES = 40
+_PAGE_SIZE = 50  # the documented maximum of resultsPerPage
+
+
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    """A chunk whose submit has no known outcome."""
+
+    seq: int
+    ids: int
+    sent_at: float  # POSIX time the request was about to leave
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJob:
+    """One entry of the account's job list."""
+
+    job_id: str
+    ids: int | None
+    created: float | None
+
+
+UNRESOLVED = "?"
+
+
+class Reconciler:
+    """Finds out, from ``GET /admin/jobs``, which ambiguous chunks became jobs."""
+
+    __slots__ = ("_client", "_known", "_settings")
+
+    def __init__(self, settings: Settings, client: ApiClient, known_job_ids: set[str]) -> None:
+        self._settings = settings
+        self._client = client
+        self._known = known_job_ids  # shared with the runner: grows as jobs are accepted
+
+    async def resolve(self, chunks: Sequence[Ambiguous]) -> dict[int, str | None]:
+        """seq -> job id (accepted), None (not accepted) or ``UNRESOLVED``."""
+        if not chunks:
+            return {}
+        since = min(c.sent_at for c in chunks) - self._settings.reconcile_skew
+        try:
+            jobs = await self._list(since)
+        except BulkJobError as exc:
+            log.warning("reconcile.unavailable", error=str(exc))
+            return {c.seq: UNRESOLVED for c in chunks}
+        return match(chunks, jobs, self._known, self._settings.reconcile_skew)
+
+    async def resolve_one(self, seq: int, ids: int, sent_at: float) -> str | None:
+        """The job id ``seq`` became, or None; raises LookupError when it cannot be told.
+
+        Used mid-run right after a dropped submit: other requests may still be in flight
+        and their jobs not yet known, so a crowded answer is asked again a few times.
+        """
+        for attempt in range(4):
+            if attempt:
+                await asyncio.sleep(min(2.0**attempt, self._settings.request_timeout))
+            outcome = (await self.resolve([Ambiguous(seq, ids, sent_at)]))[seq]
+            if outcome != UNRESOLVED:
+                return outcome
+        raise LookupError(f"chunk {seq}: cannot tell whether it was accepted")
+
+    async def _list(self, since: float) -> list[RemoteJob]:
+        kind = self._settings.job_kind
+        jobs: list[RemoteJob] = []
+        for page in range(1, _MAX_PAGES + 1):
+            params = {
+                "jobTypes": kind.job_type,
+                "start": datetime.fromtimestamp(since, tz=UTC).isoformat(timespec="milliseconds"),
+                "page": str(page),
+                "resultsPerPage": str(_PAGE_SIZE),
+            }
+            data = await self._client.get_json("admin/jobs", params)
+            items = _items(data)
+            jobs.extend(_job(item) for item in items if isinstance(item, dict))
+            if len(items) < _PAGE_SIZE:
+                return [j for j in jobs if j.job_id]
+        raise ProtocolError(f"more than {_MAX_PAGES} pages of jobs since the send")
+
+
+def match(
+    chunks: Iterable[Ambiguous], jobs: Iterable[RemoteJob], known: set[str], skew: float
+) -> dict[int, str | None]:
+    """Pair ambiguous chunks with unknown jobs of the same size (see module docstring)."""
+    by_size: dict[int, list[Ambiguous]] = defaultdict(list)
+    for c in chunks:
+        by_size[c.ids].append(c)
+    unknown = [j for j in jobs if j.job_id not in known]
+    out: dict[int, str | None] = {}
+    for size, group in by_size.items():
+        group.sort(key=lambda c: c.sent_at)
+        earliest = group[0].sent_at - skew
+        candidates = sorted(
+            (
+                j
+                for j in unknown
+                if j.ids in (size, None) and (j.created is None or j.created >= earliest)
+            ),
+            key=lambda j: j.created or 0.0,
+        )
+        if any(j.ids is None for j in candidates):
+            out.update({c.seq: UNRESOLVED for c in group})  # sizes unknown: can't tell
+        elif not candidates:
+            out.update({c.seq: None for c in group})
+        elif len(candidates) == len(group):
+            out.update({c.seq: j.job_id for c, j in zip(group, candidates, strict=True)})
+        else:
+            out.update({c.seq: UNRESOLVED for c in group})
+    return out
+
+
+def _items(data: dict[str, object]) -> list[object]:
+    for key in ("jobs", "items", "results", "data", "job"):
+        value = data.get(key)
+        if isinstance(value, list):
+            return value
+        if isinstance(value, dict):
+            return [value]
+    return []
+
+
+def _job(item: dict[str, object]) -> RemoteJob:
+    count: int | None = None
+    for name in _COUNT_FIELDS:
+        value = item.get(name)
+        if value not in (None, ""):
+            try:
+                count = int(str(value))
+                break
+            except ValueError:
+                continue
+    created: float | None = None
+    for name in _TIME_FIELDS:
+        value = item.get(name)
+        if isinstance(value, str) and value:
+            try:
+                created = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                break
+            except ValueError:
+                continue
+    return RemoteJob(str(item.get("jobId") or ""), count, created)
