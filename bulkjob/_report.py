@@ -18,7 +18,9 @@ from ._logging import redact
 
 __all__ = ["JobInfo", "RejectedChunk", "RunReport", "StopReason"]
 
-StopReason = Literal["quota", "queue_full", "auth", "interrupted", "transport", "protocol", "input"]
+StopReason = Literal[
+    "quota", "queue_full", "auth", "interrupted", "transport", "protocol", "input", "ambiguous"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class RunReport:
     jobs: list[JobInfo] = field(default_factory=list)
     rejected: list[RejectedChunk] = field(default_factory=list)
     pending_chunks: list[int] = field(default_factory=list)
+    ambiguous_chunks: list[int] = field(default_factory=list)
     invalid_samples: list[str] = field(default_factory=list)
     requests: int = 0
     throttled: int = 0
@@ -66,6 +69,9 @@ class RunReport:
     stop_message: str | None = None
     elapsed_s: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
+    journal: str | None = None
+    resumed: bool = False
+    credits_remaining: int | None = None
 
     @property
     def accounted(self) -> bool:

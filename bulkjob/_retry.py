@@ -9,6 +9,7 @@ spend attempts (see :mod:`bulkjob._limiter`).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from tenacity import (
@@ -17,7 +18,6 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
 )
 
 from ._settings import Settings
@@ -47,11 +47,22 @@ def retrying(
     return AsyncRetrying(
         retry=retry_if_exception_type(Transient),
         stop=stop_after_attempt(settings.max_attempts) | stop_after_delay(settings.retry_max_time),
-        wait=wait_exponential_jitter(
-            initial=settings.backoff_initial,
-            max=settings.backoff_max,
-            jitter=settings.backoff_initial,
-        ),
+        wait=_backoff(settings.backoff_initial, settings.backoff_max),
         before_sleep=on_retry,
         reraise=True,
     )
+
+
+def _backoff(initial: float, cap: float) -> Callable[[RetryCallState], float]:
+    """``initial * 2**(n-1)`` plus up to ``initial`` of jitter, capped at ``cap``.
+
+    This is tenacity's ``wait_exponential_jitter``, spelled out because its ``initial``
+    argument is deprecated (a DeprecationWarning since tenacity 9.x) while its replacement,
+    ``multiplier``, does not exist in the 8.x releases this package still supports.
+    """
+
+    def wait(state: RetryCallState) -> float:
+        exp = initial * 2.0 ** (state.attempt_number - 1)
+        return min(exp + random.uniform(0.0, initial), cap)
+
+    return wait

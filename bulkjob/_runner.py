@@ -12,10 +12,14 @@ pending, so the report accounts for every id of the input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
 
 import aiohttp
 
@@ -23,6 +27,7 @@ from ._auth import TokenSource
 from ._chunker import Chunk, chunked
 from ._client import ApiClient
 from ._errors import (
+    AmbiguousError,
     AuthError,
     BulkJobError,
     ConfigError,
@@ -33,13 +38,19 @@ from ._errors import (
     QuotaExhaustedError,
     TransportError,
 )
+from ._journal import ChunkRow, InputIdentity, Journal
 from ._limiter import WindowLimiter
 from ._logging import get_logger, redact
+from ._reconcile import UNRESOLVED, Ambiguous, Reconciler
 from ._report import JobInfo, RejectedChunk, RunReport, StopReason
 from ._settings import Settings
 from ._source import IdSource, InputSummary
 
-__all__ = ["Progress", "ProgressSink", "Runner"]
+__all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]
+
+#: What resume does with chunks whose submit has no known outcome.
+AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
+_FINAL_STATUSES = frozenset({"finished", "failed", "aborted"})
 
 log = get_logger()
 _PROGRESS_INTERVAL = 0.5
@@ -90,9 +101,24 @@ class Runner:
         stdin: BinaryIO | None = None,
         progress: ProgressSink | None = None,
         session: aiohttp.ClientSession | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        ambiguous: AmbiguousPolicy = "stop",
     ) -> None:
         self.settings = settings
         self.inputs = list(inputs)
+        self.journal_path = Path(journal) if journal is not None else None
+        self._resume = resume
+        self._ambiguous_policy = ambiguous
+        self._journal: Journal | None = None
+        self._rows: dict[int, ChunkRow] = {}
+        self._known_jobs: set[str] = set()
+        self._open_jobs: dict[str, int] = {}
+        self._sent_at: dict[int, float] = {}
+        self._reconciler: Reconciler | None = None
+        self._room_lock = asyncio.Lock()
+        self._preflight_lock = asyncio.Lock()
+        self._preflight_done = False
         self._stdin = stdin
         self._progress = progress
         self._external_session = session
@@ -138,7 +164,14 @@ class Runner:
         self._source = source
         try:
             self.summary = await asyncio.to_thread(source.check)
-            log.info("run.started", inputs=list(self.summary.files), lines=self.summary.lines)
+            if self.journal_path is not None:
+                await asyncio.to_thread(self._open_journal, source)
+            log.info(
+                "run.started",
+                inputs=list(self.summary.files),
+                lines=self.summary.lines,
+                journal=str(self.journal_path) if self.journal_path else None,
+            )
             session = self._external_session or _new_session(s)
             try:
                 await self._pipeline(session, source)
@@ -147,10 +180,57 @@ class Runner:
                     await session.close()
         finally:
             source.close()
+            if self._journal is not None:
+                await self._journal.close()
             if self._progress is not None:
                 self._progress.close()
         self._finish(source)
         return self.report
+
+    def _open_journal(self, source: IdSource) -> None:
+        """Create the journal, or open it for resume and prove the input unchanged."""
+        assert self.journal_path is not None
+        if not self._resume:
+            inputs = [str(Path(p).resolve()) if p != "-" else p for p in self.inputs]
+            self._journal = Journal.create(self.journal_path, self.settings.public(), inputs)
+            self.report.journal = str(self.journal_path)
+            return
+        journal = Journal.open(self.journal_path)
+        self._journal = journal
+        self.report.journal = str(self.journal_path)
+        self.report.resumed = True
+        for old in journal.meta("identity"):  # type: ignore[attr-defined]
+            if "size" in old and os.path.exists(old["path"]):
+                now = InputIdentity.of(old["path"])
+                if now.size != old["size"]:
+                    raise InputError(
+                        old["path"],
+                        0,
+                        f"input changed since the journal was written "
+                        f"({old['size']:,} -> {now.size:,} bytes); nothing was sent",
+                    )
+        self._rows = {row.seq: row for row in journal.rows()}
+        self._known_jobs.update(r.job_id for r in self._rows.values() if r.job_id)
+        if not self._rows:
+            return
+        last = max(self._rows)
+        for chunk in chunked(iter(source), self.settings.chunk_size):
+            row = self._rows.get(chunk.seq)
+            if row is not None and row.digest != chunk.digest:
+                raise InputError(
+                    chunk.first.path,
+                    chunk.first.line,
+                    f"input changed since the journal was written: chunk {chunk.seq} "
+                    f"({row.first}..{row.last}) now holds other ids; nothing was sent",
+                )
+            if chunk.seq >= last:
+                return
+        raise InputError(
+            ", ".join(self.inputs),
+            0,
+            f"input is shorter than when the journal was written (chunk {last} is gone); "
+            "nothing was sent",
+        )
 
     async def _pipeline(self, session: aiohttp.ClientSession, source: IdSource) -> None:
         s = self.settings
@@ -161,6 +241,8 @@ class Runner:
             initial_delay=s.throttle_initial_delay,
         )
         self._client = ApiClient(s, session, limiter, TokenSource(s, session))
+        self._reconciler = Reconciler(s, self._client, self._known_jobs)
+        await self._reconcile_rows()
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         chunks = chunked(iter(source), s.chunk_size)
         tasks = [asyncio.create_task(self._read(chunks, queue))]
@@ -210,9 +292,18 @@ class Runner:
         """Feed chunks to the workers; after a stop, keep reading only to count pending ids."""
         try:
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                if self._stop is not None:
+                row = self._rows.get(chunk.seq)
+                if row is not None and row.state == "accepted" and row.job_id:
+                    self._accepted(chunk, row.job_id, earlier=True)
+                elif row is not None and row.state in ("rejected", "abandoned"):
+                    self._rejected(chunk, row.last_error or row.state, None, None)
+                elif row is not None and row.state == "ambiguous":
+                    self._pending(chunk, ambiguous=True)
+                elif self._stop is not None:
                     self._pending(chunk)
                 else:
+                    if self._journal is not None and row is None:
+                        await self._journal.add(chunk)
                     await queue.put(chunk)
         except InputError as exc:
             # The input changed after the pre-pass found it fine: stop, keep the count.
@@ -221,7 +312,6 @@ class Runner:
             await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[Chunk | None]) -> None:
-        assert self._client is not None
         while True:
             chunk = await queue.get()
             if chunk is None:
@@ -230,9 +320,14 @@ class Runner:
                 self._pending(chunk)
                 continue
             try:
-                accepted = await self._client.submit(chunk)
+                job_id = await self._submit(chunk)
             except JobRejectedError as exc:
-                self._rejected(chunk, exc)
+                reason = redact(exc.server_message or str(exc))
+                await self._settle(chunk.seq, "rejected", reason)
+                self._rejected(chunk, reason, exc.status, exc.error_number)
+            except AmbiguousError as exc:
+                await self._settle(chunk.seq, "ambiguous", str(exc))
+                self._pending(chunk, ambiguous=True)
             except (
                 QuotaExhaustedError,
                 QueueFullError,
@@ -240,25 +335,179 @@ class Runner:
                 TransportError,
                 ProtocolError,
             ) as exc:
+                await self._settle(chunk.seq, "pending", str(exc))
                 self._pending(chunk)
                 self.request_stop(_stop_reason(exc), str(exc))
             except asyncio.CancelledError:
+                # Left as the journal has it ("sending" if it may have left): resume
+                # reconciles it rather than trusting either outcome.
                 self._pending(chunk)
                 raise
             else:
-                info = JobInfo(
-                    accepted.job_id, chunk.seq, len(chunk), str(chunk.first), str(chunk.last)
-                )
-                self.report.jobs.append(info)
-                self.report.ids_submitted += len(chunk)
-                log.info("job.accepted", job_id=accepted.job_id, chunk=chunk.seq, ids=len(chunk))
+                if self._journal is not None:
+                    await self._journal.accepted(chunk.seq, job_id)
+                self._accepted(chunk, job_id, earlier=False)
 
-    def _pending(self, chunk: Chunk) -> None:
+    async def _submit(self, chunk: Chunk) -> str:
+        """Submit ``chunk``; with ``on_queue_full=wait``, wait out a full queue and retry."""
+        assert self._client is not None
+        if not self._preflight_done:
+            async with self._preflight_lock:
+                if not self._preflight_done:
+                    self._preflight_done = True
+                    await self._preflight()
+        while True:
+            try:
+                return (await self._client.submit(chunk, self)).job_id
+            except QueueFullError:
+                if self.settings.on_queue_full != "wait" or self._stop is not None:
+                    raise
+                await self._wait_for_room()
+                if self._stop is not None:
+                    raise
+
+    # SubmitHooks: called by the client around each attempt
+    async def sending(self, chunk: Chunk) -> None:
+        """Journal the chunk as ``sending`` (durably) just before its request leaves."""
+        self._sent_at[chunk.seq] = time.time()
+        if self._journal is not None:
+            await self._journal.sending(chunk)
+
+    async def reconcile(self, chunk: Chunk) -> str | None:
+        """A submit got no answer: ask the account's job list whether it became a job."""
+        assert self._reconciler is not None
+        try:
+            return await self._reconciler.resolve_one(
+                chunk.seq, len(chunk), self._sent_at.get(chunk.seq, time.time())
+            )
+        except LookupError as exc:
+            raise AmbiguousError(
+                "submit got no answer and the job list cannot tell whether it was accepted",
+                chunk=chunk.seq,
+                server_message=str(exc),
+            ) from None
+
+    async def _settle(self, seq: int, state: str, error: str | None) -> None:
+        if self._journal is not None:
+            await self._journal.settle(seq, state, redact(error or "") or None)
+
+    def _accepted(self, chunk: Chunk, job_id: str, *, earlier: bool) -> None:
+        info = JobInfo(job_id, chunk.seq, len(chunk), str(chunk.first), str(chunk.last))
+        self.report.jobs.append(info)
+        self.report.ids_submitted += len(chunk)
+        self._known_jobs.add(job_id)
+        if not earlier:
+            self._open_jobs[job_id] = chunk.seq
+            log.info("job.accepted", job_id=job_id, chunk=chunk.seq, ids=len(chunk))
+
+    async def _wait_for_room(self) -> None:
+        """The account's queue is full: poll this run's jobs until one is final."""
+        assert self._client is not None
+        s = self.settings
+        if self._room_lock.locked():  # another worker is already waiting: share its wait
+            async with self._room_lock:
+                return
+        async with self._room_lock:
+            log.warning("queue.full_waiting", open_jobs=len(self._open_jobs))
+            while self._stop is None:
+                await _sleep_or_stop(s.queue_poll_interval, self._stopped)
+                if not self._open_jobs:
+                    return  # the queue is full of other jobs: just try again
+                for job_id in list(self._open_jobs)[: s.concurrency]:
+                    data = await self._client.get_json(f"{s.job_kind.path}/{job_id}")
+                    status = str(data.get("status") or "")
+                    if status in _FINAL_STATUSES:
+                        seq = self._open_jobs.pop(job_id)
+                        if self._journal is not None:
+                            await self._journal.job_update(seq, status=status)
+                if len(self._open_jobs) < s.concurrency or not self._open_jobs:
+                    log.info("queue.room", open_jobs=len(self._open_jobs))
+                    return
+
+    async def _preflight(self) -> None:
+        """Compare the account's remaining credits with the ids about to be sent.
+
+        Done just before the first submit, so that an input that turns out to hold no
+        valid id causes no request at all.
+        """
+        assert self._client is not None and self.summary is not None
+        s = self.settings
+        try:
+            data = await self._client.get_json("admin/usage")
+            credits = data.get("creditsForAccount")
+            assert isinstance(credits, dict)
+            remaining = int(str(credits["allocatedCredits"])) - int(str(credits["consumedCredits"]))
+        except (BulkJobError, AssertionError, KeyError, ValueError) as exc:
+            if s.require_quota:
+                raise QuotaExhaustedError(f"cannot read the account's credits: {exc}") from None
+            log.warning("quota.unknown", error=str(exc))
+            return
+        done = sum(r.ids for r in self._rows.values() if r.state == "accepted")
+        need = max(self.summary.lines - done, 0)  # an upper bound: lines, not valid ids
+        self.report.credits_remaining = remaining
+        if remaining >= need:
+            log.info("quota.ok", remaining=remaining, ids=need)
+            return
+        fits = f"{remaining:,} ids ({remaining // s.chunk_size:,} full jobs) fit"
+        message = f"only {remaining:,} credits left for up to {need:,} ids: {fits}"
+        if s.require_quota:
+            raise QuotaExhaustedError(message)
+        log.warning("quota.short", remaining=remaining, ids=need)
+        print(f"warning: {message}", file=sys.stderr)
+
+    async def _reconcile_rows(self) -> None:
+        """On resume: settle chunks left ``sending``/``ambiguous`` before sending anything."""
+        rows = [r for r in self._rows.values() if r.state in ("sending", "ambiguous")]
+        if not rows:
+            return
+        assert self._reconciler is not None
+        outcome = await self._reconciler.resolve(
+            [Ambiguous(r.seq, r.ids, r.sent_at or 0.0) for r in rows]
+        )
+        unresolved: list[ChunkRow] = []
+        for row in rows:
+            found = outcome.get(row.seq, UNRESOLVED)
+            if found == UNRESOLVED:
+                unresolved.append(row)
+                continue
+            if found is None:
+                state, job_id = "pending", None
+                await self._settle(row.seq, "pending", "reconciled: not accepted")
+            else:
+                state, job_id = "accepted", found
+                assert self._journal is not None
+                await self._journal.accepted(row.seq, found)
+                self._known_jobs.add(found)
+            log.info("chunk.reconciled", chunk=row.seq, state=state, job_id=job_id)
+            self._rows[row.seq] = _with(row, state, job_id)
+        policy = self._ambiguous_policy
+        for row in unresolved:
+            if policy == "resubmit":
+                await self._settle(row.seq, "pending", "resubmitted by request")
+                self._rows[row.seq] = _with(row, "pending", None)
+            elif policy == "abandon":
+                await self._settle(row.seq, "abandoned", "abandoned by request")
+                self._rows[row.seq] = _with(row, "abandoned", None)
+            else:
+                self._rows[row.seq] = _with(row, "ambiguous", None)
+        if unresolved and policy == "stop":
+            listed = ", ".join(f"{r.seq} ({r.first}..{r.last})" for r in unresolved[:10])
+            self.request_stop(
+                "ambiguous",
+                f"{len(unresolved)} chunk(s) may or may not have been accepted: {listed}. "
+                "Resume with --resubmit-ambiguous to send them again (may pay twice) or "
+                "--abandon-ambiguous to give them up",
+            )
+
+    def _pending(self, chunk: Chunk, *, ambiguous: bool = False) -> None:
         self._pending_ids += len(chunk)
         self.report.pending_chunks.append(chunk.seq)
+        if ambiguous:
+            self.report.ambiguous_chunks.append(chunk.seq)
 
-    def _rejected(self, chunk: Chunk, exc: JobRejectedError) -> None:
-        reason = redact(exc.server_message or str(exc))
+    def _rejected(
+        self, chunk: Chunk, reason: str, status: int | None, error_number: str | None
+    ) -> None:
         self.report.rejected.append(
             RejectedChunk(
                 chunk.seq,
@@ -266,8 +515,8 @@ class Runner:
                 str(chunk.first),
                 str(chunk.last),
                 reason,
-                exc.status,
-                exc.error_number,
+                status,
+                error_number,
             )
         )
         self.report.ids_rejected += len(chunk)
@@ -302,6 +551,12 @@ class Runner:
         r.ids_duplicate = st.ids_duplicate
         r.ids_pending = self._pending_ids
         r.pending_chunks.sort()
+        r.ambiguous_chunks.sort()
+        if r.ambiguous_chunks and r.stop_reason is None:
+            r.stop_reason = "ambiguous"
+            r.stop_message = (
+                f"{len(r.ambiguous_chunks)} chunk(s) got no answer and cannot be reconciled"
+            )
         r.jobs.sort(key=lambda j: j.chunk)
         r.rejected.sort(key=lambda j: j.chunk)
         r.invalid_samples = [f"{x.origin}: {x.value!r}: {x.reason}" for x in st.invalid_samples]
@@ -324,6 +579,28 @@ class Runner:
             pending=r.ids_pending,
             jobs=len(r.jobs),
         )
+
+
+def _with(row: ChunkRow, state: str, job_id: str | None) -> ChunkRow:
+    return ChunkRow(
+        row.seq,
+        row.first,
+        row.last,
+        row.ids,
+        row.digest,
+        state,
+        job_id,
+        row.attempts,
+        row.last_error,
+        row.sent_at,
+        row.job_status,
+        row.results_path,
+    )
+
+
+async def _sleep_or_stop(seconds: float, stopped: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopped.wait(), timeout=seconds)
 
 
 def _new_session(settings: Settings) -> aiohttp.ClientSession:

@@ -16,10 +16,16 @@ __all__ = ["ErrorBody", "parse_body"]
 def parse_body(content_type: str, text: str) -> dict[str, object]:
     """Flatten a JSON object or an XML document into a dict; ``{}`` when unreadable."""
     ctype = content_type.lower()
-    stripped = text.lstrip()
-    if "json" in ctype or ("xml" not in ctype and stripped.startswith(("{", "["))):
+    stripped = text.lstrip().removeprefix("\ufeff").lstrip()
+    # The body's first character outranks the header: a JSON object or array starts with
+    # "{" or "[", an XML document with "<", and gateways label error pages wrongly.
+    if stripped.startswith(("{", "[")):
         return _json(stripped)
-    if "xml" in ctype or stripped.startswith("<"):
+    if stripped.startswith("<"):
+        return _xml(stripped)
+    if "json" in ctype:
+        return _json(stripped)
+    if "xml" in ctype:
         return _xml(stripped)
     return {}
 
@@ -27,17 +33,16 @@ def parse_body(content_type: str, text: str) -> dict[str, object]:
 def _json(text: str) -> dict[str, object]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _xml(text: str) -> dict[str, object]:
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError:
+        return _element(ET.fromstring(text))
+    except (ET.ParseError, RecursionError):  # RecursionError: absurdly deep nesting
         return {}
-    return _element(root)
 
 
 def _element(node: ET.Element) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def settings_for(sandbox: Sandbox, **kw: object) -> Settings:
         fast["access_token"] = TOKEN
     fast.update(kw)
     return Settings(**fast)  # type: ignore[arg-type]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition()`` holds (the test's own timeout bounds it)."""
+    # The sandbox ledger offers no event to wait on: polling it is the only way.
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.002)
 
 
 @pytest.fixture

@@ -1,0 +1,330 @@
+"""Tests for the API client against the sandbox: acceptance, pauses, retries, 400 classes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from bulkjob._auth import TokenSource
+from bulkjob._chunker import Chunk
+from bulkjob._client import ApiClient
+from bulkjob._errors import (
+    AuthError,
+    JobRejectedError,
+    QueueFullError,
+    QuotaExhaustedError,
+    TransportError,
+)
+from bulkjob._limiter import WindowLimiter
+from bulkjob._sandbox import Sandbox
+from bulkjob._settings import Settings
+from bulkjob._source import Origin
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, SandboxFactory, make_ids, settings_for
+
+ClientFactory = Callable[..., Awaitable[ApiClient]]
+
+
+def chunk_of(ids: list[str], seq: int = 1) -> Chunk:
+    """A chunk holding ``ids``, as the chunker would build it from a file."""
+    return Chunk(seq, ids, Origin("ids.txt", 1), Origin("ids.txt", len(ids)))
+
+
+def chunks(n: int, size: int = 10) -> list[Chunk]:
+    """``n`` chunks of ``size`` distinct ids each."""
+    return [chunk_of(make_ids(size, start=i * size), seq=i + 1) for i in range(n)]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[ClientFactory]:
+    """A factory: ``await client(settings)`` builds an ApiClient on a session closed at teardown."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def build(settings: Settings) -> ApiClient:
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        limiter = WindowLimiter(
+            settings.max_requests,
+            settings.per_seconds,
+            margin=settings.window_margin,
+            initial_delay=settings.throttle_initial_delay,
+        )
+        return ApiClient(settings, session, limiter, TokenSource(settings, session))
+
+    yield build
+    for session in sessions:
+        await session.close()
+
+
+async def _submit_all(api: ApiClient, todo: list[Chunk]) -> list[str]:
+    return [(await api.submit(c)).job_id for c in todo]
+
+
+# -- accepted -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accept", ["json", "xml"])
+async def test_submit_accepted(sandbox: SandboxFactory, client: ClientFactory, accept: str) -> None:
+    """A valid chunk is accepted as one job, whichever answer format is asked for."""
+    sb = await sandbox()
+    api = await client(settings_for(sb, accept=accept))
+    ids = make_ids(5)
+    job = await api.submit(chunk_of(ids))
+    assert job.job_id in sb.ledger.jobs
+    assert (job.status, job.job_type) == ("accepted", "targetContactDetails")
+    assert set(sb.ledger.accepted_ids) == set(ids)
+    assert api.stats.requests == 1
+
+
+async def test_submit_sends_query_options(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """retrieveCompanyDetails and webhook reach the server."""
+    sb = await sandbox()
+    settings = settings_for(sb, retrieve_company_details=True, webhook="https://hooks.example/x")
+    job = await (await client(settings)).submit(chunk_of(make_ids(2)))
+    record = sb.ledger.jobs[job.job_id]
+    assert record.retrieve_company_details
+    assert record.webhook == "https://hooks.example/x"
+
+
+async def test_get_json_reads_usage(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """get_json returns the parsed answer of a GET call."""
+    sb = await sandbox(quota=1000)
+    api = await client(settings_for(sb))
+    await api.submit(chunk_of(make_ids(10)))
+    usage = await api.get_json("admin/usage")
+    assert usage["creditsForAccount"] == {"allocatedCredits": 1000, "consumedCredits": 10}
+
+
+# -- throttling and transient failures --------------------------------------------------------
+
+
+async def test_429_with_retry_after_pauses_and_succeeds(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A 429 with Retry-After pauses once (for as long as asked, capped) and then succeeds."""
+    sb = await sandbox(throttle_requests=1, throttle_window=0.2, retry_after=True)
+    # Client window 0.3 s caps the sandbox's "Retry-After: 1" and outlasts its 0.2 s lockout,
+    # so exactly one 429 shows the header was honoured (backoff alone would start at 0.05 s).
+    api = await client(settings_for(sb, per_seconds=0.3, throttle_initial_delay=0.05))
+    await _submit_all(api, chunks(2))
+    assert api.stats.throttled == 1
+    assert sb.ledger.throttled == 1
+    assert sb.ledger.ids_accepted == 20
+    assert api.stats.retries == 0
+
+
+async def test_429_without_retry_after_backs_off(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """Without Retry-After the client keeps pausing until the lockout ends, then succeeds."""
+    sb = await sandbox(throttle_requests=1, throttle_window=0.2)
+    api = await client(settings_for(sb, per_seconds=0.3, throttle_initial_delay=0.02))
+    await _submit_all(api, chunks(2))
+    assert api.stats.throttled >= 1
+    assert api.stats.throttled == sb.ledger.throttled
+    assert sb.ledger.ids_accepted == 20
+
+
+async def test_5xx_retried_and_counted(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """Server faults are retried until accepted, each retry counted in stats.retries."""
+    sb = await sandbox(fault_5xx_rate=0.5, seed=3)
+    api = await client(settings_for(sb, max_attempts=30))
+    todo = chunks(8)
+    await _submit_all(api, todo)
+    assert sb.ledger.faults["5xx"] > 0
+    assert api.stats.retries == sb.ledger.faults["5xx"]
+    assert sb.ledger.ids_accepted == 80
+    assert sb.ledger.duplicates == 0
+
+
+async def test_5xx_forever_is_transport_error(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A server that always fails gives TransportError after max_attempts tries."""
+    sb = await sandbox(fault_5xx_rate=1.0)
+    api = await client(settings_for(sb, max_attempts=3))
+    with pytest.raises(TransportError) as info:
+        await api.submit(chunk_of(make_ids(3), seq=7))
+    assert info.value.status in (500, 502, 503)
+    assert info.value.chunk == 7
+    assert sb.ledger.requests == 3
+    assert api.stats.retries == 2
+
+
+async def test_dropped_connections_retried_without_duplicates(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """Connections dropped before acceptance are resent; no id is accepted twice."""
+    sb = await sandbox(drop_rate=0.4, seed=1)
+    api = await client(settings_for(sb, max_attempts=30))
+    todo = chunks(10)
+    await _submit_all(api, todo)
+    assert sb.ledger.faults["drop"] > 0
+    assert sb.ledger.duplicates == 0
+    assert set(sb.ledger.accepted_ids) == {i for c in todo for i in c.ids}
+
+
+async def test_connection_refused_is_transport_error(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A server that is not there gives TransportError after the retries."""
+    sb = await sandbox()
+    settings = settings_for(sb, max_attempts=2)
+    await sb.close()
+    with pytest.raises(TransportError, match="cannot connect"):
+        await (await client(settings)).submit(chunk_of(make_ids(1)))
+
+
+# -- 401 ---------------------------------------------------------------------------------------
+
+
+async def test_401_remints_once_then_succeeds(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A revoked token with client credentials configured is replaced once and the job goes."""
+    sb = await sandbox()
+    settings = settings_for(
+        sb, access_token="revoked-token-1", client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
+    api = await client(settings)
+    job = await api.submit(chunk_of(make_ids(3)))
+    assert job.job_id in sb.ledger.jobs
+    assert api.stats.token_refreshes == 1
+    assert sb.ledger.requests == 2
+
+
+async def test_token_revoked_mid_run_is_replaced(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A token revoked between two submits is replaced by a minted one."""
+    sb = await sandbox()
+    settings = settings_for(sb, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    settings = settings.replace(access_token="sandbox-token")
+    api = await client(settings)
+    await api.submit(chunk_of(make_ids(3)))
+    sb.config.access_tokens = ()  # the fixed token is revoked
+    await api.submit(chunk_of(make_ids(3, start=3), seq=2))
+    assert api.stats.token_refreshes == 1
+    assert sb.ledger.ids_accepted == 6
+
+
+async def test_second_401_is_auth_error(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """When the fresh token is refused too, the client raises AuthError."""
+    api_server = await sandbox()
+    issuer = await sandbox()  # mints tokens the API server does not know
+    settings = settings_for(
+        api_server, token_url=issuer.token_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
+    api = await client(settings)
+    with pytest.raises(AuthError) as info:
+        await api.submit(chunk_of(make_ids(3), seq=4))
+    assert info.value.status == 401
+    assert info.value.chunk == 4
+    assert api.stats.token_refreshes == 1
+    assert api_server.ledger.requests == 2
+    assert api_server.ledger.jobs == {}
+
+
+async def test_401_without_credentials_is_auth_error(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A refused fixed token with no client credentials fails at once."""
+    sb = await sandbox()
+    api = await client(settings_for(sb, access_token="not-a-valid-token"))
+    with pytest.raises(AuthError):
+        await api.submit(chunk_of(make_ids(3)))
+    assert sb.ledger.requests == 1
+
+
+# -- 400 classification -----------------------------------------------------------------------
+
+
+async def _first_refusal(sb: Sandbox, api: ApiClient) -> Exception:
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the class is what is asserted
+        await api.submit(chunk_of(make_ids(100), seq=2))
+    assert sb.ledger.jobs == {}
+    return info.value
+
+
+async def test_quota_is_quota_exhausted(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """The sandbox's quota 400 is classified QuotaExhaustedError, with its context."""
+    sb = await sandbox(quota=50)
+    exc = await _first_refusal(sb, await client(settings_for(sb)))
+    assert isinstance(exc, QuotaExhaustedError)
+    assert (exc.status, exc.error_number, exc.chunk) == (400, "400-201", 2)
+    assert exc.server_message is not None
+    assert "quota" in exc.server_message.lower()
+
+
+async def test_queue_full_is_queue_full(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """Too many running jobs is classified QueueFullError."""
+    sb = await sandbox(running_job_limit=1, processing_after=60.0)
+    api = await client(settings_for(sb))
+    await api.submit(chunk_of(make_ids(1, prefix="first")))
+    with pytest.raises(QueueFullError) as info:
+        await api.submit(chunk_of(make_ids(5), seq=2))
+    assert info.value.error_number == "400-301"
+    assert len(sb.ledger.jobs) == 1
+
+
+async def test_validation_is_job_rejected(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """An id the server refuses is JobRejectedError, not a stop-the-run error."""
+    sb = await sandbox()
+    api = await client(settings_for(sb))
+    with pytest.raises(JobRejectedError) as info:
+        await api.submit(chunk_of(["short-id"]))
+    assert info.value.error_number == "400-105"
+    assert not isinstance(info.value, QuotaExhaustedError | QueueFullError)
+
+
+async def test_quota_patterns_off_makes_quota_a_rejection(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """With quota_patterns=() the quota 400 is an unknown 400: JobRejectedError."""
+    sb = await sandbox(quota=50)
+    exc = await _first_refusal(sb, await client(settings_for(sb, quota_patterns=())))
+    assert type(exc) is JobRejectedError
+
+
+async def test_quota_error_number_setting(sandbox: SandboxFactory, client: ClientFactory) -> None:
+    """quota_error_numbers classifies by errorNumber alone."""
+    sb = await sandbox(quota=50)
+    settings = settings_for(sb, quota_patterns=(), quota_error_numbers=("400-201",))
+    exc = await _first_refusal(sb, await client(settings))
+    assert isinstance(exc, QuotaExhaustedError)
+
+
+async def test_queue_full_error_number_setting(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """queue_full_error_numbers classifies by errorNumber alone."""
+    sb = await sandbox(running_job_limit=1, processing_after=60.0)
+    settings = settings_for(sb, queue_full_patterns=(), queue_full_error_numbers=("400-301",))
+    api = await client(settings)
+    await api.submit(chunk_of(make_ids(1, prefix="first")))
+    with pytest.raises(QueueFullError):
+        await api.submit(chunk_of(make_ids(5), seq=2))
+
+
+async def test_queue_full_patterns_off_makes_it_a_rejection(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """With queue_full_patterns=() the queue-full 400 is JobRejectedError."""
+    sb = await sandbox(running_job_limit=1, processing_after=60.0)
+    api = await client(settings_for(sb, queue_full_patterns=()))
+    await api.submit(chunk_of(make_ids(1, prefix="first")))
+    with pytest.raises(JobRejectedError) as info:
+        await api.submit(chunk_of(make_ids(5), seq=2))
+    assert type(info.value) is JobRejectedError
+
+
+async def test_classified_400_is_not_retried(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """A 400 is answered once: it spends no retry."""
+    sb = await sandbox(quota=50)
+    api = await client(settings_for(sb))
+    await _first_refusal(sb, api)
+    assert sb.ledger.requests == 1
+    assert api.stats.retries == 0
