@@ -60,12 +60,15 @@ UNRESOLVED = "?"
 class Reconciler:
     """Finds out, from ``GET /admin/jobs``, which ambiguous chunks became jobs."""
 
-    __slots__ = ("_client", "_known", "_settings")
+    __slots__ = ("_client", "_known", "_lock", "_resolved", "_settings", "_unanswered")
 
     def __init__(self, settings: Settings, client: ApiClient, known_job_ids: set[str]) -> None:
         self._settings = settings
         self._client = client
         self._known = known_job_ids  # shared with the runner: grows as jobs are accepted
+        self._unanswered: dict[int, Ambiguous] = {}
+        self._resolved: dict[int, str | None] = {}
+        self._lock = asyncio.Lock()
 
     async def resolve(self, chunks: Sequence[Ambiguous]) -> dict[int, str | None]:
         """seq -> job id (accepted), None (not accepted) or ``UNRESOLVED``."""
@@ -82,15 +85,28 @@ class Reconciler:
     async def resolve_one(self, seq: int, ids: int, sent_at: float) -> str | None:
         """The job id ``seq`` became, or None; raises LookupError when it cannot be told.
 
-        Used mid-run right after a dropped submit: other requests may still be in flight
-        and their jobs not yet known, so a crowded answer is asked again a few times.
+        Used mid-run right after a submit got no answer. Every chunk in that state is
+        matched together (two dropped submits of the same size are only told apart
+        jointly), and requests still in flight may own some of the unknown jobs for a
+        moment, so a crowded answer is asked again a few times, spaced out.
         """
-        for attempt in range(4):
-            if attempt:
-                await asyncio.sleep(min(2.0**attempt, self._settings.request_timeout))
-            outcome = (await self.resolve([Ambiguous(seq, ids, sent_at)]))[seq]
-            if outcome != UNRESOLVED:
-                return outcome
+        self._unanswered[seq] = Ambiguous(seq, ids, sent_at)
+        async with self._lock:
+            for attempt in range(4):
+                if seq in self._resolved:
+                    break
+                if attempt:
+                    await asyncio.sleep(min(2.0**attempt, self._settings.request_timeout))
+                outcome = await self.resolve(list(self._unanswered.values()))
+                for other, found in outcome.items():
+                    if found != UNRESOLVED:
+                        self._resolved[other] = found
+                        self._unanswered.pop(other, None)
+                        if found is not None:
+                            self._known.add(found)
+            self._unanswered.pop(seq, None)
+            if seq in self._resolved:
+                return self._resolved.pop(seq)
         raise LookupError(f"chunk {seq}: cannot tell whether it was accepted")
 
     async def _list(self, since: float) -> list[RemoteJob]:

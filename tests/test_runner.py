@@ -249,11 +249,6 @@ async def test_drain_timeout_cancels_in_flight(sandbox: SandboxFactory, ids: Ids
     assert_no_double_pay(report, sb)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: Runner passes no reconciler to ApiClient.submit, so a submit whose "
-    "answer is lost after acceptance is resent and paid twice",
-)
 async def test_drop_after_accept_pays_nothing_twice(
     sandbox: SandboxFactory, ids: IdsWriter
 ) -> None:
