@@ -2,7 +2,8 @@
 
 Exit codes: 0 done · 1 internal error · 2 usage/config/input error · 3 stopped on quota ·
 4 stopped on queue full · 5 auth/permission failure · 6 done but some jobs rejected ·
-7 gave up on a failing server (retries exhausted) · 130 interrupted.
+7 gave up on a failing server (retries exhausted) · 8 chunks with no known outcome
+(a submit got no answer and the job list cannot tell; resume decides) · 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from ._config import load_settings
+from ._config import load_settings, settings_for_resume
 from ._errors import (
+    AmbiguousError,
     AuthError,
     BulkJobError,
     ConfigError,
@@ -26,6 +31,7 @@ from ._errors import (
     QuotaExhaustedError,
     TransportError,
 )
+from ._journal import Journal
 from ._logging import configure_logging, redact
 from ._progress import ProgressLine
 from ._report import RunReport
@@ -42,6 +48,7 @@ EXIT_QUEUE_FULL = 4
 EXIT_AUTH = 5
 EXIT_REJECTED = 6
 EXIT_TRANSPORT = 7
+EXIT_AMBIGUOUS = 8
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -53,7 +60,10 @@ EXIT_CODES = {
     "protocol": EXIT_INTERNAL,
     "input": EXIT_USAGE,
     "interrupted": EXIT_INTERRUPTED,
+    "ambiguous": EXIT_AMBIGUOUS,
 }
+#: Stops after which ``bulkjob resume`` continues the run.
+_RESUMABLE = {"quota", "queue_full", "auth", "transport", "interrupted", "ambiguous", "protocol"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +119,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int, metavar="N")
     p.add_argument("--accept", choices=["json", "xml"])
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
+    p.add_argument(
+        "--on-queue-full",
+        dest="on_queue_full",
+        choices=["stop", "wait"],
+        help="when the account's job queue is full: stop (default) or wait for room",
+    )
+    p.add_argument(
+        "--require-quota",
+        dest="require_quota",
+        action="store_const",
+        const=True,
+        help="refuse to start when the account has fewer credits than ids",
+    )
+    p.add_argument("--report", metavar="PATH", help="write the run report as JSON")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-v", "--verbose", action="store_true", help="log every job (info level)")
 
@@ -148,8 +173,30 @@ def _parser() -> argparse.ArgumentParser:
         const=True,
         help="any invalid id is an input error before anything is sent",
     )
-    submit.add_argument("--report", metavar="PATH", help="write the run report as JSON")
-    submit.add_argument("--no-progress", dest="progress", action="store_false")
+    submit.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="the run's journal (default: beside --report, else ./bulkjob-<time>.journal)",
+    )
+
+    resume = sub.add_parser("resume", help="continue a stopped run from its journal")
+    resume.add_argument("journal", metavar="JOURNAL")
+    _add_run_options(resume)
+    choice = resume.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--resubmit-ambiguous",
+        dest="ambiguous",
+        action="store_const",
+        const="resubmit",
+        help="send chunks of unknown outcome again",
+    )
+    choice.add_argument(
+        "--abandon-ambiguous",
+        dest="ambiguous",
+        action="store_const",
+        const="abandon",
+        help="give up chunks of unknown outcome",
+    )
 
     sandbox = sub.add_parser("sandbox", help="serve a local look-alike of the API", add_help=False)
     sandbox.add_argument("args", nargs=argparse.REMAINDER)
@@ -163,7 +210,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_SETTINGS = {"command", "inputs", "config", "debug", "verbose", "report", "progress", "args"}
+_NOT_SETTINGS = {
+    "command",
+    "inputs",
+    "config",
+    "debug",
+    "verbose",
+    "report",
+    "progress",
+    "args",
+    "journal",
+    "ambiguous",
+}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -186,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import demo
 
             return demo(ids=args.ids, seed=args.seed, directory=args.dir, progress=args.progress)
+        if args.command == "resume":
+            return _resume(args)
         return _submit(args)
     except BulkJobError as exc:
         if debug:
@@ -217,17 +277,65 @@ def _exit_code(exc: BulkJobError) -> int:
         return EXIT_AUTH
     if isinstance(exc, TransportError):
         return EXIT_TRANSPORT
+    if isinstance(exc, AmbiguousError):
+        return EXIT_AMBIGUOUS
     return EXIT_INTERNAL
 
 
 def _submit(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    _configure(args, settings)
+    inputs = list(args.inputs) or ["-"]
+    journal = Path(args.journal) if args.journal else default_journal(args.report)
+    if "-" in inputs:
+        # Standard input can't be read twice: keep a copy beside the journal for resume.
+        copy = journal.with_name(journal.name + ".stdin")
+        with copy.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        inputs = [str(copy) if p == "-" else p for p in inputs]
+    print(f"journal: {journal} (resume with: bulkjob resume {journal})", file=sys.stderr)
+    runner = Runner(settings, inputs, progress=_progress(args), journal=journal)
+    return finish(run_with_signals(runner), args.report)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    journal = Journal.open(args.journal)
+    try:
+        recorded = journal.meta("settings")
+        inputs = journal.meta("inputs")
+    finally:
+        journal.close_sync()
+    assert isinstance(recorded, dict) and isinstance(inputs, list)
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    settings = settings_for_resume(recorded, flags=flags, config_path=args.config)
+    _configure(args, settings)
+    print(f"resuming {args.journal}", file=sys.stderr)
+    runner = Runner(
+        settings,
+        [str(p) for p in inputs],
+        progress=_progress(args),
+        journal=args.journal,
+        resume=True,
+        ambiguous=args.ambiguous or "stop",
+    )
+    return finish(run_with_signals(runner), args.report)
+
+
+def default_journal(report: str | None) -> Path:
+    """Beside the report when there is one, else a timestamped file here."""
+    if report:
+        path = Path(report)
+        return path.with_name(path.stem + ".journal")
+    return Path(f"bulkjob-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.journal")
+
+
+def _configure(args: argparse.Namespace, settings: Settings) -> None:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     configure_logging(settings.log_format, level=level)
-    progress = ProgressLine(enabled=None if args.progress else False)
-    inputs = [p for p in args.inputs] or ["-"]
-    report = run_with_signals(Runner(settings, inputs, progress=progress))
-    return finish(report, args.report)
+
+
+def _progress(args: argparse.Namespace) -> ProgressLine:
+    return ProgressLine(enabled=None if args.progress else False)
 
 
 def run_with_signals(runner: Runner) -> RunReport:
@@ -269,6 +377,8 @@ def finish(report: RunReport, report_path: str | None) -> int:
     if report_path:
         report.write_json(report_path)
     print(report.summary(), file=sys.stderr)
+    if report.journal and (report.stop_reason in _RESUMABLE or report.ids_pending):
+        print(f"resume with: bulkjob resume {report.journal}", file=sys.stderr)
     code = EXIT_CODES.get(report.stop_reason, EXIT_INTERNAL)
     if code == EXIT_OK and report.rejected:
         return EXIT_REJECTED

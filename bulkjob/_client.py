@@ -151,18 +151,33 @@ class ApiClient:
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, object]:
         """GET ``base_url/path`` (status, admin calls) through the limiter, with retries."""
+        return await self._json("GET", path, params)
+
+    async def delete_json(self, path: str) -> dict[str, object]:
+        """DELETE ``base_url/path`` (cancel a job) through the limiter, with retries.
+
+        A resend after a lost answer may meet a job the first attempt already cancelled:
+        the caller sees that as the server's 400 and should re-read the job's status.
+        """
+        return await self._json("DELETE", path, None)
+
+    async def _json(
+        self, method: str, path: str, params: dict[str, str] | None
+    ) -> dict[str, object]:
         url = f"{self._settings.base_url.rstrip('/')}/{path.lstrip('/')}"
         try:
             async for attempt in retrying(self._settings, self._on_retry):
                 with attempt:
-                    answer = await self._send("GET", url, None, params=params or {})
+                    answer = await self._send(method, url, None, params=params or {})
                     if answer is None:
                         raise Transient("no answer (connection dropped or timed out)")
                     if answer.status != 200:
                         self._raise_for(answer, None)
                     return parse_body(answer.content_type, answer.text)
         except Transient as exc:
-            raise TransportError(f"GET {path} failed: {exc.reason}", status=exc.status) from None
+            raise TransportError(
+                f"{method} {path} failed: {exc.reason}", status=exc.status
+            ) from None
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _send(

@@ -22,7 +22,10 @@ from pathlib import Path
 from ._errors import ConfigError
 from ._settings import Settings
 
-__all__ = ["ENV_CREDENTIALS", "load_settings"]
+__all__ = ["ENV_CREDENTIALS", "FIXED_ON_RESUME", "load_settings", "settings_for_resume"]
+
+#: Settings that decide chunk boundaries or contents: a resume must keep the journal's.
+FIXED_ON_RESUME = ("kind", "chunk_size", "column", "id_pattern", "dedupe", "strict")
 
 ENV_CREDENTIALS = {
     "INSIDEVIEW_ACCESS_TOKEN": "access_token",
@@ -39,9 +42,16 @@ def load_settings(
     flags: Mapping[str, object] | None = None,
     env: Mapping[str, str] | None = None,
     config_path: str | os.PathLike[str] | None = None,
+    base: Mapping[str, object] | None = None,
 ) -> Settings:
-    """Merge the sources into validated Settings; raises ConfigError naming the source."""
+    """Merge the sources into validated Settings; raises ConfigError naming the source.
+
+    ``base`` is a layer below the config file (a journal's recorded settings).
+    """
     values: dict[str, object] = {}
+    for key, value in (base or {}).items():
+        if key in _FIELDS:
+            values[key] = tuple(value) if isinstance(value, list) else value
     if config_path is not None:
         values.update(_from_file(Path(config_path)))
     values.update(_from_env(os.environ if env is None else env))
@@ -112,3 +122,26 @@ def _coerce(name: str, raw: str, *, source: str) -> object:
     if typing.get_origin(hint) is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
+
+
+def settings_for_resume(
+    recorded: Mapping[str, object],
+    *,
+    flags: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """A journal's settings, with credentials and pacing from the usual sources on top.
+
+    Anything that shapes the chunks must stay as recorded, or the journal's chunk
+    hashes would no longer describe the same chunks.
+    """
+    settings = load_settings(flags=flags, env=env, config_path=config_path, base=recorded)
+    for name in FIXED_ON_RESUME:
+        old = recorded.get(name)
+        new = getattr(settings, name)
+        if name in recorded and (list(new) if isinstance(new, tuple) else new) != old:
+            raise ConfigError(
+                f"{name}: cannot change on resume (the journal has {old!r}, now {new!r})"
+            )
+    return settings

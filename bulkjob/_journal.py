@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import os
 import sqlite3
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._chunker import Chunk
-from ._errors import InputError
+from ._errors import ConfigError, InputError
 
 __all__ = ["ChunkRow", "InputIdentity", "Journal"]
 
@@ -130,7 +131,8 @@ class Journal:
                 )
         journal._connect()
         identity = [
-            InputIdentity.of(p).__dict__ if os.path.exists(p) else {"path": p} for p in inputs
+            dataclasses.asdict(InputIdentity.of(p)) if os.path.exists(p) else {"path": p}
+            for p in inputs
         ]
         meta = {
             "version": SCHEMA_VERSION,
@@ -175,7 +177,12 @@ class Journal:
             conn.executescript(_SCHEMA)
             return conn
 
-        self._conn = self._pool.submit(connect).result()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._pool.submit(connect).result()
+        except (OSError, sqlite3.Error) as exc:
+            self._pool.shutdown(wait=False)
+            raise ConfigError(f"{self.path}: cannot open the journal: {exc}") from None
 
     # -- reading (synchronous: small, and used before or after the loop's busy part) -----
 

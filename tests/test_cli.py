@@ -6,7 +6,9 @@ import asyncio
 import gzip
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ async def bulkjob(
         k: v for k, v in os.environ.items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))
     }
     full_env.update(env or {})
+    # A scratch working directory: default journals land there, not in the checkout.
+    scratch = tempfile.mkdtemp(prefix="bulkjob-cli-")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -32,8 +36,12 @@ async def bulkjob(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
+        cwd=scratch,
     )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
