@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import aiohttp
@@ -308,6 +309,79 @@ class ApiClient:
             wait_s=round(wait, 3),
             reason=str(exc) if exc else None,
         )
+
+    async def download(self, path: str, dest: Path) -> int:
+        """GET ``base_url/path`` and stream the body into ``dest``; returns the bytes written.
+
+        Same limiter slot, token, 429 pauses, token refresh and retries as :meth:`get_json`
+        (the slot is held until the last byte is in). The body goes to ``dest.part`` and is
+        renamed once complete, so a crash never leaves half a file under the final name.
+        """
+        s = self._settings
+        url = f"{s.base_url.rstrip('/')}/{path.lstrip('/')}"
+        part = dest.with_suffix(dest.suffix + ".part")
+        headers = {"Accept": "text/csv, */*"}
+        throttled_in_a_row = 0
+        refreshed = False
+        try:
+            async for attempt in retrying(s, self._on_retry):
+                with attempt:
+                    while True:
+                        token = await self._tokens.get()
+                        headers["accessToken"] = token
+                        written = -1
+                        async with self._limiter:
+                            self.stats.requests += 1
+                            try:
+                                async with self._session.get(url, headers=headers) as resp:
+                                    if resp.status == 200:
+                                        written = 0
+                                        # Synchronous 64 KiB writes: page-cache fast, and
+                                        # one file at a time per download.
+                                        with part.open("wb") as out:
+                                            async for block in resp.content.iter_chunked(1 << 16):
+                                                out.write(block)
+                                                written += len(block)
+                                    else:
+                                        text = await resp.text(errors="replace")
+                                        answer = _Answer(
+                                            resp.status, resp.content_type, text, _retry_after(resp)
+                                        )
+                            except (TimeoutError, aiohttp.ClientError) as exc:
+                                part.unlink(missing_ok=True)
+                                log.warning("request.dropped", error=type(exc).__name__)
+                                raise Transient(f"{type(exc).__name__}: {_oneline(exc)}") from None
+                        if written >= 0:
+                            self._limiter.succeeded()
+                            part.replace(dest)
+                            return written
+                        if answer.status == 429:
+                            throttled_in_a_row += 1
+                            self.stats.throttled += 1
+                            pause = self._limiter.throttled(answer.retry_after)
+                            log.warning(
+                                "request.throttled",
+                                pause_s=round(pause, 3),
+                                in_a_row=throttled_in_a_row,
+                            )
+                            if throttled_in_a_row >= s.max_throttled:
+                                raise ThrottledError(
+                                    f"still throttled after {throttled_in_a_row} pauses", status=429
+                                )
+                            continue
+                        if answer.status == 401 and not refreshed and self._tokens.can_refresh:
+                            refreshed = True
+                            self.stats.token_refreshes += 1
+                            log.info("token.refused")
+                            await self._tokens.refresh(token)
+                            continue
+                        if answer.status >= 500:
+                            raise Transient(f"server error {answer.status}", status=answer.status)
+                        self._limiter.succeeded()
+                        self._raise_for(answer, None)
+        except Transient as exc:
+            raise TransportError(f"GET {path} failed: {exc.reason}", status=exc.status) from None
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
 def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:

@@ -10,8 +10,13 @@ and creation time, among jobs this run does not already know:
 - no unknown job of that type and size since the send: it was not accepted (resend);
 - as many such jobs as ambiguous chunks of that size: all were accepted, paired in
   time order;
-- anything else (say two candidates for one chunk): unresolved. It is never guessed:
-  the chunk stays ``ambiguous`` until the user resubmits or abandons it.
+- otherwise, the creation times decide, if they can: the offset and spread between
+  our send times and the server's creation times are measured on this run's known jobs
+  in the same listing, and a job is paired with the one ambiguous chunk sent within
+  that spread of its creation (requests leave paced, so sends are well apart);
+- anything still open (a job that fits two chunks, no timing to measure): unresolved.
+  It is never guessed: the chunk stays ``ambiguous`` until the user resubmits or
+  abandons it.
 """
 
 from __future__ import annotations
@@ -60,12 +65,27 @@ UNRESOLVED = "?"
 class Reconciler:
     """Finds out, from ``GET /admin/jobs``, which ambiguous chunks became jobs."""
 
-    __slots__ = ("_client", "_known", "_lock", "_resolved", "_settings", "_unanswered")
+    __slots__ = (
+        "_client",
+        "_known",
+        "_lock",
+        "_resolved",
+        "_sent_of_job",
+        "_settings",
+        "_unanswered",
+    )
 
-    def __init__(self, settings: Settings, client: ApiClient, known_job_ids: set[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: ApiClient,
+        known_job_ids: set[str],
+        sent_at_of_job: dict[str, float] | None = None,
+    ) -> None:
         self._settings = settings
         self._client = client
         self._known = known_job_ids  # shared with the runner: grows as jobs are accepted
+        self._sent_of_job = sent_at_of_job if sent_at_of_job is not None else {}
         self._unanswered: dict[int, Ambiguous] = {}
         self._resolved: dict[int, str | None] = {}
         self._lock = asyncio.Lock()
@@ -80,7 +100,7 @@ class Reconciler:
         except BulkJobError as exc:
             log.warning("reconcile.unavailable", error=str(exc))
             return {c.seq: UNRESOLVED for c in chunks}
-        return match(chunks, jobs, self._known, self._settings.reconcile_skew)
+        return match(chunks, jobs, self._known, self._settings.reconcile_skew, self._sent_of_job)
 
     async def resolve_one(self, seq: int, ids: int, sent_at: float) -> str | None:
         """The job id ``seq`` became, or None; raises LookupError when it cannot be told.
@@ -128,13 +148,19 @@ class Reconciler:
 
 
 def match(
-    chunks: Iterable[Ambiguous], jobs: Iterable[RemoteJob], known: set[str], skew: float
+    chunks: Iterable[Ambiguous],
+    jobs: Iterable[RemoteJob],
+    known: set[str],
+    skew: float,
+    sent_of_job: dict[str, float] | None = None,
 ) -> dict[int, str | None]:
     """Pair ambiguous chunks with unknown jobs of the same size (see module docstring)."""
+    jobs = list(jobs)
     by_size: dict[int, list[Ambiguous]] = defaultdict(list)
     for c in chunks:
         by_size[c.ids].append(c)
     unknown = [j for j in jobs if j.job_id not in known]
+    timing = _calibrate(jobs, sent_of_job or {})
     out: dict[int, str | None] = {}
     for size, group in by_size.items():
         group.sort(key=lambda c: c.sent_at)
@@ -154,7 +180,42 @@ def match(
         elif len(candidates) == len(group):
             out.update({c.seq: j.job_id for c, j in zip(group, candidates, strict=True)})
         else:
-            out.update({c.seq: UNRESOLVED for c in group})
+            out.update(_by_time(group, candidates, timing))
+    return out
+
+
+def _calibrate(jobs: list[RemoteJob], sent_of_job: dict[str, float]) -> tuple[float, float] | None:
+    """(offset, tolerance) between our send times and the server's creation times."""
+    deltas = sorted(
+        j.created - sent_of_job[j.job_id]
+        for j in jobs
+        if j.created is not None and j.job_id in sent_of_job
+    )
+    if len(deltas) < 3:
+        return None
+    offset = deltas[len(deltas) // 2]
+    # The observed spread, doubled, plus the listing's millisecond rounding.
+    tolerance = 2 * (deltas[-1] - deltas[0]) + 0.002
+    return offset, tolerance
+
+
+def _by_time(
+    group: list[Ambiguous], candidates: list[RemoteJob], timing: tuple[float, float] | None
+) -> dict[int, str | None]:
+    unresolved: dict[int, str | None] = {c.seq: UNRESOLVED for c in group}
+    if timing is None:
+        return unresolved
+    offset, tolerance = timing
+    out: dict[int, str | None] = {c.seq: None for c in group}
+    for job in candidates:
+        if job.created is None:
+            return unresolved
+        fits = [c for c in group if abs(job.created - offset - c.sent_at) <= tolerance]
+        if len(fits) > 1 or (fits and out[fits[0].seq] is not None):
+            return unresolved  # one job could be either chunk's, or two jobs fit one
+        if fits:
+            out[fits[0].seq] = job.job_id
+        # A job that fits no chunk of ours was someone else's: it is not evidence.
     return out
 
 

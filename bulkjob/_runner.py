@@ -115,6 +115,7 @@ class Runner:
         self._known_jobs: set[str] = set()
         self._open_jobs: dict[str, int] = {}
         self._sent_at: dict[int, float] = {}
+        self._sent_of_job: dict[str, float] = {}  # accepted job -> when its request left
         self._reconciler: Reconciler | None = None
         self._room_lock = asyncio.Lock()
         self._preflight_lock = asyncio.Lock()
@@ -134,6 +135,11 @@ class Runner:
     def __repr__(self) -> str:
         r = self.report
         return f"<Runner submitted={r.ids_submitted} jobs={len(r.jobs)} stop={self._stop}>"
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (no new submission starts)."""
+        return self._stop is not None
 
     def request_stop(self, reason: StopReason = "interrupted", message: str | None = None) -> None:
         """Stop starting new submissions; the first reason given is the one reported."""
@@ -211,6 +217,9 @@ class Runner:
                     )
         self._rows = {row.seq: row for row in journal.rows()}
         self._known_jobs.update(r.job_id for r in self._rows.values() if r.job_id)
+        self._sent_of_job.update(
+            {r.job_id: r.sent_at for r in self._rows.values() if r.job_id and r.sent_at}
+        )
         if not self._rows:
             return
         last = max(self._rows)
@@ -241,7 +250,7 @@ class Runner:
             initial_delay=s.throttle_initial_delay,
         )
         self._client = ApiClient(s, session, limiter, TokenSource(s, session))
-        self._reconciler = Reconciler(s, self._client, self._known_jobs)
+        self._reconciler = Reconciler(s, self._client, self._known_jobs, self._sent_of_job)
         await self._reconcile_rows()
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         chunks = chunked(iter(source), s.chunk_size)
@@ -320,6 +329,16 @@ class Runner:
                 self._pending(chunk)
                 continue
             try:
+                if not self._preflight_done:
+                    async with self._preflight_lock:  # the others wait for its verdict
+                        if not self._preflight_done:
+                            try:
+                                await self._preflight()
+                            finally:
+                                self._preflight_done = True
+                if self.stopping:  # the preflight refused to start
+                    self._pending(chunk)
+                    continue
                 job_id = await self._submit(chunk)
             except JobRejectedError as exc:
                 reason = redact(exc.server_message or str(exc))
@@ -335,9 +354,9 @@ class Runner:
                 TransportError,
                 ProtocolError,
             ) as exc:
-                await self._settle(chunk.seq, "pending", str(exc))
+                self.request_stop(_stop_reason(exc), str(exc))  # before any await
                 self._pending(chunk)
-                self.request_stop(_stop_reason(exc), str(exc))
+                await self._settle(chunk.seq, "pending", str(exc))
             except asyncio.CancelledError:
                 # Left as the journal has it ("sending" if it may have left): resume
                 # reconciles it rather than trusting either outcome.
@@ -351,11 +370,6 @@ class Runner:
     async def _submit(self, chunk: Chunk) -> str:
         """Submit ``chunk``; with ``on_queue_full=wait``, wait out a full queue and retry."""
         assert self._client is not None
-        if not self._preflight_done:
-            async with self._preflight_lock:
-                if not self._preflight_done:
-                    self._preflight_done = True
-                    await self._preflight()
         while True:
             try:
                 return (await self._client.submit(chunk, self)).job_id
@@ -396,6 +410,8 @@ class Runner:
         self.report.jobs.append(info)
         self.report.ids_submitted += len(chunk)
         self._known_jobs.add(job_id)
+        if chunk.seq in self._sent_at:
+            self._sent_of_job[job_id] = self._sent_at[chunk.seq]
         if not earlier:
             self._open_jobs[job_id] = chunk.seq
             log.info("job.accepted", job_id=job_id, chunk=chunk.seq, ids=len(chunk))

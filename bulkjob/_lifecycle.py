@@ -1,0 +1,493 @@
+"""After a run: the jobs its journal recorded — their status, waiting for them, their
+results files, and cancelling the ones still queued.
+
+Every command works from a run's journal file and the settings the run recorded there
+(merged with the caller's credentials and overrides by :func:`settings_from_journal`).
+Each command owns one session and one :class:`~bulkjob._limiter.WindowLimiter`: status
+calls are not charged against the quota, but they do count against the token's throttle
+window, so they are paced like everything else. What the server said is written back
+to the journal as it arrives (job status, results path), which makes ``wait`` and
+``results`` resumable job by job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import dataclasses
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from ._auth import TokenSource
+from ._client import ApiClient
+from ._errors import BulkJobError, ConfigError, InputError, ProtocolError, RequestError
+from ._journal import ChunkRow, Journal
+from ._limiter import WindowLimiter
+from ._logging import get_logger
+from ._runner import _FINAL_STATUSES, _new_session
+from ._settings import Settings
+
+__all__ = [
+    "CancelSummary",
+    "ResultsSummary",
+    "RunStatus",
+    "WaitTimeoutError",
+    "cancel",
+    "results",
+    "settings_from_journal",
+    "status",
+    "wait",
+]
+
+log = get_logger()
+_T = TypeVar("_T")
+#: Display order; anything else the server or a newer journal says comes after, sorted.
+_STATE_ORDER = ("pending", "sending", "accepted", "rejected", "ambiguous", "abandoned")
+_STATUS_ORDER = ("accepted", "processing", "finished", "failed", "aborted")
+#: ``wait`` backs off by this factor per round, up to this multiple of the first interval.
+_BACKOFF_FACTOR = 1.5
+_BACKOFF_CAP = 10.0
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def settings_from_journal(journal: str | os.PathLike[str], **overrides: object) -> Settings:
+    """The settings a run recorded in its journal, then every non-None override on top.
+
+    The journal never holds secrets, so credentials come in as overrides. JSON has no
+    tuples: list values are turned back into tuples for the tuple fields.
+    """
+    opened = Journal.open(journal)
+    try:
+        recorded = opened.meta("settings")
+    finally:
+        opened.close_sync()
+    if not isinstance(recorded, dict):
+        raise InputError(str(journal), 0, "the journal holds no run settings")
+    names = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in names)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a setting")
+    # A key a newer or older bulkjob wrote that this one does not know is left out.
+    merged = {k: v for k, v in recorded.items() if k in names}
+    merged.update((k, v) for k, v in overrides.items() if v is not None)
+    return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})  # type: ignore[arg-type]
+
+
+# -- results of the commands ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """Where a run's chunks and jobs stand, as the journal knows it (after any refresh)."""
+
+    #: Journal state (pending, accepted, rejected, ...) -> (chunks, ids).
+    chunks: Mapping[str, tuple[int, int]]
+    #: Last known server status of accepted jobs (accepted, processing, ...) -> (jobs, ids).
+    jobs: Mapping[str, tuple[int, int]]
+    total_chunks: int
+    total_ids: int
+    total_jobs: int
+    #: Jobs whose last known status is not final (finished, failed, aborted).
+    open_jobs: int
+    #: Jobs whose status was asked of the server by the call that made this snapshot.
+    refreshed: int = 0
+
+    @property
+    def all_final(self) -> bool:
+        """True when no job is still queued or processing."""
+        return self.open_jobs == 0
+
+    def render(self) -> str:
+        """A plain-text table: chunks by journal state, then jobs by server status."""
+        lines = [f"{'chunk state':<16}{'chunks':>10}{'ids':>14}"]
+        lines += [f"  {k:<14}{c:>10,}{i:>14,}" for k, (c, i) in _ordered(self.chunks, _STATE_ORDER)]
+        lines.append(f"  {'total':<14}{self.total_chunks:>10,}{self.total_ids:>14,}")
+        lines.append("")
+        lines.append(f"{'job status':<16}{'jobs':>10}{'ids':>14}")
+        lines += [f"  {k:<14}{c:>10,}{i:>14,}" for k, (c, i) in _ordered(self.jobs, _STATUS_ORDER)]
+        job_ids = sum(i for _, i in self.jobs.values())
+        lines.append(f"  {'total':<14}{self.total_jobs:>10,}{job_ids:>14,}")
+        if self.open_jobs:
+            lines.append(f"{self.open_jobs:,} job(s) not finished yet")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsSummary:
+    """What a ``results`` call did. Sequences hold chunk numbers, in order."""
+
+    downloaded: int
+    already_present: int
+    not_finished: tuple[int, ...]
+    failed: tuple[int, ...]
+    rows_merged: int = 0
+    bytes_downloaded: int = 0
+    #: Every results file known after the call, in chunk order.
+    files: tuple[Path, ...] = ()
+    merged: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSummary:
+    """What a ``cancel`` call did. Sequences hold chunk numbers, in order."""
+
+    cancelled: tuple[int, ...]
+    #: The server refused: the job had started processing in the meantime.
+    not_cancellable: tuple[int, ...]
+    #: Not attempted: the job was already processing or final when cancel began.
+    skipped: tuple[int, ...]
+    #: Ids in the cancelled jobs (their credits go back to the account).
+    ids_cancelled: int = 0
+
+
+class WaitTimeoutError(BulkJobError, TimeoutError):
+    """``wait`` ran out of time with jobs still open; ``status`` is the last snapshot."""
+
+    def __init__(self, message: str, status: RunStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+async def status(
+    journal: str | os.PathLike[str], settings: Settings, *, refresh: bool = False
+) -> RunStatus:
+    """The run's chunks and jobs; with ``refresh``, ask the server about every open job first."""
+    async with _Command(journal, settings, online=refresh) as cmd:
+        asked = await cmd.refresh() if refresh else 0
+        return cmd.snapshot(asked)
+
+
+async def wait(
+    journal: str | os.PathLike[str],
+    settings: Settings,
+    *,
+    poll_interval: float | None = None,
+    progress: Callable[[RunStatus], None] | None = None,
+    # Not asyncio.timeout(): cancelling mid-round would lose what the round saw, and the
+    # caller should get the last snapshot with the error.
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> RunStatus:
+    """Poll the open jobs until every one is final; returns the final snapshot.
+
+    Rounds are ``poll_interval`` (default ``settings.queue_poll_interval``) apart at
+    first, growing by half each round up to ten times that. Raises
+    :class:`WaitTimeoutError` (a :class:`TimeoutError`) once ``timeout`` seconds have
+    passed with jobs still open; what was seen is in the journal by then.
+    """
+    first = settings.queue_poll_interval if poll_interval is None else poll_interval
+    if first <= 0:
+        raise ConfigError(f"poll_interval: must be positive, got {first}")
+    if timeout is not None and timeout < 0:
+        raise ConfigError(f"timeout: must be >= 0, got {timeout}")
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    delay = first
+    async with _Command(journal, settings, online=True) as cmd:
+        while True:
+            snapshot = cmd.snapshot(await cmd.refresh())
+            if progress is not None:
+                progress(snapshot)
+            if snapshot.all_final:
+                log.info("wait.done", jobs=snapshot.total_jobs)
+                return snapshot
+            pause = delay
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitTimeoutError(
+                        f"{snapshot.open_jobs:,} of {snapshot.total_jobs:,} job(s) still open "
+                        f"after {timeout:g}s",
+                        snapshot,
+                    )
+                # One last round right at the deadline, so the error reports fresh statuses.
+                pause = min(pause, remaining)
+            log.info("wait.polling", open=snapshot.open_jobs, next_s=round(pause, 3))
+            await asyncio.sleep(pause)
+            delay = min(delay * _BACKOFF_FACTOR, first * _BACKOFF_CAP)
+
+
+async def results(
+    journal: str | os.PathLike[str],
+    settings: Settings,
+    out_dir: Path,
+    *,
+    merge: Path | None = None,
+    refresh: bool = True,
+) -> ResultsSummary:
+    """Download the results file of every finished job not downloaded yet, into ``out_dir``.
+
+    Files are named ``{seq:06d}-{jobId}.csv``; each path is recorded in the journal as
+    soon as its file is complete, so a second call fetches only what is missing. With
+    ``refresh`` (the default) the statuses of open jobs are asked first. With ``merge``,
+    every results file is then streamed into that one CSV, header once, in chunk order.
+    """
+    out_dir = Path(out_dir)
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    async with _Command(journal, settings, online=True) as cmd:
+        if refresh:
+            await cmd.refresh()
+        not_finished, failed, present, wanted = await asyncio.to_thread(_plan, cmd.jobs())
+        already = len(present)
+        sizes: list[int] = []
+
+        async def fetch(row: ChunkRow) -> None:
+            assert row.job_id is not None
+            safe_id = _UNSAFE_FILENAME.sub("_", row.job_id)
+            dest = (out_dir / f"{row.seq:06d}-{safe_id}.csv").resolve()
+            size = await cmd.client.download(f"{cmd.kind_path}/{row.job_id}/results", dest)
+            await cmd.journal.job_update(row.seq, results_path=str(dest))
+            present[row.seq] = dest
+            sizes.append(size)
+            log.info("results.downloaded", chunk=row.seq, job_id=row.job_id, bytes=size)
+
+        await _bounded(fetch, wanted, settings.concurrency)
+    files = tuple(present[seq] for seq in sorted(present))
+    rows_merged = 0
+    if merge is not None:
+        rows_merged = await asyncio.to_thread(_merge, files, Path(merge))
+        log.info("results.merged", path=str(merge), files=len(files), rows=rows_merged)
+    return ResultsSummary(
+        downloaded=len(sizes),
+        already_present=already,
+        not_finished=tuple(not_finished),
+        failed=tuple(failed),
+        rows_merged=rows_merged,
+        bytes_downloaded=sum(sizes),
+        files=files,
+        merged=Path(merge) if merge is not None else None,
+    )
+
+
+async def cancel(journal: str | os.PathLike[str], settings: Settings) -> CancelSummary:
+    """Cancel every job still queued (status ``accepted``); the server refunds its credits.
+
+    Statuses are refreshed first. A job that starts processing before its cancel
+    arrives is refused by the server (400): it is reported as not cancellable.
+    """
+    async with _Command(journal, settings, online=True) as cmd:
+        await cmd.refresh()
+        cancelled: list[int] = []
+        refused: list[int] = []
+        skipped: list[int] = []
+        queued: list[ChunkRow] = []
+        for row in cmd.jobs():
+            if row.job_status == "accepted":
+                queued.append(row)
+            else:
+                skipped.append(row.seq)
+        ids_cancelled = 0
+
+        async def abort(row: ChunkRow) -> None:
+            nonlocal ids_cancelled
+            path = f"{cmd.kind_path}/{row.job_id}"
+            try:
+                data = await cmd.client.delete_json(path)
+                now = _status_in(data, default="aborted")
+            except RequestError as exc:
+                if exc.status != 400:
+                    raise
+                # Refused: it started processing, or an earlier attempt whose answer was
+                # lost already cancelled it. Only the job's status tells which.
+                now = _status_in(await cmd.client.get_json(path))
+            await cmd.journal.job_update(row.seq, status=now)
+            if now == "aborted":
+                cancelled.append(row.seq)
+                ids_cancelled += row.ids
+                log.info("job.cancelled", chunk=row.seq, job_id=row.job_id)
+            else:
+                refused.append(row.seq)
+                log.warning("job.not_cancellable", chunk=row.seq, job_id=row.job_id, status=now)
+
+        await _bounded(abort, queued, settings.concurrency)
+    return CancelSummary(
+        cancelled=tuple(sorted(cancelled)),
+        not_cancellable=tuple(sorted(refused)),
+        skipped=tuple(skipped),
+        ids_cancelled=ids_cancelled,
+    )
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+class _Command:
+    """One command's journal and, when ``online``, its session, limiter and client."""
+
+    def __init__(self, journal: str | os.PathLike[str], settings: Settings, *, online: bool):
+        self._journal_path = journal
+        self._settings = settings
+        self._online = online
+        self.kind_path = settings.job_kind.path
+        self._journal: Journal | None = None
+        self._client: ApiClient | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def journal(self) -> Journal:
+        assert self._journal is not None
+        return self._journal
+
+    @property
+    def client(self) -> ApiClient:
+        assert self._client is not None
+        return self._client
+
+    async def __aenter__(self) -> _Command:
+        s = self._settings
+        if self._online and not s.has_credentials:
+            raise ConfigError(
+                "no credentials: set INSIDEVIEW_ACCESS_TOKEN (or --access-token), or "
+                "INSIDEVIEW_CLIENT_ID and INSIDEVIEW_CLIENT_SECRET"
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            journal = await asyncio.to_thread(Journal.open, self._journal_path)
+            stack.push_async_callback(journal.close)
+            self._journal = journal
+            if self._online:
+                session = _new_session(s)
+                stack.push_async_callback(session.close)
+                limiter = WindowLimiter(
+                    s.max_requests,
+                    s.per_seconds,
+                    margin=s.window_margin,
+                    initial_delay=s.throttle_initial_delay,
+                )
+                self._client = ApiClient(s, session, limiter, TokenSource(s, session))
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    def jobs(self) -> list[ChunkRow]:
+        """Accepted chunks with a job id, in chunk order."""
+        return [row for row in self.journal.rows("accepted") if row.job_id]
+
+    async def refresh(self) -> int:
+        """Ask the server for every open job's status and record it; returns how many."""
+        open_rows = [row for row in self.jobs() if row.job_status not in _FINAL_STATUSES]
+
+        async def ask(row: ChunkRow) -> None:
+            data = await self.client.get_json(f"{self.kind_path}/{row.job_id}")
+            now = _status_in(data)
+            if now != row.job_status:
+                log.info("job.status", chunk=row.seq, job_id=row.job_id, status=now)
+            await self.journal.job_update(row.seq, status=now)
+
+        await _bounded(ask, open_rows, self._settings.concurrency)
+        return len(open_rows)
+
+    def snapshot(self, refreshed: int) -> RunStatus:
+        """The journal's view right now."""
+        chunks = self.journal.counts()
+        jobs: dict[str, tuple[int, int]] = {}
+        open_jobs = 0
+        for row in self.jobs():
+            key = row.job_status or "unknown"
+            n, ids = jobs.get(key, (0, 0))
+            jobs[key] = (n + 1, ids + row.ids)
+            open_jobs += key not in _FINAL_STATUSES
+        return RunStatus(
+            chunks=chunks,
+            jobs=jobs,
+            total_chunks=sum(c for c, _ in chunks.values()),
+            total_ids=sum(i for _, i in chunks.values()),
+            total_jobs=sum(n for n, _ in jobs.values()),
+            open_jobs=open_jobs,
+            refreshed=refreshed,
+        )
+
+
+async def _bounded(
+    work: Callable[[_T], Awaitable[None]], items: Iterable[_T], concurrency: int
+) -> None:
+    """Run ``work`` over ``items``, at most ``concurrency`` at a time; the first error wins."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(item: _T) -> None:
+        async with semaphore:
+            await work(item)
+
+    async with asyncio.TaskGroup() as group:
+        for item in items:
+            group.create_task(one(item))
+
+
+def _plan(
+    rows: Iterable[ChunkRow],
+) -> tuple[list[int], list[int], dict[int, Path], list[ChunkRow]]:
+    """Sort jobs for ``results``: not finished, failed, file present, file to download."""
+    not_finished: list[int] = []
+    failed: list[int] = []
+    present: dict[int, Path] = {}
+    wanted: list[ChunkRow] = []
+    for row in rows:
+        if row.job_status == "failed":
+            failed.append(row.seq)
+        elif row.job_status != "finished":
+            not_finished.append(row.seq)
+        elif row.results_path and Path(row.results_path).is_file():
+            present[row.seq] = Path(row.results_path)
+        else:
+            wanted.append(row)
+    return not_finished, failed, present, wanted
+
+
+def _status_in(data: Mapping[str, object], default: str | None = None) -> str:
+    value = data.get("status")
+    if isinstance(value, str) and value:
+        return value
+    if default is not None:
+        return default
+    raise ProtocolError("job status answer without a status", server_message=str(data)[:200])
+
+
+def _ordered(
+    counts: Mapping[str, tuple[int, int]], order: tuple[str, ...]
+) -> list[tuple[str, tuple[int, int]]]:
+    rank = {k: n for n, k in enumerate(order)}
+    return sorted(counts.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0]))
+
+
+def _merge(files: Iterable[Path], dest: Path) -> int:
+    """Stream ``files`` into ``dest``: the first header, then every file's rows; row count.
+
+    Parsed as CSV (not split on lines) so that a quoted field holding a newline stays one
+    row. Written to ``dest.part`` and renamed, like the downloads.
+    """
+    part = dest.with_suffix(dest.suffix + ".part")
+    rows = 0
+    header: list[str] | None = None
+    try:
+        with part.open("w", encoding="utf-8", newline="") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            for path in files:
+                with path.open(encoding="utf-8", newline="") as src:
+                    reader = csv.reader(src)
+                    first = next(reader, None)
+                    if first is None:
+                        continue  # an empty file: no header, no rows
+                    if header is None:
+                        header = first
+                        writer.writerow(header)
+                    elif first != header:
+                        raise ProtocolError(
+                            f"{path.name}: its columns differ from the first results file's",
+                            server_message=",".join(first)[:200],
+                        )
+                    for row in reader:
+                        writer.writerow(row)
+                        rows += 1
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(dest)
+    return rows

@@ -1,0 +1,236 @@
+"""Backfill-grade runs: resume after quota, crash, signal and ambiguity; never paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from bulkjob._config import settings_for_resume
+from bulkjob._errors import ConfigError, InputError
+from bulkjob._journal import Journal
+from bulkjob._report import RunReport
+from bulkjob._runner import Runner
+from bulkjob._sandbox import Sandbox
+from bulkjob._settings import Settings
+from tests.conftest import TOKEN, IdsWriter, SandboxFactory, make_ids, settings_for
+
+
+async def run(settings: Settings, path: Path, journal: Path, **kw: object) -> RunReport:
+    """One run (or resume) with a journal."""
+    return await Runner(settings, [str(path)], journal=journal, **kw).run()  # type: ignore[arg-type]
+
+
+def assert_exactly_once(sb: Sandbox, values: list[str]) -> None:
+    """The server accepted every id of ``values`` exactly once, and nothing else."""
+    assert sb.ledger.duplicates == 0
+    assert set(sb.ledger.accepted_ids) == set(values)
+    assert sb.ledger.ids_accepted == len(values)
+
+
+async def test_quota_stop_then_resume_completes_once(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """Out of credits mid-run: stop with pending ids; after more credits, resume finishes."""
+    sb = await sandbox(quota=450)
+    values = make_ids(1000)
+    path, journal = ids(values), tmp_path / "run.journal"
+    first = await run(settings_for(sb, concurrency=2), path, journal)
+    assert first.stop_reason == "quota"
+    assert first.ids_pending == 1000 - first.ids_submitted
+    assert first.accounted
+    sb.add_quota(10_000)
+    second = await run(settings_for(sb, concurrency=2), path, journal, resume=True)
+    assert second.stop_reason is None
+    assert second.ids_submitted == 1000
+    assert second.accounted
+    assert len(second.jobs) == 10
+    assert_exactly_once(sb, values)
+
+
+async def test_changed_input_is_refused_before_sending(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """An input edited between runs makes resume refuse, with nothing sent."""
+    sb = await sandbox(quota=300)
+    values = make_ids(1000)
+    path, journal = ids(values), tmp_path / "run.journal"
+    await run(settings_for(sb), path, journal)
+    values[50] = make_ids(1, prefix="changed")[0]
+    path.write_text("".join(f"{v}\n" for v in values))
+    before = sb.ledger.requests
+    with pytest.raises(InputError, match="input changed"):
+        await run(settings_for(sb), path, journal, resume=True)
+    assert sb.ledger.requests == before
+
+
+async def test_resume_cannot_change_chunking(tmp_path: Path) -> None:
+    """Settings that shape chunks are fixed on resume."""
+    with pytest.raises(ConfigError, match="chunk_size"):
+        settings_for_resume({"chunk_size": 100}, flags={"chunk_size": 50}, env={})
+
+
+async def test_unanswered_sending_chunk_is_reconciled_not_resent(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """A chunk left 'sending' whose job exists is matched from /admin/jobs, not resent."""
+    sb = await sandbox()
+    values = make_ids(500)
+    path, journal = ids(values), tmp_path / "run.journal"
+    await run(settings_for(sb), path, journal)
+    # Simulate a crash between the server accepting chunk 3 and the journal recording it.
+    with sqlite3.connect(journal) as db:
+        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 3")
+    # ...and a crash after journaling 'sending' for chunk 5, before its request left.
+    with sqlite3.connect(journal) as db:
+        row = db.execute("SELECT job_id FROM chunks WHERE seq = 5").fetchone()
+        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 5")
+    sb.ledger.jobs.pop(row[0])
+    for v in values[400:500]:
+        sb.ledger.accepted_ids[v] -= 1
+        if not sb.ledger.accepted_ids[v]:
+            del sb.ledger.accepted_ids[v]
+    sb.ledger.ids_accepted -= 100
+    report = await run(settings_for(sb), path, journal, resume=True)
+    assert report.stop_reason is None
+    assert report.ids_submitted == 500
+    assert_exactly_once(sb, values)
+    states = {r.seq: (r.state, r.job_id) for r in Journal.open(journal).rows()}
+    assert states[3][0] == "accepted"
+    assert states[3][1] in sb.ledger.jobs
+
+
+async def test_unresolvable_chunks_stop_then_follow_the_users_choice(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """Two same-size 'sending' chunks with one matching job: stop (exit 8) until told."""
+    sb = await sandbox()
+    values = make_ids(300)
+    path, journal = ids(values), tmp_path / "run.journal"
+    await run(settings_for(sb), path, journal)
+    with sqlite3.connect(journal) as db:
+        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (1, 2)")
+        gone = db.execute("SELECT seq FROM chunks WHERE seq = 2").fetchone()
+    assert gone == (2,)
+    # Chunk 2's job never reached the server: remove it from the server's view.
+    second_job = list(sb.ledger.jobs)[1]
+    sb.ledger.jobs.pop(second_job)
+    requests = sb.ledger.requests
+    stopped = await run(settings_for(sb), path, journal, resume=True)
+    assert stopped.stop_reason == "ambiguous"
+    assert stopped.ambiguous_chunks == [1, 2]
+    assert stopped.accounted
+    assert sb.ledger.requests - requests == 1  # only the job-list lookup
+    abandoned = await run(settings_for(sb), path, journal, resume=True, ambiguous="abandon")
+    assert abandoned.stop_reason is None
+    assert abandoned.ids_rejected == 200
+    assert abandoned.accounted
+
+
+async def test_queue_full_wait_completes(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """With on_queue_full=wait, a 2-running-job limit is waited out and everything lands."""
+    sb = await sandbox(running_job_limit=2, processing_after=0.05, finished_after=0.1)
+    values = make_ids(800)
+    s = settings_for(sb, on_queue_full="wait", queue_poll_interval=0.05, concurrency=4)
+    report = await run(s, ids(values), tmp_path / "run.journal")
+    assert report.stop_reason is None
+    assert sb.ledger.rejected["queue_full"] > 0
+    assert_exactly_once(sb, values)
+
+
+async def test_require_quota_refuses_to_start(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """Fewer credits than ids with require_quota: stop on quota before any job is sent."""
+    sb = await sandbox(quota=150)
+    report = await run(settings_for(sb, require_quota=True), ids(500), tmp_path / "j.journal")
+    assert report.stop_reason == "quota"
+    assert "150" in (report.stop_message or "")
+    assert not sb.ledger.jobs
+    assert report.ids_pending == 500
+
+
+async def _cli(*args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))}
+    env["INSIDEVIEW_ACCESS_TOKEN"] = TOKEN
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bulkjob._cli",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+def _flags(sb: Sandbox) -> list[str]:
+    return [
+        "--base-url",
+        sb.base_url,
+        "--max-requests",
+        "20",
+        "--per",
+        "1",
+        "--no-progress",
+        "--concurrency",
+        "4",
+    ]
+
+
+@pytest.mark.slow
+async def test_kill_9_at_random_points_then_resume_exactly_once(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """kill -9 mid-run, three times at random points, then resume: every id accepted once."""
+    rng = random.Random(7)
+    for round_ in range(3):
+        sb = await sandbox(throttle_requests=20, throttle_window=1.0, latency=0.01)
+        values = make_ids(3000, prefix=f"k{round_}")
+        path = tmp_path / f"ids{round_}.txt"
+        path.write_text("".join(f"{v}\n" for v in values))
+        journal = tmp_path / f"run{round_}.journal"
+        proc = await _cli(
+            "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *_flags(sb)
+        )
+        await asyncio.sleep(rng.uniform(0.4, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        assert sb.ledger.ids_accepted < 3000
+        proc = await _cli("resume", str(journal), *_flags(sb))
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert sb.ledger.throttled == 0
+        assert_exactly_once(sb, values)
+
+
+@pytest.mark.slow
+async def test_sigint_exits_130_and_resume_completes(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """SIGINT stops cleanly with exit 130 and the resume command; resume completes."""
+    sb = await sandbox(throttle_requests=20, throttle_window=1.0)
+    values = make_ids(3000)
+    path = tmp_path / "ids.txt"
+    path.write_text("".join(f"{v}\n" for v in values))
+    journal = tmp_path / "run.journal"
+    proc = await _cli(
+        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *_flags(sb)
+    )
+    await asyncio.sleep(0.8)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, err.decode()
+    assert f"bulkjob resume {journal}" in err.decode()
+    proc = await _cli("resume", str(journal), *_flags(sb))
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert_exactly_once(sb, values)
