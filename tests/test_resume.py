@@ -83,7 +83,7 @@ async def test_unanswered_sending_chunk_is_reconciled_not_resent(
     sb = await sandbox()
     values = make_ids(500)
     path, journal = ids(values), tmp_path / "run.journal"
-    await run(settings_for(sb), path, journal)
+    await run(settings_for(sb, max_requests=20, per_seconds=1.0), path, journal)
     # Simulate a crash between the server accepting chunk 3 and the journal recording it.
     with sqlite3.connect(journal) as db:
         db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 3")
@@ -109,15 +109,17 @@ async def test_unanswered_sending_chunk_is_reconciled_not_resent(
 async def test_unresolvable_chunks_stop_then_follow_the_users_choice(
     sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
 ) -> None:
-    """Two same-size 'sending' chunks with one matching job: stop (exit 8) until told."""
+    """Two same-size chunks sent at once, one job between them: stop until the user says."""
     sb = await sandbox()
     values = make_ids(300)
     path, journal = ids(values), tmp_path / "run.journal"
     await run(settings_for(sb), path, journal)
     with sqlite3.connect(journal) as db:
         db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (1, 2)")
-        gone = db.execute("SELECT seq FROM chunks WHERE seq = 2").fetchone()
-    assert gone == (2,)
+        # Sent at the same instant: the job's creation time fits both equally.
+        db.execute(
+            "UPDATE chunks SET sent_at = (SELECT sent_at FROM chunks WHERE seq = 1) WHERE seq = 2"
+        )
     # Chunk 2's job never reached the server: remove it from the server's view.
     second_job = list(sb.ledger.jobs)[1]
     sb.ledger.jobs.pop(second_job)
@@ -234,3 +236,28 @@ async def test_sigint_exits_130_and_resume_completes(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert_exactly_once(sb, values)
+
+
+async def test_timing_tells_which_of_two_sends_became_the_job(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """Two same-size 'sending' chunks and one job: creation time pairs it with the right one."""
+    sb = await sandbox()
+    values = make_ids(500)
+    path, journal = ids(values), tmp_path / "run.journal"
+    # Paced sends (as under any real throttle) are what make creation times telling.
+    await run(settings_for(sb, max_requests=20, per_seconds=1.0), path, journal)
+    job_of_2 = list(sb.ledger.jobs)[1]
+    with sqlite3.connect(journal) as db:
+        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (2, 3)")
+    # Chunk 3's request never arrived: forget its job on the server side.
+    job_of_3 = list(sb.ledger.jobs)[2]
+    sb.ledger.jobs.pop(job_of_3)
+    for v in values[200:300]:
+        del sb.ledger.accepted_ids[v]
+    sb.ledger.ids_accepted -= 100
+    report = await run(settings_for(sb), path, journal, resume=True)
+    assert report.stop_reason is None
+    assert_exactly_once(sb, values)
+    rows = {r.seq: r.job_id for r in Journal.open(journal).rows()}
+    assert rows[2] == job_of_2
