@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import (
+    AmbiguousError,
     AuthError,
     BulkJobError,
     ConfigError,
@@ -25,7 +26,7 @@ from ._report import JobInfo, RejectedChunk, RunReport
 from ._runner import Progress, Runner
 from ._sandbox import Sandbox, SandboxConfig
 from ._settings import Settings
-from ._sync import submit, submit_async
+from ._sync import resume, resume_async, submit, submit_async
 
 try:
     __version__ = version("bulkjob")
@@ -33,6 +34,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "AmbiguousError",
     "AuthError",
     "BulkJobError",
     "ConfigError",
@@ -52,6 +54,8 @@ __all__ = [
     "ThrottledError",
     "TransportError",
     "__version__",
+    "resume",
+    "resume_async",
     "submit",
     "submit_async",
 ]

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, TypeVar
 
+from ._config import settings_for_resume
+from ._journal import Journal
 from ._report import RunReport
-from ._runner import ProgressSink, Runner
+from ._runner import AmbiguousPolicy, ProgressSink, Runner
 from ._settings import Settings
 
-__all__ = ["run_sync", "submit", "submit_async"]
+__all__ = ["resume", "resume_async", "run_sync", "submit", "submit_async"]
 
 T = TypeVar("T")
 
@@ -29,15 +32,48 @@ async def submit_async(
     *,
     stdin: BinaryIO | None = None,
     progress: ProgressSink | None = None,
+    journal: str | os.PathLike[str] | None = None,
     **changes: object,
 ) -> RunReport:
     """Submit every valid id of ``inputs`` (paths, or ``"-"`` for stdin) and report.
 
     ``changes`` override fields of ``settings`` (or of the defaults), e.g.
     ``submit_async(["ids.txt"], access_token=..., max_requests=1000, per_seconds=300)``.
+    With ``journal``, the run is recorded there and can be continued with :func:`resume`.
     """
     s = (settings or Settings()).replace(**changes) if changes else (settings or Settings())
-    return await Runner(s, inputs, stdin=stdin, progress=progress).run()
+    return await Runner(s, inputs, stdin=stdin, progress=progress, journal=journal).run()
+
+
+async def resume_async(
+    journal: str | os.PathLike[str],
+    *,
+    ambiguous: AmbiguousPolicy = "stop",
+    progress: ProgressSink | None = None,
+    **changes: object,
+) -> RunReport:
+    """Continue the run recorded in ``journal``; ``changes`` supply credentials and pacing.
+
+    Credentials also come from the ``INSIDEVIEW_*`` environment variables. Settings that
+    shape the chunks cannot change. Chunks whose outcome is unknown stop the run unless
+    ``ambiguous`` is ``"resubmit"`` or ``"abandon"``.
+    """
+    j = Journal.open(journal)
+    try:
+        recorded, inputs = j.meta("settings"), j.meta("inputs")
+    finally:
+        j.close_sync()
+    assert isinstance(recorded, dict) and isinstance(inputs, list)
+    s = settings_for_resume(recorded, flags=changes)
+    runner = Runner(
+        s,
+        [str(i) for i in inputs],
+        progress=progress,
+        journal=journal,
+        resume=True,
+        ambiguous=ambiguous,
+    )
+    return await runner.run()
 
 
 def submit(
@@ -46,11 +82,27 @@ def submit(
     *,
     stdin: BinaryIO | None = None,
     progress: ProgressSink | None = None,
+    journal: str | os.PathLike[str] | None = None,
     **changes: object,
 ) -> RunReport:
     """Blocking twin of :func:`submit_async`; safe to call from a notebook cell."""
     return run_sync(
-        lambda: submit_async(inputs, settings, stdin=stdin, progress=progress, **changes)
+        lambda: submit_async(
+            inputs, settings, stdin=stdin, progress=progress, journal=journal, **changes
+        )
+    )
+
+
+def resume(
+    journal: str | os.PathLike[str],
+    *,
+    ambiguous: AmbiguousPolicy = "stop",
+    progress: ProgressSink | None = None,
+    **changes: object,
+) -> RunReport:
+    """Blocking twin of :func:`resume_async`."""
+    return run_sync(
+        lambda: resume_async(journal, ambiguous=ambiguous, progress=progress, **changes)
     )
 
 
