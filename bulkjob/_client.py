@@ -54,8 +54,11 @@ class SubmitHooks(Protocol):
     async def sending(self, chunk: Chunk) -> None:
         """Called with a limiter slot held, right before the request leaves."""
 
-    async def reconcile(self, chunk: Chunk) -> str | None:
+    async def reconcile(self, chunk: Chunk, *, timed_out: bool) -> str | None:
         """No answer came back: the job id it became, or None if certainly not accepted.
+
+        ``timed_out`` says the server may still be working on it (a timeout, a 502/504),
+        as opposed to having closed the connection.
 
         Raises AmbiguousError when that cannot be told.
         """
@@ -78,6 +81,13 @@ class ClientStats:
     throttled: int = 0
     retries: int = 0
     token_refreshes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NoAnswer:
+    """A POST that may have reached the server but got no usable answer."""
+
+    timed_out: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +144,12 @@ class ApiClient:
                     answer = await self._send(
                         "POST", url, chunk.seq, params=params, data=body, before=before
                     )
-                    if answer is None and hooks is not None:
-                        job_id = await hooks.reconcile(chunk)
+                    if isinstance(answer, NoAnswer) and hooks is not None:
+                        job_id = await hooks.reconcile(chunk, timed_out=answer.timed_out)
                         if job_id is not None:
                             log.info("job.reconciled", chunk=chunk.seq, job_id=job_id)
                             return JobAccepted(job_id, "accepted", s.job_kind.job_type)
-                    if answer is None:
+                    if isinstance(answer, NoAnswer):
                         raise Transient("no answer (connection dropped or timed out)")
                     return self._accepted(answer, chunk.seq)
         except Transient as exc:
@@ -170,7 +180,7 @@ class ApiClient:
             async for attempt in retrying(self._settings, self._on_retry):
                 with attempt:
                     answer = await self._send(method, url, None, params=params or {})
-                    if answer is None:
+                    if isinstance(answer, NoAnswer):
                         raise Transient("no answer (connection dropped or timed out)")
                     if answer.status != 200:
                         self._raise_for(answer, None)
@@ -190,7 +200,7 @@ class ApiClient:
         params: dict[str, str],
         data: bytes = b"",
         before: Callable[[], Awaitable[None]] | None = None,
-    ) -> _Answer | None:
+    ) -> _Answer | NoAnswer:
         """One request, repeated through 429 pauses and one token refresh.
 
         Returns None when the request may have reached the server but no answer came
@@ -218,7 +228,8 @@ class ApiClient:
                 except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientError) as exc:
                     log.warning("request.dropped", chunk=seq, error=type(exc).__name__)
                     if method == "POST":
-                        return None
+                        # A server that timed out on us may still be working on the job.
+                        return NoAnswer(timed_out=isinstance(exc, TimeoutError))
                     raise Transient(f"{type(exc).__name__}: {_oneline(exc)}") from None
             if answer.status == 429:
                 throttled_in_a_row += 1
@@ -241,6 +252,10 @@ class ApiClient:
                 log.info("token.refused", chunk=seq)
                 await self._tokens.refresh(token)
                 continue
+            if answer.status in (502, 504) and method == "POST":
+                # A gateway gave up on the API server, which may have accepted the job.
+                log.warning("request.gateway_error", chunk=seq, status=answer.status)
+                return NoAnswer(timed_out=True)
             if answer.status >= 500:
                 raise Transient(f"server error {answer.status}", status=answer.status)
             self._limiter.succeeded()

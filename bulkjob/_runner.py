@@ -387,13 +387,15 @@ class Runner:
         if self._journal is not None:
             await self._journal.sending(chunk)
 
-    async def reconcile(self, chunk: Chunk) -> str | None:
+    async def reconcile(self, chunk: Chunk, *, timed_out: bool) -> str | None:
         """A submit got no answer: ask the account's job list whether it became a job."""
         assert self._reconciler is not None
+        sent_at = self._sent_at.get(chunk.seq, time.time())
+        # After a timeout the server may still create the job: "not there" is only
+        # believed once reconcile_grace has passed since the send.
+        settle_after = sent_at + self.settings.reconcile_grace if timed_out else 0.0
         try:
-            return await self._reconciler.resolve_one(
-                chunk.seq, len(chunk), self._sent_at.get(chunk.seq, time.time())
-            )
+            return await self._reconciler.resolve_one(chunk.seq, len(chunk), sent_at, settle_after)
         except LookupError as exc:
             raise AmbiguousError(
                 "submit got no answer and the job list cannot tell whether it was accepted",

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import collections
 import csv
+import functools
 import hashlib
 import io
 import math
 import random
-import functools
 import re
 import string
 import time

@@ -43,6 +43,8 @@ DEFAULT_TOKEN_REFRESH_MARGIN = 300.0
 DEFAULT_DRAIN_TIMEOUT = 60.0
 #: How far the server's job creation times may be from ours when reconciling.
 DEFAULT_RECONCILE_SKEW = 60.0
+#: After a submit timed out, how long "no such job" is not yet believed.
+DEFAULT_RECONCILE_GRACE = 120.0
 DEFAULT_QUEUE_POLL = 30.0
 # The real 400 texts for these two cases are not public: these patterns match the one
 # text seen publicly ("2 jobs are already running...") and the obvious wordings.
@@ -97,6 +99,7 @@ class Settings:
     max_throttled: int = DEFAULT_MAX_THROTTLED
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     reconcile_skew: float = DEFAULT_RECONCILE_SKEW
+    reconcile_grace: float = DEFAULT_RECONCILE_GRACE
     on_queue_full: QueueFullPolicy = "stop"
     queue_poll_interval: float = DEFAULT_QUEUE_POLL
     require_quota: bool = False
@@ -132,6 +135,7 @@ class Settings:
         _float_range("token_refresh_margin", self.token_refresh_margin, 0.0, 30 * 86_400.0)
         _float_range("drain_timeout", self.drain_timeout, 0.0, 86_400.0)
         _float_range("reconcile_skew", self.reconcile_skew, 0.0, 86_400.0)
+        _float_range("reconcile_grace", self.reconcile_grace, 0.0, 86_400.0)
         _choice("on_queue_full", self.on_queue_full, ("stop", "wait"))
         _float_range("queue_poll_interval", self.queue_poll_interval, 0.01, 86_400.0)
         for name in ("id_pattern",):

@@ -46,6 +46,7 @@ def settings_for(sandbox: Sandbox, **kw: object) -> Settings:
         "request_timeout": 5.0,
         "connect_timeout": 2.0,
         "drain_timeout": 2.0,
+        "reconcile_grace": 0.2,
     }
     if "client_id" not in kw:
         fast["access_token"] = TOKEN
