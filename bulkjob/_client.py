@@ -54,6 +54,9 @@ class SubmitHooks(Protocol):
     async def sending(self, chunk: Chunk) -> None:
         """Called with a limiter slot held, right before the request leaves."""
 
+    def answered(self, chunk: Chunk) -> None:
+        """Called when the request is over, with or without an answer."""
+
     async def reconcile(self, chunk: Chunk, *, timed_out: bool) -> str | None:
         """No answer came back: the job id it became, or None if certainly not accepted.
 
@@ -138,11 +141,12 @@ class ApiClient:
             params["webhook"] = s.webhook
         body = chunk.body()
         before = (lambda: hooks.sending(chunk)) if hooks is not None else None
+        after = (lambda: hooks.answered(chunk)) if hooks is not None else None
         try:
             async for attempt in retrying(s, self._on_retry):
                 with attempt:
                     answer = await self._send(
-                        "POST", url, chunk.seq, params=params, data=body, before=before
+                        "POST", url, chunk.seq, params=params, data=body, before=before, after=after
                     )
                     if isinstance(answer, NoAnswer) and hooks is not None:
                         job_id = await hooks.reconcile(chunk, timed_out=answer.timed_out)
@@ -200,6 +204,7 @@ class ApiClient:
         params: dict[str, str],
         data: bytes = b"",
         before: Callable[[], Awaitable[None]] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> _Answer | NoAnswer:
         """One request, repeated through 429 pauses and one token refresh.
 
@@ -231,6 +236,9 @@ class ApiClient:
                         # A server that timed out on us may still be working on the job.
                         return NoAnswer(timed_out=isinstance(exc, TimeoutError))
                     raise Transient(f"{type(exc).__name__}: {_oneline(exc)}") from None
+                finally:
+                    if after is not None:
+                        after()
             if answer.status == 429:
                 throttled_in_a_row += 1
                 self.stats.throttled += 1

@@ -119,6 +119,12 @@ class Runner:
         self._reconciler: Reconciler | None = None
         self._room_lock = asyncio.Lock()
         self._preflight_lock = asyncio.Lock()
+        self._gate = asyncio.Event()  # open unless a reconcile needs the account quiet
+        self._gate.set()
+        self._idle = asyncio.Event()  # set when no submit is in flight
+        self._idle.set()
+        self._in_flight = 0
+        self._reconciling = 0
         self._preflight_done = False
         self._stdin = stdin
         self._progress = progress
@@ -363,6 +369,7 @@ class Runner:
                 self._pending(chunk)
                 raise
             else:
+                self._known_jobs.add(job_id)  # at once: a reconcile may be listing jobs
                 if self._journal is not None:
                     await self._journal.accepted(chunk.seq, job_id)
                 self._accepted(chunk, job_id, earlier=False)
@@ -383,18 +390,36 @@ class Runner:
     # SubmitHooks: called by the client around each attempt
     async def sending(self, chunk: Chunk) -> None:
         """Journal the chunk as ``sending`` (durably) just before its request leaves."""
+        await self._gate.wait()  # closed while a reconcile needs a quiet account
+        self._in_flight += 1
+        self._idle.clear()
         self._sent_at[chunk.seq] = time.time()
         if self._journal is not None:
             await self._journal.sending(chunk)
 
+    def answered(self, chunk: Chunk) -> None:
+        """The request is over, answered or not."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
     async def reconcile(self, chunk: Chunk, *, timed_out: bool) -> str | None:
-        """A submit got no answer: ask the account's job list whether it became a job."""
+        """A submit got no answer: ask the account's job list whether it became a job.
+
+        New submits are held and those in flight allowed to finish first: then every
+        job on the account is known to the run except the unanswered ones, and the job
+        list can only be matched one way.
+        """
         assert self._reconciler is not None
         sent_at = self._sent_at.get(chunk.seq, time.time())
         # After a timeout the server may still create the job: "not there" is only
         # believed once reconcile_grace has passed since the send.
         settle_after = sent_at + self.settings.reconcile_grace if timed_out else 0.0
+        self._reconciling += 1
+        self._gate.clear()
         try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.request_timeout)
             return await self._reconciler.resolve_one(chunk.seq, len(chunk), sent_at, settle_after)
         except LookupError as exc:
             raise AmbiguousError(
@@ -402,6 +427,10 @@ class Runner:
                 chunk=chunk.seq,
                 server_message=str(exc),
             ) from None
+        finally:
+            self._reconciling -= 1
+            if not self._reconciling:
+                self._gate.set()
 
     async def _settle(self, seq: int, state: str, error: str | None) -> None:
         if self._journal is not None:
