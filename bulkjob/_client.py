@@ -91,6 +91,7 @@ class NoAnswer:
     """A POST that may have reached the server but got no usable answer."""
 
     timed_out: bool
+    status: int | None = None  # a gateway's 502/504, when that is what came back
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,10 @@ class ApiClient:
                             log.info("job.reconciled", chunk=chunk.seq, job_id=job_id)
                             return JobAccepted(job_id, "accepted", s.job_kind.job_type)
                     if isinstance(answer, NoAnswer):
-                        raise Transient("no answer (connection dropped or timed out)")
+                        what = f"gateway error {answer.status}" if answer.status else "no answer"
+                        raise Transient(
+                            f"{what} (the job list shows no such job)", status=answer.status
+                        )
                     return self._accepted(answer, chunk.seq)
         except Transient as exc:
             raise TransportError(
@@ -263,7 +267,7 @@ class ApiClient:
             if answer.status in (502, 504) and method == "POST":
                 # A gateway gave up on the API server, which may have accepted the job.
                 log.warning("request.gateway_error", chunk=seq, status=answer.status)
-                return NoAnswer(timed_out=True)
+                return NoAnswer(timed_out=True, status=answer.status)
             if answer.status >= 500:
                 raise Transient(f"server error {answer.status}", status=answer.status)
             self._limiter.succeeded()

@@ -115,13 +115,13 @@ async def test_unresolvable_chunks_stop_then_follow_the_users_choice(
     path, journal = ids(values), tmp_path / "run.journal"
     await run(settings_for(sb), path, journal)
     with sqlite3.connect(journal) as db:
+        (second_job,) = db.execute("SELECT job_id FROM chunks WHERE seq = 2").fetchone()
         db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (1, 2)")
         # Sent at the same instant: the job's creation time fits both equally.
         db.execute(
             "UPDATE chunks SET sent_at = (SELECT sent_at FROM chunks WHERE seq = 1) WHERE seq = 2"
         )
     # Chunk 2's job never reached the server: remove it from the server's view.
-    second_job = list(sb.ledger.jobs)[1]
     sb.ledger.jobs.pop(second_job)
     requests = sb.ledger.requests
     stopped = await run(settings_for(sb), path, journal, resume=True)
@@ -247,12 +247,12 @@ async def test_timing_tells_which_of_two_sends_became_the_job(
     path, journal = ids(values), tmp_path / "run.journal"
     # Paced sends (as under any real throttle) are what make creation times telling.
     await run(settings_for(sb, max_requests=20, per_seconds=1.0), path, journal)
-    job_of_2 = list(sb.ledger.jobs)[1]
     with sqlite3.connect(journal) as db:
+        jobs = dict(db.execute("SELECT seq, job_id FROM chunks WHERE seq IN (2, 3)").fetchall())
         db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (2, 3)")
+    job_of_2 = jobs[2]
     # Chunk 3's request never arrived: forget its job on the server side.
-    job_of_3 = list(sb.ledger.jobs)[2]
-    sb.ledger.jobs.pop(job_of_3)
+    sb.ledger.jobs.pop(jobs[3])
     for v in values[200:300]:
         del sb.ledger.accepted_ids[v]
     sb.ledger.ids_accepted -= 100
