@@ -3,7 +3,8 @@
 Exit codes: 0 done · 1 internal error · 2 usage/config/input error · 3 stopped on quota ·
 4 stopped on queue full · 5 auth/permission failure · 6 done but some jobs rejected ·
 7 gave up on a failing server (retries exhausted) · 8 chunks with no known outcome
-(a submit got no answer and the job list cannot tell; resume decides) · 130 interrupted.
+(a submit got no answer and the job list cannot tell; resume decides) · 9 ``wait`` timed
+out with jobs still open · 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
+from . import _lifecycle as lifecycle
 from ._config import load_settings, settings_for_resume
 from ._errors import (
     AmbiguousError,
@@ -31,7 +33,7 @@ from ._errors import (
     QuotaExhaustedError,
     TransportError,
 )
-from ._journal import Journal
+from ._lifecycle import WaitTimeoutError
 from ._logging import configure_logging, redact
 from ._progress import ProgressLine
 from ._report import RunReport
@@ -49,6 +51,7 @@ EXIT_AUTH = 5
 EXIT_REJECTED = 6
 EXIT_TRANSPORT = 7
 EXIT_AMBIGUOUS = 8
+EXIT_WAIT_TIMEOUT = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -87,7 +90,7 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_api_options(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that talks to the API; each maps to a Settings field."""
     p.add_argument("--config", metavar="FILE", help="TOML file of settings")
     p.add_argument("--base-url", dest="base_url", metavar="URL")
@@ -97,10 +100,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         dest="access_token",
         metavar="T",
         help="prefer INSIDEVIEW_ACCESS_TOKEN: flags show up in process lists",
-    )
-    p.add_argument(
-        "--kind",
-        choices=["new-contact-details", "contact-details", "new-company-details", "company-tech"],
     )
     p.add_argument(
         "--max-requests",
@@ -119,6 +118,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int, metavar="N")
     p.add_argument("--accept", choices=["json", "xml"])
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every job (info level)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that submit: the API flags and the run's own."""
+    _add_api_options(p)
     p.add_argument(
         "--on-queue-full",
         dest="on_queue_full",
@@ -134,8 +140,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--report", metavar="PATH", help="write the run report as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every job (info level)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
         help="files of ids (plain, CSV/TSV, gzip); '-' or none for stdin",
     )
     _add_run_options(submit)
+    submit.add_argument(
+        "--kind",
+        choices=["new-contact-details", "contact-details", "new-company-details", "company-tech"],
+    )
     submit.add_argument("--chunk-size", dest="chunk_size", type=_positive_int, metavar="N")
     submit.add_argument(
         "--retrieve-company-details",
@@ -198,6 +206,32 @@ def _parser() -> argparse.ArgumentParser:
         help="give up chunks of unknown outcome",
     )
 
+    submit.add_argument(
+        "--wait",
+        dest="wait_jobs",
+        action="store_true",
+        help="after submitting, wait until every job is final",
+    )
+
+    status = sub.add_parser("status", help="chunks by state and jobs by server status")
+    status.add_argument("journal", metavar="JOURNAL")
+    status.add_argument("--refresh", action="store_true", help="ask the server for job status")
+    _add_api_options(status)
+    wait = sub.add_parser("wait", help="poll the run's jobs until all are final")
+    wait.add_argument("journal", metavar="JOURNAL")
+    wait.add_argument("--poll", type=_number, metavar="SECONDS", help="first poll interval")
+    wait.add_argument("--timeout", type=_number, metavar="SECONDS")
+    wait.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_api_options(wait)
+    results = sub.add_parser("results", help="download the finished jobs' result CSVs")
+    results.add_argument("journal", metavar="JOURNAL")
+    results.add_argument("--out", required=True, metavar="DIR")
+    results.add_argument("--merge", metavar="FILE", help="also write one CSV of every row")
+    _add_api_options(results)
+    cancel = sub.add_parser("cancel", help="cancel the run's jobs not yet processing")
+    cancel.add_argument("journal", metavar="JOURNAL")
+    _add_api_options(cancel)
+
     sandbox = sub.add_parser("sandbox", help="serve a local look-alike of the API", add_help=False)
     sandbox.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -221,6 +255,12 @@ _NOT_SETTINGS = {
     "args",
     "journal",
     "ambiguous",
+    "wait_jobs",
+    "refresh",
+    "poll",
+    "timeout",
+    "out",
+    "merge",
 }
 
 
@@ -246,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(ids=args.ids, seed=args.seed, directory=args.dir, progress=args.progress)
         if args.command == "resume":
             return _resume(args)
+        if args.command in ("status", "wait", "results", "cancel"):
+            return _lifecycle_command(args)
         return _submit(args)
     except BulkJobError as exc:
         if debug:
@@ -279,6 +321,9 @@ def _exit_code(exc: BulkJobError) -> int:
         return EXIT_TRANSPORT
     if isinstance(exc, AmbiguousError):
         return EXIT_AMBIGUOUS
+    if isinstance(exc, WaitTimeoutError):
+        print(exc.status.render(), file=sys.stderr)
+        return EXIT_WAIT_TIMEOUT
     return EXIT_INTERNAL
 
 
@@ -295,24 +340,85 @@ def _submit(args: argparse.Namespace) -> int:
         inputs = [str(copy) if p == "-" else p for p in inputs]
     print(f"journal: {journal} (resume with: bulkjob resume {journal})", file=sys.stderr)
     runner = Runner(settings, inputs, progress=_progress(args), journal=journal)
-    return finish(run_with_signals(runner), args.report)
+    code = finish(run_with_signals(runner), args.report)
+    if args.wait_jobs and code in (EXIT_OK, EXIT_REJECTED):
+        final = asyncio.run(lifecycle.wait(journal, settings, progress=_wait_line(args)))
+        print(final.render(), file=sys.stderr)
+    return code
+
+
+def _lifecycle_command(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    settings = lifecycle.settings_from_journal(args.journal, **flags)
+    _configure(args, settings)
+    journal = args.journal
+    if args.command == "status":
+        print(asyncio.run(lifecycle.status(journal, settings, refresh=args.refresh)).render())
+    elif args.command == "wait":
+        done = asyncio.run(
+            lifecycle.wait(
+                journal,
+                settings,
+                poll_interval=args.poll,
+                progress=_wait_line(args),
+                timeout=args.timeout,
+            )
+        )
+        print(done.render())
+    elif args.command == "results":
+        merge = Path(args.merge) if args.merge else None
+        got = asyncio.run(lifecycle.results(journal, settings, Path(args.out), merge=merge))
+        print(
+            f"downloaded {got.downloaded:,} result file(s), {got.already_present:,} already "
+            f"present, in {args.out}"
+        )
+        if got.merged is not None:
+            print(f"merged {got.rows_merged:,} rows into {got.merged}")
+        if got.not_finished:
+            print(
+                f"{len(got.not_finished):,} job(s) not finished yet: run `bulkjob wait "
+                f"{journal}` then `results` again",
+                file=sys.stderr,
+            )
+        if got.failed:
+            print(f"{len(got.failed):,} job(s) failed: chunks {_seqs(got.failed)}", file=sys.stderr)
+    else:
+        gone = asyncio.run(lifecycle.cancel(journal, settings))
+        print(
+            f"cancelled {len(gone.cancelled):,} job(s) ({gone.ids_cancelled:,} ids); "
+            f"{len(gone.not_cancellable):,} already processing; "
+            f"{len(gone.skipped):,} skipped (not queued)"
+        )
+    return EXIT_OK
+
+
+def _seqs(seqs: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in seqs[:20])
+    return shown + (f" and {len(seqs) - 20:,} more" if len(seqs) > 20 else "")
+
+
+def _wait_line(args: argparse.Namespace) -> Callable[[lifecycle.RunStatus], None]:
+    line = ProgressLine(enabled=None if getattr(args, "progress", True) else False)
+
+    def show(st: lifecycle.RunStatus) -> None:
+        if line.enabled:
+            sys.stderr.write(
+                f"\rjobs: {st.total_jobs - st.open_jobs:,}/{st.total_jobs:,} final\x1b[K"
+            )
+            sys.stderr.flush()
+
+    return show
 
 
 def _resume(args: argparse.Namespace) -> int:
-    journal = Journal.open(args.journal)
-    try:
-        recorded = journal.meta("settings")
-        inputs = journal.meta("inputs")
-    finally:
-        journal.close_sync()
-    assert isinstance(recorded, dict) and isinstance(inputs, list)
+    recorded, inputs = lifecycle.read_run(args.journal)
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     settings = settings_for_resume(recorded, flags=flags, config_path=args.config)
     _configure(args, settings)
     print(f"resuming {args.journal}", file=sys.stderr)
     runner = Runner(
         settings,
-        [str(p) for p in inputs],
+        inputs,
         progress=_progress(args),
         journal=args.journal,
         resume=True,

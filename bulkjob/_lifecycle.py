@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import dataclasses
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -25,6 +24,7 @@ from typing import TypeVar
 
 from ._auth import TokenSource
 from ._client import ApiClient
+from ._config import settings_for_resume
 from ._errors import BulkJobError, ConfigError, InputError, ProtocolError, RequestError
 from ._journal import ChunkRow, Journal
 from ._limiter import WindowLimiter
@@ -56,26 +56,25 @@ _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def settings_from_journal(journal: str | os.PathLike[str], **overrides: object) -> Settings:
-    """The settings a run recorded in its journal, then every non-None override on top.
+    """The settings a run recorded in its journal, with credentials and overrides on top.
 
-    The journal never holds secrets, so credentials come in as overrides. JSON has no
-    tuples: list values are turned back into tuples for the tuple fields.
+    The journal never holds secrets: credentials come from ``overrides`` or the
+    ``INSIDEVIEW_*`` environment variables. Settings that shape chunks cannot change.
     """
+    recorded, _ = read_run(journal)
+    return settings_for_resume(recorded, flags=overrides)
+
+
+def read_run(journal: str | os.PathLike[str]) -> tuple[dict[str, object], list[str]]:
+    """The recorded settings and inputs of the run in ``journal``."""
     opened = Journal.open(journal)
     try:
-        recorded = opened.meta("settings")
+        recorded, inputs = opened.meta("settings"), opened.meta("inputs")
     finally:
         opened.close_sync()
-    if not isinstance(recorded, dict):
+    if not isinstance(recorded, dict) or not isinstance(inputs, list):
         raise InputError(str(journal), 0, "the journal holds no run settings")
-    names = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in names)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: not a setting")
-    # A key a newer or older bulkjob wrote that this one does not know is left out.
-    merged = {k: v for k, v in recorded.items() if k in names}
-    merged.update((k, v) for k, v in overrides.items() if v is not None)
-    return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})  # type: ignore[arg-type]
+    return recorded, [str(i) for i in inputs]
 
 
 # -- results of the commands ---------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, TypeVar
 
 from ._config import settings_for_resume
-from ._journal import Journal
+from ._lifecycle import read_run
 from ._report import RunReport
 from ._runner import AmbiguousPolicy, ProgressSink, Runner
 from ._settings import Settings
@@ -58,16 +58,11 @@ async def resume_async(
     shape the chunks cannot change. Chunks whose outcome is unknown stop the run unless
     ``ambiguous`` is ``"resubmit"`` or ``"abandon"``.
     """
-    j = Journal.open(journal)
-    try:
-        recorded, inputs = j.meta("settings"), j.meta("inputs")
-    finally:
-        j.close_sync()
-    assert isinstance(recorded, dict) and isinstance(inputs, list)
+    recorded, inputs = read_run(journal)
     s = settings_for_resume(recorded, flags=changes)
     runner = Runner(
         s,
-        [str(i) for i in inputs],
+        inputs,
         progress=progress,
         journal=journal,
         resume=True,

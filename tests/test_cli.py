@@ -334,3 +334,78 @@ async def test_demo_runs_clean(tmp_path: Path) -> None:
     assert code == 0, err
     assert "0 duplicates, 0 throttled" in err
     assert json.loads((tmp_path / "report.json").read_text())["ids_submitted"] == 20_000
+
+
+async def test_submit_wait_then_results_merge(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``submit --wait`` then ``results --merge``: one CSV with a row for every id."""
+    sb = await sandbox(processing_after=0.05, finished_after=0.1)
+    values = make_ids(450)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(values) + "\n")
+    journal = tmp_path / "run.journal"
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN, "BULKJOB_QUEUE_POLL_INTERVAL": "0.05"}
+    code, _, err = await bulkjob(
+        "submit",
+        str(path),
+        *fast_flags(sb),
+        "--chunk-size",
+        "100",
+        "--journal",
+        str(journal),
+        "--wait",
+        env=env,
+    )
+    assert code == 0, err
+    assert "finished" in err
+    code, out, err = await bulkjob("status", str(journal), env=env)
+    assert code == 0, err
+    assert "accepted" in out and "450" in out
+    merged = tmp_path / "all.csv"
+    code, out, err = await bulkjob(
+        "results", str(journal), "--out", str(tmp_path / "res"), "--merge", str(merged), env=env
+    )
+    assert code == 0, err
+    rows = merged.read_text().splitlines()
+    assert len(rows) == 1 + 450
+    assert {r.split(",")[0] for r in rows[1:]} == set(values)
+
+
+async def test_cancel_command(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``cancel`` aborts the run's queued jobs."""
+    sb = await sandbox(processing_after=60.0)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(make_ids(200)) + "\n")
+    journal = tmp_path / "run.journal"
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    code, _, err = await bulkjob(
+        "submit",
+        str(path),
+        *fast_flags(sb),
+        "--chunk-size",
+        "100",
+        "--journal",
+        str(journal),
+        env=env,
+    )
+    assert code == 0, err
+    code, out, err = await bulkjob("cancel", str(journal), env=env)
+    assert code == 0, err
+    assert "cancelled 2 job(s) (200 ids)" in out
+
+
+async def test_wait_timeout_exits_9(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``wait --timeout`` with jobs still queued exits 9 and shows the table."""
+    sb = await sandbox(processing_after=60.0)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(make_ids(100)) + "\n")
+    journal = tmp_path / "run.journal"
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    code, _, err = await bulkjob(
+        "submit", str(path), *fast_flags(sb), "--journal", str(journal), env=env
+    )
+    assert code == 0, err
+    code, _, err = await bulkjob(
+        "wait", str(journal), "--poll", "0.05", "--timeout", "0.2", env=env
+    )
+    assert code == 9, err
+    assert "not finished" in err
