@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -304,27 +305,62 @@ class Runner:
             stop_wait.cancel()
 
     async def _read(self, chunks: Iterator[Chunk], queue: asyncio.Queue[Chunk | None]) -> None:
-        """Feed chunks to the workers; after a stop, keep reading only to count pending ids."""
+        """Feed chunks to the workers; after a stop, keep reading only to count pending ids.
+
+        Reading runs in a thread of its own that keeps going while the loop sends, handing
+        chunks over without waiting for each hand-off (a round trip per chunk through the
+        loop would stall the reader at every GIL switch). A semaphore bounds how far it
+        may run ahead, so memory stays flat.
+        """
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
+        room = threading.Semaphore(2 * self.settings.concurrency)
+        quit_reading = threading.Event()
+
+        def produce() -> None:
+            try:
+                for chunk in chunks:
+                    room.acquire()
+                    if quit_reading.is_set():
+                        return
+                    loop.call_soon_threadsafe(inbox.put_nowait, chunk)
+                loop.call_soon_threadsafe(inbox.put_nowait, None)
+            except BaseException as exc:  # handed to the loop, which decides
+                loop.call_soon_threadsafe(inbox.put_nowait, exc)
+
+        reader = loop.run_in_executor(None, produce)
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                row = self._rows.get(chunk.seq)
-                if row is not None and row.state == "accepted" and row.job_id:
-                    self._accepted(chunk, row.job_id, earlier=True)
-                elif row is not None and row.state in ("rejected", "abandoned"):
-                    self._rejected(chunk, row.last_error or row.state, None, None)
-                elif row is not None and row.state == "ambiguous":
-                    self._pending(chunk, ambiguous=True)
-                elif self._stop is not None:
-                    self._pending(chunk)
-                else:
-                    if self._journal is not None and row is None:
-                        await self._journal.add(chunk)
-                    await queue.put(chunk)
-        except InputError as exc:
-            # The input changed after the pre-pass found it fine: stop, keep the count.
-            self.request_stop("input", str(exc))
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, InputError):
+                    # The input changed after the pre-pass found it fine: stop, keep counts.
+                    self.request_stop("input", str(item))
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                await self._route(item, queue)
+                room.release()
+        finally:
+            quit_reading.set()
+            room.release()  # wake the reader if it waits for room
+            await asyncio.shield(reader)
         for _ in range(self.settings.concurrency):
             await queue.put(None)
+
+    async def _route(self, chunk: Chunk, queue: asyncio.Queue[Chunk | None]) -> None:
+        """Send a chunk to the workers, or account for it if the journal or a stop says so."""
+        row = self._rows.get(chunk.seq)
+        if row is not None and row.state == "accepted" and row.job_id:
+            self._accepted(chunk, row.job_id, earlier=True)
+        elif row is not None and row.state in ("rejected", "abandoned"):
+            self._rejected(chunk, row.last_error or row.state, None, None)
+        elif row is not None and row.state == "ambiguous":
+            self._pending(chunk, ambiguous=True)
+        elif self._stop is not None:
+            self._pending(chunk)
+        else:
+            if self._journal is not None and row is None:
+                await self._journal.add(chunk)
+            await queue.put(chunk)
 
     async def _work(self, queue: asyncio.Queue[Chunk | None]) -> None:
         while True:
