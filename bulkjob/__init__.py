@@ -22,11 +22,21 @@ from ._errors import (
     ThrottledError,
     TransportError,
 )
+from ._lifecycle import ResultsSummary, RunStatus
 from ._report import JobInfo, RejectedChunk, RunReport
 from ._runner import Progress, Runner
 from ._sandbox import Sandbox, SandboxConfig
 from ._settings import Settings
-from ._sync import resume, resume_async, submit, submit_async
+from ._sync import (
+    results,
+    results_async,
+    resume,
+    resume_async,
+    submit,
+    submit_async,
+    wait,
+    wait_async,
+)
 
 try:
     __version__ = version("bulkjob")
@@ -46,7 +56,9 @@ __all__ = [
     "QueueFullError",
     "QuotaExhaustedError",
     "RejectedChunk",
+    "ResultsSummary",
     "RunReport",
+    "RunStatus",
     "Runner",
     "Sandbox",
     "SandboxConfig",
@@ -54,8 +66,12 @@ __all__ = [
     "ThrottledError",
     "TransportError",
     "__version__",
+    "results",
+    "results_async",
     "resume",
     "resume_async",
     "submit",
     "submit_async",
+    "wait",
+    "wait_async",
 ]

@@ -13,15 +13,27 @@ import asyncio
 import concurrent.futures
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from . import _lifecycle
 from ._config import settings_for_resume
-from ._lifecycle import read_run
+from ._lifecycle import ResultsSummary, RunStatus, read_run, settings_from_journal
 from ._report import RunReport
 from ._runner import AmbiguousPolicy, ProgressSink, Runner
 from ._settings import Settings
 
-__all__ = ["resume", "resume_async", "run_sync", "submit", "submit_async"]
+__all__ = [
+    "results",
+    "results_async",
+    "resume",
+    "resume_async",
+    "run_sync",
+    "submit",
+    "submit_async",
+    "wait",
+    "wait_async",
+]
 
 T = TypeVar("T")
 
@@ -114,3 +126,53 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     # A loop is running in this thread: nesting is impossible, so use a thread of our own.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bulkjob") as pool:
         return pool.submit(asyncio.run, main()).result()
+
+
+async def wait_async(
+    journal: str | os.PathLike[str],
+    *,
+    poll_interval: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the last snapshot goes with the error
+    **changes: object,
+) -> RunStatus:
+    """Poll the jobs of the run in ``journal`` until every one is final."""
+    settings = settings_from_journal(journal, **changes)
+    return await _lifecycle.wait(journal, settings, poll_interval=poll_interval, timeout=timeout)
+
+
+def wait(
+    journal: str | os.PathLike[str],
+    *,
+    poll_interval: float | None = None,
+    timeout: float | None = None,
+    **changes: object,
+) -> RunStatus:
+    """Blocking twin of :func:`wait_async`."""
+    return run_sync(
+        lambda: wait_async(journal, poll_interval=poll_interval, timeout=timeout, **changes)
+    )
+
+
+async def results_async(
+    journal: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    merge: str | os.PathLike[str] | None = None,
+    **changes: object,
+) -> ResultsSummary:
+    """Download the finished jobs' CSVs into ``out_dir`` (resumably); ``merge`` into one."""
+    settings = settings_from_journal(journal, **changes)
+    return await _lifecycle.results(
+        journal, settings, Path(out_dir), merge=Path(merge) if merge is not None else None
+    )
+
+
+def results(
+    journal: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    merge: str | os.PathLike[str] | None = None,
+    **changes: object,
+) -> ResultsSummary:
+    """Blocking twin of :func:`results_async`."""
+    return run_sync(lambda: results_async(journal, out_dir, merge=merge, **changes))

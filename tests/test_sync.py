@@ -66,3 +66,30 @@ async def test_run_sync_inside_a_running_loop_uses_a_private_loop() -> None:
         return asyncio.get_running_loop() is outer
 
     assert run_sync(where) is False
+
+
+def test_resume_wait_results_from_a_script(tmp_path: Path) -> None:
+    """The Python API covers a whole backfill: submit, resume, wait, results."""
+    from bulkjob import results, resume, wait
+
+    sb, stop, thread = _serve_in_thread()
+    try:
+        sb.config.quota = 120
+        sb.config.finished_after = 0.05
+        path = tmp_path / "ids.txt"
+        values = make_ids(250)
+        path.write_text("\n".join(values) + "\n")
+        journal = tmp_path / "run.journal"
+        common = {"base_url": sb.base_url, "access_token": TOKEN, "queue_poll_interval": 0.05}
+        first = submit([str(path)], chunk_size=100, journal=journal, **common)
+        assert first.stop_reason == "quota"
+        sb.add_quota(1000)
+        second = resume(journal, **common)
+        assert second.ids_submitted == 250
+        assert wait(journal, **common).all_final
+        got = results(journal, tmp_path / "out", merge=tmp_path / "all.csv", **common)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert got.rows_merged == 250
+    assert sb.ledger.duplicates == 0
