@@ -100,6 +100,7 @@ class _Answer:
     content_type: str
     text: str
     retry_after: float | None
+    written: int = 0  # bytes streamed to a sink file instead of ``text``
 
 
 class ApiClient:
@@ -124,6 +125,17 @@ class ApiClient:
 
     def __repr__(self) -> str:
         return f"<ApiClient {self._settings.base_url} {self.stats}>"
+
+    @classmethod
+    def for_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> ApiClient:
+        """A client with its own limiter and token source: one per command or run."""
+        limiter = WindowLimiter(
+            settings.max_requests,
+            settings.per_seconds,
+            margin=settings.window_margin,
+            initial_delay=settings.throttle_initial_delay,
+        )
+        return cls(settings, session, limiter, TokenSource(settings, session))
 
     async def submit(self, chunk: Chunk, hooks: SubmitHooks | None = None) -> JobAccepted:
         """Submit one chunk as one job; raises a :class:`RequestError` subclass on failure.
@@ -183,16 +195,23 @@ class ApiClient:
     async def _json(
         self, method: str, path: str, params: dict[str, str] | None
     ) -> dict[str, object]:
+        answer = await self._call(method, path, params)
+        return parse_body(answer.content_type, answer.text)
+
+    async def _call(
+        self, method: str, path: str, params: dict[str, str] | None, sink: Path | None = None
+    ) -> _Answer:
+        """A non-submit request with retries; raises unless the answer is a 200."""
         url = f"{self._settings.base_url.rstrip('/')}/{path.lstrip('/')}"
         try:
             async for attempt in retrying(self._settings, self._on_retry):
                 with attempt:
-                    answer = await self._send(method, url, None, params=params or {})
+                    answer = await self._send(method, url, None, params=params or {}, sink=sink)
                     if isinstance(answer, NoAnswer):
                         raise Transient("no answer (connection dropped or timed out)")
                     if answer.status != 200:
                         self._raise_for(answer, None)
-                    return parse_body(answer.content_type, answer.text)
+                    return answer
         except Transient as exc:
             raise TransportError(
                 f"{method} {path} failed: {exc.reason}", status=exc.status
@@ -209,6 +228,7 @@ class ApiClient:
         data: bytes = b"",
         before: Callable[[], Awaitable[None]] | None = None,
         after: Callable[[], None] | None = None,
+        sink: Path | None = None,
     ) -> _Answer | NoAnswer:
         """One request, repeated through 429 pauses and one token refresh.
 
@@ -217,8 +237,9 @@ class ApiClient:
         (connection refused) or that are safe to repeat (5xx).
         """
         s = self._settings
+        accept = "application/json" if s.accept == "json" else "application/xml"
         headers = {
-            "Accept": "application/json" if s.accept == "json" else "application/xml",
+            "Accept": "text/csv, */*" if sink is not None else accept,
             "Content-Type": "text/plain; charset=utf-8",
         }
         throttled_in_a_row = 0
@@ -231,7 +252,7 @@ class ApiClient:
                     await before()
                 self.stats.requests += 1
                 try:
-                    answer = await self._exchange(method, url, headers, params, data)
+                    answer = await self._exchange(method, url, headers, params, data, sink)
                 except aiohttp.ClientConnectorError as exc:
                     raise Transient(f"cannot connect: {_oneline(exc)}") from None
                 except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientError) as exc:
@@ -280,10 +301,20 @@ class ApiClient:
         headers: dict[str, str],
         params: dict[str, str],
         data: bytes,
+        sink: Path | None = None,
     ) -> _Answer:
         async with self._session.request(
             method, url, headers=headers, params=params, data=data or None
         ) as resp:
+            if sink is not None and resp.status == 200:
+                # Streamed in 64 KiB blocks with plain writes: page-cache fast, and the
+                # limiter slot is held until the last byte is in.
+                written = 0
+                with sink.open("wb") as out:
+                    async for block in resp.content.iter_chunked(1 << 16):
+                        out.write(block)
+                        written += len(block)
+                return _Answer(200, resp.content_type, "", None, written)
             text = await resp.text(errors="replace")
             return _Answer(resp.status, resp.content_type, text, _retry_after(resp))
 
@@ -340,75 +371,18 @@ class ApiClient:
     async def download(self, path: str, dest: Path) -> int:
         """GET ``base_url/path`` and stream the body into ``dest``; returns the bytes written.
 
-        Same limiter slot, token, 429 pauses, token refresh and retries as :meth:`get_json`
-        (the slot is held until the last byte is in). The body goes to ``dest.part`` and is
-        renamed once complete, so a crash never leaves half a file under the final name.
+        Same limiter slot, token, 429 pauses, token refresh and retries as :meth:`get_json`.
+        The body goes to ``dest.part`` and is renamed once complete, so a crash never
+        leaves half a file under the final name.
         """
-        s = self._settings
-        url = f"{s.base_url.rstrip('/')}/{path.lstrip('/')}"
         part = dest.with_suffix(dest.suffix + ".part")
-        headers = {"Accept": "text/csv, */*"}
-        throttled_in_a_row = 0
-        refreshed = False
         try:
-            async for attempt in retrying(s, self._on_retry):
-                with attempt:
-                    while True:
-                        token = await self._tokens.get()
-                        headers["accessToken"] = token
-                        written = -1
-                        async with self._limiter:
-                            self.stats.requests += 1
-                            try:
-                                async with self._session.get(url, headers=headers) as resp:
-                                    if resp.status == 200:
-                                        written = 0
-                                        # Synchronous 64 KiB writes: page-cache fast, and
-                                        # one file at a time per download.
-                                        with part.open("wb") as out:
-                                            async for block in resp.content.iter_chunked(1 << 16):
-                                                out.write(block)
-                                                written += len(block)
-                                    else:
-                                        text = await resp.text(errors="replace")
-                                        answer = _Answer(
-                                            resp.status, resp.content_type, text, _retry_after(resp)
-                                        )
-                            except (TimeoutError, aiohttp.ClientError) as exc:
-                                part.unlink(missing_ok=True)
-                                log.warning("request.dropped", error=type(exc).__name__)
-                                raise Transient(f"{type(exc).__name__}: {_oneline(exc)}") from None
-                        if written >= 0:
-                            self._limiter.succeeded()
-                            part.replace(dest)
-                            return written
-                        if answer.status == 429:
-                            throttled_in_a_row += 1
-                            self.stats.throttled += 1
-                            pause = self._limiter.throttled(answer.retry_after)
-                            log.warning(
-                                "request.throttled",
-                                pause_s=round(pause, 3),
-                                in_a_row=throttled_in_a_row,
-                            )
-                            if throttled_in_a_row >= s.max_throttled:
-                                raise ThrottledError(
-                                    f"still throttled after {throttled_in_a_row} pauses", status=429
-                                )
-                            continue
-                        if answer.status == 401 and not refreshed and self._tokens.can_refresh:
-                            refreshed = True
-                            self.stats.token_refreshes += 1
-                            log.info("token.refused")
-                            await self._tokens.refresh(token)
-                            continue
-                        if answer.status >= 500:
-                            raise Transient(f"server error {answer.status}", status=answer.status)
-                        self._limiter.succeeded()
-                        self._raise_for(answer, None)
-        except Transient as exc:
-            raise TransportError(f"GET {path} failed: {exc.reason}", status=exc.status) from None
-        raise AssertionError("unreachable: tenacity either returns or re-raises")
+            answer = await self._call("GET", path, None, sink=part)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        part.replace(dest)
+        return answer.written
 
 
 def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:

@@ -27,14 +27,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._chunker import Chunk
 from ._errors import ConfigError, InputError
 
-__all__ = ["ChunkRow", "InputIdentity", "Journal"]
+__all__ = ["ChunkRow", "InputIdentity", "Journal", "verify_chunks"]
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -198,6 +198,21 @@ class Journal:
             raise sqlite3.DatabaseError(f"missing run key {key!r}")
         return json.loads(str(rows[0][0]))
 
+    def check_identity(self) -> None:
+        """Refuse inputs whose size changed since the journal was written."""
+        identity = self.meta("identity")
+        assert isinstance(identity, list)
+        for old in identity:
+            if "size" in old and os.path.exists(old["path"]):
+                now = InputIdentity.of(old["path"])
+                if now.size != old["size"]:
+                    raise InputError(
+                        old["path"],
+                        0,
+                        f"input changed since the journal was written "
+                        f"({old['size']:,} -> {now.size:,} bytes); nothing was sent",
+                    )
+
     def rows(self, state: str | None = None) -> Iterator[ChunkRow]:
         """Chunk rows in sequence order, optionally of one state."""
         sql = (
@@ -321,3 +336,31 @@ class Journal:
             conn, self._conn = self._conn, None
             self._pool.submit(conn.close).result()
         self._pool.shutdown(wait=True)
+
+
+def verify_chunks(rows: dict[int, ChunkRow], chunks: Iterable[Chunk], inputs: list[str]) -> None:
+    """Prove that ``chunks`` (the input re-read) are the chunks ``rows`` describe.
+
+    Reads only as far as the last journaled chunk. Raises InputError on the first chunk
+    whose hash differs, or when the input ends before it.
+    """
+    if not rows:
+        return
+    last = max(rows)
+    for chunk in chunks:
+        row = rows.get(chunk.seq)
+        if row is not None and row.digest != chunk.digest:
+            raise InputError(
+                chunk.first.path,
+                chunk.first.line,
+                f"input changed since the journal was written: chunk {chunk.seq} "
+                f"({row.first}..{row.last}) now holds other ids; nothing was sent",
+            )
+        if chunk.seq >= last:
+            return
+    raise InputError(
+        ", ".join(inputs),
+        0,
+        f"input is shorter than when the journal was written (chunk {last} is gone); "
+        "nothing was sent",
+    )

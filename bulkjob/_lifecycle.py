@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._auth import TokenSource
 from ._client import ApiClient
 from ._config import settings_for_resume
 from ._errors import BulkJobError, ConfigError, InputError, ProtocolError, RequestError
 from ._journal import ChunkRow, Journal
-from ._limiter import WindowLimiter
 from ._logging import get_logger
 from ._runner import _FINAL_STATUSES, _new_session
 from ._settings import Settings
@@ -353,13 +351,7 @@ class _Command:
             if self._online:
                 session = _new_session(s)
                 stack.push_async_callback(session.close)
-                limiter = WindowLimiter(
-                    s.max_requests,
-                    s.per_seconds,
-                    margin=s.window_margin,
-                    initial_delay=s.throttle_initial_delay,
-                )
-                self._client = ApiClient(s, session, limiter, TokenSource(s, session))
+                self._client = ApiClient.for_settings(s, session)
             self._stack = stack.pop_all()
         return self
 

@@ -60,7 +60,7 @@ class WindowLimiter:
         max_requests: int,
         per_seconds: float,
         *,
-        margin: float = 0.02,
+        margin: float = 0.01,
         initial_delay: float = 5.0,
         pace: bool = True,
     ) -> None:

@@ -20,11 +20,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import aiohttp
 
-from ._auth import TokenSource
 from ._chunker import Chunk, chunked
 from ._client import ApiClient
 from ._errors import (
@@ -39,18 +38,15 @@ from ._errors import (
     QuotaExhaustedError,
     TransportError,
 )
-from ._journal import ChunkRow, InputIdentity, Journal
-from ._limiter import WindowLimiter
+from ._guard import AmbiguousPolicy, SubmitGuard
+from ._journal import ChunkRow, Journal, verify_chunks
 from ._logging import get_logger, redact
-from ._reconcile import UNRESOLVED, Ambiguous, Reconciler
 from ._report import JobInfo, RejectedChunk, RunReport, StopReason
 from ._settings import Settings
 from ._source import IdSource, InputSummary
 
 __all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]
 
-#: What resume does with chunks whose submit has no known outcome.
-AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
 _FINAL_STATUSES = frozenset({"finished", "failed", "aborted"})
 
 log = get_logger()
@@ -113,19 +109,10 @@ class Runner:
         self._ambiguous_policy = ambiguous
         self._journal: Journal | None = None
         self._rows: dict[int, ChunkRow] = {}
-        self._known_jobs: set[str] = set()
         self._open_jobs: dict[str, int] = {}
-        self._sent_at: dict[int, float] = {}
-        self._sent_of_job: dict[str, float] = {}  # accepted job -> when its request left
-        self._reconciler: Reconciler | None = None
+        self._guard = SubmitGuard(settings, None, {})  # replaced once the journal is open
         self._room_lock = asyncio.Lock()
         self._preflight_lock = asyncio.Lock()
-        self._gate = asyncio.Event()  # open unless a reconcile needs the account quiet
-        self._gate.set()
-        self._idle = asyncio.Event()  # set when no submit is in flight
-        self._idle.set()
-        self._in_flight = 0
-        self._reconciling = 0
         self._preflight_done = False
         self._stdin = stdin
         self._progress = progress
@@ -212,52 +199,15 @@ class Runner:
         self._journal = journal
         self.report.journal = str(self.journal_path)
         self.report.resumed = True
-        for old in journal.meta("identity"):  # type: ignore[attr-defined]
-            if "size" in old and os.path.exists(old["path"]):
-                now = InputIdentity.of(old["path"])
-                if now.size != old["size"]:
-                    raise InputError(
-                        old["path"],
-                        0,
-                        f"input changed since the journal was written "
-                        f"({old['size']:,} -> {now.size:,} bytes); nothing was sent",
-                    )
+        journal.check_identity()
         self._rows = {row.seq: row for row in journal.rows()}
-        self._known_jobs.update(r.job_id for r in self._rows.values() if r.job_id)
-        self._sent_of_job.update(
-            {r.job_id: r.sent_at for r in self._rows.values() if r.job_id and r.sent_at}
-        )
-        if not self._rows:
-            return
-        last = max(self._rows)
-        for chunk in chunked(iter(source), self.settings.chunk_size):
-            row = self._rows.get(chunk.seq)
-            if row is not None and row.digest != chunk.digest:
-                raise InputError(
-                    chunk.first.path,
-                    chunk.first.line,
-                    f"input changed since the journal was written: chunk {chunk.seq} "
-                    f"({row.first}..{row.last}) now holds other ids; nothing was sent",
-                )
-            if chunk.seq >= last:
-                return
-        raise InputError(
-            ", ".join(self.inputs),
-            0,
-            f"input is shorter than when the journal was written (chunk {last} is gone); "
-            "nothing was sent",
-        )
+        verify_chunks(self._rows, chunked(iter(source), self.settings.chunk_size), self.inputs)
 
     async def _pipeline(self, session: aiohttp.ClientSession, source: IdSource) -> None:
         s = self.settings
-        limiter = WindowLimiter(
-            s.max_requests,
-            s.per_seconds,
-            margin=s.window_margin,
-            initial_delay=s.throttle_initial_delay,
-        )
-        self._client = ApiClient(s, session, limiter, TokenSource(s, session))
-        self._reconciler = Reconciler(s, self._client, self._known_jobs, self._sent_of_job)
+        self._client = ApiClient.for_settings(s, session)
+        self._guard = SubmitGuard(s, self._journal, self._rows)
+        self._guard.attach(self._client)
         await self._reconcile_rows()
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         chunks = chunked(iter(source), s.chunk_size)
@@ -316,10 +266,13 @@ class Runner:
         inbox: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
         room = threading.Semaphore(2 * self.settings.concurrency)
         quit_reading = threading.Event()
+        journaled = self._journal is not None
 
         def produce() -> None:
             try:
                 for chunk in chunks:
+                    if journaled:
+                        _ = chunk.digest  # hashed here, off the loop (it is cached)
                     room.acquire()
                     if quit_reading.is_set():
                         return
@@ -405,9 +358,7 @@ class Runner:
                 self._pending(chunk)
                 raise
             else:
-                self._known_jobs.add(job_id)  # at once: a reconcile may be listing jobs
-                if self._journal is not None:
-                    await self._journal.accepted(chunk.seq, job_id)
+                await self._guard.accepted(chunk.seq, job_id)
                 self._accepted(chunk, job_id, earlier=False)
 
     async def _submit(self, chunk: Chunk) -> str:
@@ -415,7 +366,7 @@ class Runner:
         assert self._client is not None
         while True:
             try:
-                return (await self._client.submit(chunk, self)).job_id
+                return (await self._client.submit(chunk, self._guard)).job_id
             except QueueFullError:
                 if self.settings.on_queue_full != "wait" or self._stop is not None:
                     raise
@@ -423,62 +374,13 @@ class Runner:
                 if self._stop is not None:
                     raise
 
-    # SubmitHooks: called by the client around each attempt
-    async def sending(self, chunk: Chunk) -> None:
-        """Journal the chunk as ``sending`` (durably) just before its request leaves."""
-        await self._gate.wait()  # closed while a reconcile needs a quiet account
-        self._in_flight += 1
-        self._idle.clear()
-        self._sent_at[chunk.seq] = time.time()
-        if self._journal is not None:
-            await self._journal.sending(chunk)
-
-    def answered(self, chunk: Chunk) -> None:
-        """The request is over, answered or not."""
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
-    async def reconcile(self, chunk: Chunk, *, timed_out: bool) -> str | None:
-        """A submit got no answer: ask the account's job list whether it became a job.
-
-        New submits are held and those in flight allowed to finish first: then every
-        job on the account is known to the run except the unanswered ones, and the job
-        list can only be matched one way.
-        """
-        assert self._reconciler is not None
-        sent_at = self._sent_at.get(chunk.seq, time.time())
-        # After a timeout the server may still create the job: "not there" is only
-        # believed once reconcile_grace has passed since the send.
-        settle_after = sent_at + self.settings.reconcile_grace if timed_out else 0.0
-        self._reconciling += 1
-        self._gate.clear()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.settings.request_timeout)
-            return await self._reconciler.resolve_one(chunk.seq, len(chunk), sent_at, settle_after)
-        except LookupError as exc:
-            raise AmbiguousError(
-                "submit got no answer and the job list cannot tell whether it was accepted",
-                chunk=chunk.seq,
-                server_message=str(exc),
-            ) from None
-        finally:
-            self._reconciling -= 1
-            if not self._reconciling:
-                self._gate.set()
-
     async def _settle(self, seq: int, state: str, error: str | None) -> None:
-        if self._journal is not None:
-            await self._journal.settle(seq, state, redact(error or "") or None)
+        await self._guard.settle(seq, state, error)
 
     def _accepted(self, chunk: Chunk, job_id: str, *, earlier: bool) -> None:
         info = JobInfo(job_id, chunk.seq, len(chunk), str(chunk.first), str(chunk.last))
         self.report.jobs.append(info)
         self.report.ids_submitted += len(chunk)
-        self._known_jobs.add(job_id)
-        if chunk.seq in self._sent_at:
-            self._sent_of_job[job_id] = self._sent_at[chunk.seq]
         if not earlier:
             self._open_jobs[job_id] = chunk.seq
             log.info("job.accepted", job_id=job_id, chunk=chunk.seq, ids=len(chunk))
@@ -540,40 +442,11 @@ class Runner:
 
     async def _reconcile_rows(self) -> None:
         """On resume: settle chunks left ``sending``/``ambiguous`` before sending anything."""
-        rows = [r for r in self._rows.values() if r.state in ("sending", "ambiguous")]
-        if not rows:
-            return
-        assert self._reconciler is not None
-        outcome = await self._reconciler.resolve(
-            [Ambiguous(r.seq, r.ids, r.sent_at or 0.0) for r in rows]
+        updated, unresolved = await self._guard.settle_rows(
+            self._rows.values(), self._ambiguous_policy
         )
-        unresolved: list[ChunkRow] = []
-        for row in rows:
-            found = outcome.get(row.seq, UNRESOLVED)
-            if found == UNRESOLVED:
-                unresolved.append(row)
-                continue
-            if found is None:
-                state, job_id = "pending", None
-                await self._settle(row.seq, "pending", "reconciled: not accepted")
-            else:
-                state, job_id = "accepted", found
-                assert self._journal is not None
-                await self._journal.accepted(row.seq, found)
-                self._known_jobs.add(found)
-            log.info("chunk.reconciled", chunk=row.seq, state=state, job_id=job_id)
-            self._rows[row.seq] = _with(row, state, job_id)
-        policy = self._ambiguous_policy
-        for row in unresolved:
-            if policy == "resubmit":
-                await self._settle(row.seq, "pending", "resubmitted by request")
-                self._rows[row.seq] = _with(row, "pending", None)
-            elif policy == "abandon":
-                await self._settle(row.seq, "abandoned", "abandoned by request")
-                self._rows[row.seq] = _with(row, "abandoned", None)
-            else:
-                self._rows[row.seq] = _with(row, "ambiguous", None)
-        if unresolved and policy == "stop":
+        self._rows.update((row.seq, row) for row in updated)
+        if unresolved and self._ambiguous_policy == "stop":
             listed = ", ".join(f"{r.seq} ({r.first}..{r.last})" for r in unresolved[:10])
             self.request_stop(
                 "ambiguous",
@@ -662,23 +535,6 @@ class Runner:
             pending=r.ids_pending,
             jobs=len(r.jobs),
         )
-
-
-def _with(row: ChunkRow, state: str, job_id: str | None) -> ChunkRow:
-    return ChunkRow(
-        row.seq,
-        row.first,
-        row.last,
-        row.ids,
-        row.digest,
-        state,
-        job_id,
-        row.attempts,
-        row.last_error,
-        row.sent_at,
-        row.job_status,
-        row.results_path,
-    )
 
 
 async def _sleep_or_stop(seconds: float, stopped: asyncio.Event) -> None:

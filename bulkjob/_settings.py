@@ -29,7 +29,7 @@ DEFAULT_MAX_REQUESTS = 1000
 DEFAULT_PER_SECONDS = 300.0
 #: Extra spacing added to every window, as a fraction of it, so that network jitter
 #: between our clock and the server's can never squeeze N+1 requests into one window.
-DEFAULT_WINDOW_MARGIN = 0.02
+DEFAULT_WINDOW_MARGIN = 0.01
 DEFAULT_CONCURRENCY = 8
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 120.0
