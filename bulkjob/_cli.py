@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bulkjob`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:
-        from ._sandbox import sandbox_main
+        from ._sandbox_cli import sandbox_main
 
         return sandbox_main(argv[1:])
     args = _parser().parse_args(argv)

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bulkjob._sandbox import Sandbox, sandbox_main
+from bulkjob._sandbox import Sandbox
+from bulkjob._sandbox_cli import sandbox_main
 from bulkjob._sandbox_state import Ledger
 
 TOKEN = "sandbox-token"
@@ -622,7 +623,7 @@ def test_sandbox_main_rejects_bad_arguments(
 
 def test_sandbox_main_serves_until_interrupted() -> None:
     """The CLI prints its URLs on one line, serves, and exits 0 on Ctrl-C."""
-    code = "import sys, bulkjob._sandbox as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
+    code = "import sys, bulkjob._sandbox_cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
     with subprocess.Popen(
         [sys.executable, "-c", code, "--port", "0"],
         stdout=subprocess.PIPE,
