@@ -70,6 +70,9 @@ class RunReport:
     elapsed_s: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
     journal: str | None = None
+    #: False when the run stopped reading early (a signal, a broken input): the counts
+    #: then cover the input up to where reading stopped.
+    input_complete: bool = False
     resumed: bool = False
     credits_remaining: int | None = None
 

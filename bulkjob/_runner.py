@@ -210,7 +210,8 @@ class Runner:
         self._guard.attach(self._client)
         await self._reconcile_rows()
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
-        chunks = chunked(iter(source), s.chunk_size)
+        records = iter(source)
+        chunks = chunked(records, s.chunk_size)
         tasks = [asyncio.create_task(self._read(chunks, queue))]
         if self._progress is not None:
             tasks.append(asyncio.create_task(self._tick()))
@@ -225,6 +226,11 @@ class Runner:
             for task in tasks + workers:
                 task.cancel()
             await asyncio.gather(*tasks, *workers, return_exceptions=True)
+            # Close the generators now, so the source's counts include what they had read.
+            for generator in (chunks, records):
+                close = getattr(generator, "close", None)
+                if close is not None:
+                    close()
 
     async def _await_workers(self, workers: list[asyncio.Task[None]]) -> bool:
         """Wait for the workers; once a stop is requested, give in-flight requests
@@ -292,6 +298,10 @@ class Runner:
                     raise item
                 await self._route(item, queue)
                 room.release()
+                if self._stop == "interrupted":
+                    break  # a signal stops the reading too; what was read counts as pending
+            else:
+                self.report.input_complete = True
         finally:
             quit_reading.set()
             room.release()  # wake the reader if it waits for room
@@ -521,8 +531,9 @@ class Runner:
             r.throttled = self._client.stats.throttled
             r.retries = self._client.stats.retries
         r.elapsed_s = round(time.monotonic() - self._started, 3)
-        if r.stop_reason == "input":
-            # The chunk being built when the input broke never reached a worker.
+        if not r.input_complete:
+            # Ids read into chunks that never reached a worker (the input broke, or a
+            # signal stopped the reading) are pending too.
             r.ids_pending += st.ids_valid - r.ids_submitted - r.ids_rejected - r.ids_pending
         if st.ids_valid == 0 and r.stop_reason is None:
             first = f" (first: {r.invalid_samples[0]})" if r.invalid_samples else ""

@@ -409,3 +409,36 @@ async def test_wait_timeout_exits_9(sandbox: SandboxFactory, tmp_path: Path) -> 
     )
     assert code == 9, err
     assert "not finished" in err
+
+
+async def test_journal_of_another_input_is_refused(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """A journal reused for a new input, or resumed over a changed one: exit 2, nothing sent."""
+    sb = await sandbox()
+    first, other = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n".join(make_ids(300)) + "\n")
+    other.write_text("\n".join(make_ids(300, prefix="other")) + "\n")
+    journal = tmp_path / "run.journal"
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    code, _, err = await bulkjob(
+        "submit",
+        str(first),
+        *fast_flags(sb),
+        "--chunk-size",
+        "100",
+        "--journal",
+        str(journal),
+        env=env,
+    )
+    assert code == 0, err
+    before = sb.ledger.requests
+    code, _, err = await bulkjob(
+        "submit", str(other), *fast_flags(sb), "--journal", str(journal), env=env
+    )
+    assert code == 2, err
+    assert len(error_lines(err)) == 1
+    assert "bulkjob resume" in error_lines(err)[0]
+    first.write_text("\n".join(make_ids(300, prefix="edited")) + "\n")
+    code, _, err = await bulkjob("resume", str(journal), *fast_flags(sb), env=env)
+    assert code == 2, err
+    assert "input changed" in error_lines(err)[0]
+    assert sb.ledger.requests == before
