@@ -259,7 +259,12 @@ class Sandbox:
                 "415-101",
                 "The Content-Type mandatory is not valid, please refer to the API documentation.",
             )
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionError:
+            # The client gave up (timed out) while the latency fault held the request:
+            # there is no body to judge and nobody to answer.
+            return web.Response(status=499)
         flag = request.query.get("retrieveCompanyDetails", "false").lower()
         if flag not in ("true", "false"):
             raise self._state.invalid("retrieveCompanyDetails must be true or false.")
