@@ -329,7 +329,8 @@ def _exit_code(exc: BulkJobError) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    _configure(args, settings)
+    progress = _progress(args)
+    _configure(args, settings, progress)
     inputs = list(args.inputs) or ["-"]
     journal = Path(args.journal) if args.journal else default_journal(args.report)
     if "-" in inputs:
@@ -339,7 +340,7 @@ def _submit(args: argparse.Namespace) -> int:
             shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
         inputs = [str(copy) if p == "-" else p for p in inputs]
     print(f"journal: {journal} (resume with: bulkjob resume {journal})", file=sys.stderr)
-    runner = Runner(settings, inputs, progress=_progress(args), journal=journal)
+    runner = Runner(settings, inputs, progress=progress, journal=journal)
     code = finish(run_with_signals(runner), args.report)
     if args.wait_jobs and code in (EXIT_OK, EXIT_REJECTED):
         final = asyncio.run(lifecycle.wait(journal, settings, progress=_wait_line(args)))
@@ -414,12 +415,13 @@ def _resume(args: argparse.Namespace) -> int:
     recorded, inputs = lifecycle.read_run(args.journal)
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     settings = settings_for_resume(recorded, flags=flags, config_path=args.config)
-    _configure(args, settings)
+    progress = _progress(args)
+    _configure(args, settings, progress)
     print(f"resuming {args.journal}", file=sys.stderr)
     runner = Runner(
         settings,
         inputs,
-        progress=_progress(args),
+        progress=progress,
         journal=args.journal,
         resume=True,
         ambiguous=args.ambiguous or "stop",
@@ -435,9 +437,13 @@ def default_journal(report: str | None) -> Path:
     return Path(f"bulkjob-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.journal")
 
 
-def _configure(args: argparse.Namespace, settings: Settings) -> None:
+def _configure(
+    args: argparse.Namespace, settings: Settings, progress: ProgressLine | None = None
+) -> None:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    configure_logging(settings.log_format, level=level)
+    # With a live progress line, log lines go through it so they print above it.
+    stream = progress if progress is not None and progress.enabled else None
+    configure_logging(settings.log_format, level=level, stream=stream)  # type: ignore[arg-type]
 
 
 def _progress(args: argparse.Namespace) -> ProgressLine:

@@ -64,6 +64,8 @@ async def _run(path: Path, progress: bool) -> tuple[RunReport, str]:
             file=sys.stderr,
         )
         line = ProgressLine(enabled=None if progress else False)
+        if line.enabled:  # log lines print above the progress line
+            configure_logging("console", level=logging.WARNING, stream=line)  # type: ignore[arg-type]
         report = await Runner(settings, [str(path)], progress=line).run()
         ledger = sandbox.ledger
         verdict = (

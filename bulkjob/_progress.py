@@ -23,12 +23,14 @@ def format_duration(seconds: float) -> str:
 class ProgressLine:
     """Redraws one line on a TTY; does nothing at all when the stream is not a TTY."""
 
-    __slots__ = ("_drawn", "_stream", "enabled")
+    __slots__ = ("__weakref__", "_drawn", "_last", "_mid_line", "_stream", "enabled")
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None) -> None:
         self._stream = stream or sys.stderr
         self.enabled = self._stream.isatty() if enabled is None else enabled
         self._drawn = False
+        self._last = ""
+        self._mid_line = False
 
     def render(self, p: Progress) -> str:
         """The text of the line for one snapshot."""
@@ -45,10 +47,29 @@ class ProgressLine:
 
     def update(self, progress: Progress) -> None:
         """Redraw with the latest snapshot."""
-        if self.enabled:
-            self._stream.write("\r" + self.render(progress) + "\x1b[K")
+        if self.enabled and not self._mid_line:
+            self._last = self.render(progress)
+            self._stream.write("\r" + self._last + "\x1b[K")
             self._stream.flush()
             self._drawn = True
+
+    def write(self, text: str) -> int:
+        """Print ``text`` (log lines) above the progress line, which is then redrawn.
+
+        A line may come in pieces (``print`` writes the newline on its own): the
+        progress line is wiped before the first piece and redrawn after the newline.
+        """
+        if self._drawn and not self._mid_line:
+            self._stream.write("\r\x1b[K")
+        self._stream.write(text)
+        self._mid_line = not text.endswith("\n")
+        if self._drawn and not self._mid_line:
+            self._stream.write(self._last + "\x1b[K")
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the underlying stream."""
+        self._stream.flush()
 
     def close(self) -> None:
         """End the line so that what follows starts on a fresh one."""

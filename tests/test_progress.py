@@ -53,3 +53,18 @@ def test_redraws_in_place_and_ends_the_line() -> None:
 def test_format_duration() -> None:
     """Durations read as s, m+s, h+m."""
     assert [format_duration(x) for x in (5, 75, 4000)] == ["5s", "1m15s", "1h06m"]
+
+
+def test_log_lines_print_above_the_progress_line() -> None:
+    """A log line written in pieces lands on its own line and the progress is redrawn."""
+    out = io.StringIO()
+    line = ProgressLine(out, enabled=True)
+    line.update(_snap())
+    line.write("request.retrying attempt=1")
+    line.write("\n")
+    line.close()
+    text = out.getvalue()
+    # Wiped once before the log line, redrawn once after it.
+    assert text.count("\r\x1b[K") == 1
+    assert "request.retrying attempt=1\n" in text
+    assert text.count("ids submitted") == 2
