@@ -51,6 +51,9 @@ log = get_logger()
 class SubmitHooks(Protocol):
     """What the runner's journal and reconciler plug into a submit."""
 
+    async def admit(self, chunk: Chunk) -> None:
+        """Called before a limiter slot is taken: may hold the request back."""
+
     async def sending(self, chunk: Chunk) -> None:
         """Called with a limiter slot held, right before the request leaves."""
 
@@ -153,13 +156,21 @@ class ApiClient:
         if s.webhook:
             params["webhook"] = s.webhook
         body = chunk.body()
+        admit = (lambda: hooks.admit(chunk)) if hooks is not None else None
         before = (lambda: hooks.sending(chunk)) if hooks is not None else None
         after = (lambda: hooks.answered(chunk)) if hooks is not None else None
         try:
             async for attempt in retrying(s, self._on_retry):
                 with attempt:
                     answer = await self._send(
-                        "POST", url, chunk.seq, params=params, data=body, before=before, after=after
+                        "POST",
+                        url,
+                        chunk.seq,
+                        params=params,
+                        data=body,
+                        admit=admit,
+                        before=before,
+                        after=after,
                     )
                     if isinstance(answer, NoAnswer) and hooks is not None:
                         job_id = await hooks.reconcile(chunk, timed_out=answer.timed_out)
@@ -226,6 +237,7 @@ class ApiClient:
         *,
         params: dict[str, str],
         data: bytes = b"",
+        admit: Callable[[], Awaitable[None]] | None = None,
         before: Callable[[], Awaitable[None]] | None = None,
         after: Callable[[], None] | None = None,
         sink: Path | None = None,
@@ -247,6 +259,8 @@ class ApiClient:
         while True:
             token = await self._tokens.get()
             headers["accessToken"] = token
+            if admit is not None:
+                await admit()  # before the slot: holding one while held back could starve
             async with self._limiter:
                 if before is not None:
                     await before()

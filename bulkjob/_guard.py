@@ -4,6 +4,7 @@ submits whose answer never came.
 :class:`SubmitGuard` is what the runner plugs into :meth:`ApiClient.submit` (the
 ``SubmitHooks`` protocol):
 
+- ``admit`` — before a limiter slot is taken: held while a reconcile runs;
 - ``sending`` — a limiter slot is held and the request is about to leave: the chunk is
   made durably ``sending`` in the journal first, so a crash at any later point leaves
   a trace to reconcile;
@@ -73,9 +74,16 @@ class SubmitGuard:
 
     # -- SubmitHooks ---------------------------------------------------------------------
 
+    async def admit(self, chunk: Chunk) -> None:
+        """Hold new submits while a reconcile needs a quiet account.
+
+        Waited on before a limiter slot is taken: the reconcile's own job-list request
+        needs a slot, and held-back submits must not be sitting on all of them.
+        """
+        await self._gate.wait()
+
     async def sending(self, chunk: Chunk) -> None:
         """Journal the chunk as ``sending`` (durably) just before its request leaves."""
-        await self._gate.wait()  # closed while a reconcile needs a quiet account
         self._in_flight += 1
         self._idle.clear()
         self._sent_at[chunk.seq] = time.time()

@@ -120,3 +120,15 @@ async def test_quota_hitting_zero_then_resume(
     sb.add_quota(5000)
     second = await Runner(settings_for(sb), [str(path)], journal=journal, resume=True).run()
     assert_exactly_once(second, sb, values)
+
+
+async def test_reconcile_with_fewer_slots_than_workers(
+    sandbox: SandboxFactory, ids: IdsWriter
+) -> None:
+    """Held-back submits don't sit on the limiter slots a reconcile's lookup needs."""
+    sb = await sandbox(drop_after_accept_rate=0.3, seed=11)
+    values = make_ids(1000)
+    settings = settings_for(sb, max_requests=2, per_seconds=0.1, concurrency=6, max_attempts=20)
+    report = await asyncio.wait_for(run(settings, ids(values)), timeout=60)
+    assert sb.ledger.faults["drop_after_accept"] > 0
+    assert_exactly_once(report, sb, values)
