@@ -22,18 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from ._chunker import Chunk
 from ._client import ApiClient
-from ._errors import AmbiguousError
+from ._errors import AmbiguousError, BulkJobError
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger, redact
 from ._reconcile import UNRESOLVED, Ambiguous, Reconciler
 from ._settings import Settings
 
-__all__ = ["AmbiguousPolicy", "SubmitGuard"]
+__all__ = ["AmbiguousPolicy", "StopRequested", "SubmitGuard"]
 
 #: What resume does with chunks whose submit has no known outcome.
 AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
@@ -41,13 +41,23 @@ AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
 log = get_logger()
 
 
+class StopRequested(BulkJobError):
+    """The run is stopping: a submit that has not left yet is not sent."""
+
+
 class SubmitGuard:
     """Journals each submit ahead of sending and reconciles the ones left unanswered."""
 
     def __init__(
-        self, settings: Settings, journal: Journal | None, rows: Mapping[int, ChunkRow]
+        self,
+        settings: Settings,
+        journal: Journal | None,
+        rows: Mapping[int, ChunkRow],
+        *,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = settings
+        self._stopping = stopping
         self._journal = journal
         #: Job ids this run knows it owns: excluded when matching the account's job list.
         self.known_jobs: set[str] = {r.job_id for r in rows.values() if r.job_id}
@@ -80,10 +90,17 @@ class SubmitGuard:
         Waited on before a limiter slot is taken: the reconcile's own job-list request
         needs a slot, and held-back submits must not be sitting on all of them.
         """
-        await self._gate.wait()
+        # Re-checked after each wake: another reconcile may close it in the same tick.
+        while not self._gate.is_set():
+            await self._gate.wait()
 
     async def sending(self, chunk: Chunk) -> None:
-        """Journal the chunk as ``sending`` (durably) just before its request leaves."""
+        """Journal the chunk as ``sending`` (durably) just before its request leaves.
+
+        A stop requested while this request waited for its slot wins: nothing is sent.
+        """
+        if self._stopping():
+            raise StopRequested(f"chunk {chunk.seq}: the run is stopping")
         self._in_flight += 1
         self._idle.clear()
         self._sent_at[chunk.seq] = time.time()
@@ -100,15 +117,17 @@ class SubmitGuard:
         """A submit got no answer: the job id it became, or None if it certainly did not."""
         assert self._reconciler is not None, "attach() a client first"
         sent_at = self._sent_at.get(chunk.seq, time.time())
-        # After a timeout the server may still create the job: "not there" is only
-        # believed once reconcile_grace has passed since the send.
-        settle_after = sent_at + self._settings.reconcile_grace if timed_out else 0.0
+        if timed_out:
+            # The server may still create the job: nothing about this chunk is asked (or
+            # decided alongside another chunk) before reconcile_grace has passed since
+            # the send. Other submits go on meanwhile.
+            await asyncio.sleep(max(sent_at + self._settings.reconcile_grace - time.time(), 0))
         self._reconciling += 1
         self._gate.clear()
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self._settings.request_timeout)
-            return await self._reconciler.resolve_one(chunk.seq, len(chunk), sent_at, settle_after)
+            return await self._reconciler.resolve_one(chunk.seq, len(chunk), sent_at)
         except LookupError as exc:
             raise AmbiguousError(
                 "submit got no answer and the job list cannot tell whether it was accepted",

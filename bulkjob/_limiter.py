@@ -113,12 +113,16 @@ class WindowLimiter:
                 # Every slot is in flight: only a release changes anything.
                 await self._wait_release()
         self._in_flight += 1
-        if self._pacer is not None:
-            try:
+        try:
+            if self._pacer is not None:
                 await self._pacer.acquire()
-            except BaseException:
-                self._in_flight -= 1
-                raise
+            # A 429 may have paused everyone while this caller waited for the pacer. A
+            # deadline, not an event: another 429 can move it while this one sleeps.
+            while (wait := self._resume_at - loop.time()) > _EPSILON:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+        except BaseException:
+            self._in_flight -= 1
+            raise
 
     def release(self) -> None:
         """Return a slot: its window starts now, when the answer (or failure) came back."""

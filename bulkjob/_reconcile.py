@@ -22,7 +22,6 @@ and creation time, among jobs this run does not already know:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -103,9 +102,7 @@ class Reconciler:
             return {c.seq: UNRESOLVED for c in chunks}
         return match(chunks, jobs, self._known, self._settings.reconcile_skew, self._sent_of_job)
 
-    async def resolve_one(
-        self, seq: int, ids: int, sent_at: float, settle_after: float = 0.0
-    ) -> str | None:
+    async def resolve_one(self, seq: int, ids: int, sent_at: float) -> str | None:
         """The job id ``seq`` became, or None; raises LookupError when it cannot be told.
 
         Used mid-run right after a submit got no answer. Every chunk in that state is
@@ -114,8 +111,6 @@ class Reconciler:
         moment, so a crowded answer is asked again a few times, spaced out.
         """
         self._unanswered[seq] = Ambiguous(seq, ids, sent_at)
-        if time.time() < settle_after:  # nothing to learn before the server can be done
-            await asyncio.sleep(settle_after - time.time())
         async with self._lock:
             for attempt in range(4):
                 if seq in self._resolved:

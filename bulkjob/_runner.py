@@ -38,7 +38,7 @@ from ._errors import (
     QuotaExhaustedError,
     TransportError,
 )
-from ._guard import AmbiguousPolicy, SubmitGuard
+from ._guard import AmbiguousPolicy, StopRequested, SubmitGuard
 from ._journal import ChunkRow, Journal, verify_chunks
 from ._logging import get_logger, redact
 from ._report import JobInfo, RejectedChunk, RunReport, StopReason
@@ -206,7 +206,7 @@ class Runner:
     async def _pipeline(self, session: aiohttp.ClientSession, source: IdSource) -> None:
         s = self.settings
         self._client = ApiClient.for_settings(s, session)
-        self._guard = SubmitGuard(s, self._journal, self._rows)
+        self._guard = SubmitGuard(s, self._journal, self._rows, stopping=lambda: self.stopping)
         self._guard.attach(self._client)
         await self._reconcile_rows()
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
@@ -345,13 +345,18 @@ class Runner:
                     self._pending(chunk)
                     continue
                 job_id = await self._submit(chunk)
+            # Each outcome goes into the report before any await: a cancel landing in the
+            # journal write must not leave the chunk in no bucket.
             except JobRejectedError as exc:
                 reason = redact(exc.server_message or str(exc))
-                await self._settle(chunk.seq, "rejected", reason)
                 self._rejected(chunk, reason, exc.status, exc.error_number)
+                await self._settle(chunk.seq, "rejected", reason)
             except AmbiguousError as exc:
-                await self._settle(chunk.seq, "ambiguous", str(exc))
                 self._pending(chunk, ambiguous=True)
+                await self._settle(chunk.seq, "ambiguous", str(exc))
+            except StopRequested:
+                self._pending(chunk)  # never left: held back by the stop
+                await self._settle(chunk.seq, "pending", "stopped before sending")
             except (
                 QuotaExhaustedError,
                 QueueFullError,
@@ -368,8 +373,8 @@ class Runner:
                 self._pending(chunk)
                 raise
             else:
-                await self._guard.accepted(chunk.seq, job_id)
                 self._accepted(chunk, job_id, earlier=False)
+                await self._guard.accepted(chunk.seq, job_id)
 
     async def _submit(self, chunk: Chunk) -> str:
         """Submit ``chunk``; with ``on_queue_full=wait``, wait out a full queue and retry."""

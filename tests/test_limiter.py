@@ -151,3 +151,26 @@ def test_rejects_bad_settings() -> None:
         WindowLimiter(0, 1.0)
     with pytest.raises(ValueError, match="per_seconds"):
         WindowLimiter(1, 0.0)
+
+
+def test_pause_also_holds_callers_already_past_the_window_check() -> None:
+    """A 429 pause started while callers wait on the pacer holds them too."""
+
+    async def main() -> list[float]:
+        limiter = WindowLimiter(100, 10.0, pace=True)  # paced: one per 0.1 s
+        loop = asyncio.get_running_loop()
+        sent: list[float] = []
+
+        async def one() -> None:
+            async with limiter:
+                sent.append(loop.time())
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(8)]
+        await asyncio.sleep(0.35)
+        limiter.throttled(5.0)
+        await asyncio.gather(*tasks)
+        return sent
+
+    sent = run_virtual(main)
+    assert all(t <= 0.35 or t >= 5.35 - 1e-6 for t in sent)
+    assert len([t for t in sent if t >= 5.35 - 1e-6]) == 4
