@@ -33,6 +33,7 @@ from ._errors import (
     QuotaExhaustedError,
     TransportError,
 )
+from ._journal import Journal
 from ._lifecycle import WaitTimeoutError
 from ._logging import configure_logging, redact
 from ._progress import ProgressLine
@@ -333,6 +334,7 @@ def _submit(args: argparse.Namespace) -> int:
     _configure(args, settings, progress)
     inputs = list(args.inputs) or ["-"]
     journal = Path(args.journal) if args.journal else default_journal(args.report)
+    Journal.ensure_new(journal)  # before anything is written beside it
     if "-" in inputs:
         # Standard input can't be read twice: keep a copy beside the journal for resume.
         copy = journal.with_name(journal.name + ".stdin")

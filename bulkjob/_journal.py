@@ -117,18 +117,8 @@ class Journal:
         cls, path: str | os.PathLike[str], settings: dict[str, object], inputs: list[str]
     ) -> Journal:
         """Start a new journal; an existing one with chunks in it is never overwritten."""
+        cls.ensure_new(path)
         journal = cls(path)
-        if journal.path.exists() and journal.path.stat().st_size > 0:
-            existing = cls.open(path)
-            has_chunks = existing._query("SELECT COUNT(*) FROM chunks")[0][0]
-            existing.close_sync()
-            if has_chunks:
-                raise InputError(
-                    str(path),
-                    0,
-                    "a journal of another run is here: resume it with "
-                    f"`bulkjob resume {path}` or choose another --journal",
-                )
         journal._connect()
         identity = [
             dataclasses.asdict(InputIdentity.of(p)) if os.path.exists(p) else {"path": p}
@@ -149,6 +139,24 @@ class Journal:
             ]
         )
         return journal
+
+    @classmethod
+    def ensure_new(cls, path: str | os.PathLike[str]) -> None:
+        """Raise InputError if ``path`` holds a journal with chunks: it is never reused."""
+        if not (os.path.exists(path) and os.path.getsize(path) > 0):
+            return
+        existing = cls.open(path)
+        try:
+            has_chunks = existing._query("SELECT COUNT(*) FROM chunks")[0][0]
+        finally:
+            existing.close_sync()
+        if has_chunks:
+            raise InputError(
+                str(path),
+                0,
+                "a journal of another run is here: resume it with "
+                f"`bulkjob resume {path}` or choose another --journal",
+            )
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Journal:

@@ -230,10 +230,13 @@ class IdSource:
             for entry in self._entries:
                 with self._open(entry) as stream, _text(stream) as text:
                     self._csv_reader(text, entry[0])
-        if self._strict:
+        if self._strict or self._column is not None:
+            # Strict mode validates every id up front; CSV is parsed in full up front too,
+            # so that malformed quoting (which swallows the rest of a file) is an input
+            # error before anything is sent, not a surprise halfway through.
             scratch = SourceStats()
             for entry in self._entries:
-                deque(self._file_records(entry, scratch, None, strict=True), maxlen=0)
+                deque(self._file_records(entry, scratch, None, strict=self._strict), maxlen=0)
         self._summary = InputSummary(files=files, lines=lines, bytes=size)
         return self._summary
 
@@ -386,7 +389,10 @@ class IdSource:
         if not first.strip():
             return None  # an empty file has no header and no ids
         tab = display.lower().endswith(_TSV_SUFFIXES) or "\t" in first
-        reader = csv.reader(itertools.chain((first,), text), delimiter="\t" if tab else ",")
+        # strict: an unterminated quote is an error, not the rest of the file as one cell.
+        reader = csv.reader(
+            itertools.chain((first,), text), delimiter="\t" if tab else ",", strict=True
+        )
         try:
             header = next(reader)
         except csv.Error as exc:
@@ -416,8 +422,11 @@ class IdSource:
                     return
                 rows, line_num, index = opened
                 end = line_num()
-                for row in rows:
+                while True:
                     line = end + 1  # the record starts on the line after the previous one ended
+                    row = next(rows, None)  # a malformed record raises here, at its start
+                    if row is None:
+                        break
                     end = line_num()
                     if index < len(row):
                         value = row[index].strip()

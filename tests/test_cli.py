@@ -232,6 +232,11 @@ def _gzip_corrupt(p: Path) -> None:
     p.write_bytes(gzip.compress(b"x" * 1000)[:20])
 
 
+def _csv_open_quote(p: Path) -> None:
+    ids = make_ids(50)
+    p.write_text("id,name\n" + ids[0] + ',"Smith\n' + "".join(f"{i},x\n" for i in ids[1:]))
+
+
 BAD_INPUTS = [
     # (name, writer, extra flags, expected fragment of the one error line)
     ("empty file", lambda p: p.write_text(""), [], "no ids"),
@@ -240,6 +245,7 @@ BAD_INPUTS = [
     ("non-utf8", _latin1, [], "not UTF-8"),
     ("10 MB line", _huge_line, [], "no valid ids"),
     ("csv without column", _csv_no_column, ["--column", "newContactId"], "no column"),
+    ("csv with an unterminated quote", _csv_open_quote, ["--column", "id"], "malformed CSV"),
     ("ids with spaces or commas", _spaces_commas, [], "no valid ids"),
     (
         "strict with an invalid id",
