@@ -18,7 +18,7 @@ Answers are classified once, here, into the error tree of :mod:`bulkjob._errors`
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -129,14 +129,26 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"<ApiClient {self._settings.base_url} {self.stats}>"
 
+    @property
+    def limiter(self) -> WindowLimiter:
+        """The limiter every request of this client goes through."""
+        return self._limiter
+
     @classmethod
-    def for_settings(cls, settings: Settings, session: aiohttp.ClientSession) -> ApiClient:
-        """A client with its own limiter and token source: one per command or run."""
+    def for_settings(
+        cls, settings: Settings, session: aiohttp.ClientSession, history: Sequence[float] = ()
+    ) -> ApiClient:
+        """A client with its own limiter and token source: one per command or run.
+
+        ``history``: completion times of the run's recent requests (see
+        :meth:`WindowLimiter.history`), so a new command does not start with a fresh window.
+        """
         limiter = WindowLimiter(
             settings.max_requests,
             settings.per_seconds,
             margin=settings.window_margin,
             initial_delay=settings.throttle_initial_delay,
+            history=history,
         )
         return cls(settings, session, limiter, TokenSource(settings, session))
 

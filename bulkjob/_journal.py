@@ -286,6 +286,21 @@ class Journal:
             (status, results_path, time.time(), seq),
         )
 
+    def recent_requests(self) -> list[float]:
+        """Wall-clock completion times of the run's latest requests (for the limiter)."""
+        try:
+            value = self.meta("recent_requests")
+        except sqlite3.DatabaseError:
+            return []
+        return [float(t) for t in value] if isinstance(value, list) else []
+
+    async def save_recent_requests(self, times: list[float]) -> None:
+        """Remember the latest requests, so the next command of the run keeps the window."""
+        await self._write(
+            "INSERT OR REPLACE INTO run(key, value) VALUES ('recent_requests', ?)",
+            (json.dumps(times),),
+        )
+
     async def flush(self) -> None:
         """Wait until everything written so far is committed."""
         await self._write("SELECT 1", ())

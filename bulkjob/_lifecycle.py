@@ -351,7 +351,13 @@ class _Command:
             if self._online:
                 session = _new_session(s)
                 stack.push_async_callback(session.close)
-                self._client = ApiClient.for_settings(s, session)
+                client = ApiClient.for_settings(s, session, journal.recent_requests())
+                self._client = client
+
+                async def remember() -> None:  # the next command keeps the same window
+                    await journal.save_recent_requests(client.limiter.history())
+
+                stack.push_async_callback(remember)
             self._stack = stack.pop_all()
         return self
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from aiolimiter import AsyncLimiter
@@ -36,6 +38,12 @@ from aiolimiter import AsyncLimiter
 __all__ = ["WindowLimiter"]
 
 _EPSILON = 1e-6
+
+
+def _to_monotonic(wall_times: Sequence[float]) -> list[float]:
+    """Wall-clock times as event-loop times (asyncio's loop clock is time.monotonic)."""
+    offset = time.monotonic() - time.time()
+    return sorted(t + offset for t in wall_times)
 
 
 class WindowLimiter:
@@ -63,6 +71,7 @@ class WindowLimiter:
         margin: float = 0.01,
         initial_delay: float = 5.0,
         pace: bool = True,
+        history: Sequence[float] = (),
     ) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests: must be at least 1, got {max_requests}")
@@ -76,7 +85,7 @@ class WindowLimiter:
         self.initial_delay = min(initial_delay, per_seconds)
         self._next_delay = self.initial_delay
         # Completion times of the last requests, oldest first; never longer than max_requests.
-        self._done: collections.deque[float] = collections.deque()
+        self._done: collections.deque[float] = collections.deque(_to_monotonic(history))
         self._in_flight = 0
         self._resume_at = 0.0
         self._released: asyncio.Event | None = None
@@ -123,6 +132,17 @@ class WindowLimiter:
         except BaseException:
             self._in_flight -= 1
             raise
+
+    def history(self) -> list[float]:
+        """Wall-clock completion times still inside the window, oldest first.
+
+        A later limiter for the same token (the next command of the run) starts from
+        these, so the guarantee holds across processes, not just within one.
+        """
+        loop_now = asyncio.get_running_loop().time()
+        self._expire(loop_now)
+        offset = time.time() - loop_now
+        return [t + offset for t in self._done]
 
     def release(self) -> None:
         """Return a slot: its window starts now, when the answer (or failure) came back."""

@@ -181,7 +181,11 @@ class Runner:
         finally:
             source.close()
             if self._journal is not None:
-                await self._journal.close()
+                try:
+                    if self._client is not None:
+                        await self._journal.save_recent_requests(self._client.limiter.history())
+                finally:
+                    await self._journal.close()
             if self._progress is not None:
                 self._progress.close()
         self._finish(source)
@@ -205,7 +209,8 @@ class Runner:
 
     async def _pipeline(self, session: aiohttp.ClientSession, source: IdSource) -> None:
         s = self.settings
-        self._client = ApiClient.for_settings(s, session)
+        history = self._journal.recent_requests() if self._journal is not None else []
+        self._client = ApiClient.for_settings(s, session, history)
         self._guard = SubmitGuard(s, self._journal, self._rows, stopping=lambda: self.stopping)
         self._guard.attach(self._client)
         await self._reconcile_rows()

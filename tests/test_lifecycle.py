@@ -226,3 +226,18 @@ async def test_cancel_skips_jobs_already_started(
     assert summary.skipped == (1, 2, 3)
     assert summary.cancelled == summary.not_cancellable == ()
     assert sb.ledger.rejected["not_cancellable"] == 0
+
+
+async def test_window_carries_over_from_submit_to_the_next_command(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """Status calls right after a run that filled the window wait for it: no 429."""
+    sb = await sandbox(throttle_requests=6, throttle_window=0.6, processing_after=30.0)
+    settings = settings_for(sb, max_requests=6, per_seconds=0.6, concurrency=2)
+    journal = tmp_path / "run.journal"
+    await Runner(settings, [str(ids(500))], journal=journal).run()
+    first = await status(journal, settings, refresh=True)
+    second = await status(journal, settings, refresh=True)
+    assert first.refreshed == second.refreshed == 5
+    assert sb.ledger.throttled == 0
+    assert sb.ledger.max_in_window(0.6) <= 6
