@@ -6,13 +6,15 @@ Precedence, highest first: flag > environment > config file > default.
   top-level keys (see ``config.example.toml``); an unknown key is an error.
 - Environment: ``INSIDEVIEW_ACCESS_TOKEN``, ``INSIDEVIEW_CLIENT_ID`` and
   ``INSIDEVIEW_CLIENT_SECRET`` for the credentials, and ``BULKJOB_<FIELD>`` (upper case)
-  for any other field; lists are comma-separated, booleans ``true``/``false``/``1``/``0``.
+  for any other field; lists are comma-separated (or a JSON list, for regular expressions
+  that contain commas), booleans ``true``/``false``/``1``/``0``.
 - Flags: whatever the CLI parsed, by field name; ``None`` means "not given".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -120,6 +122,14 @@ def _coerce(name: str, raw: str, *, source: str) -> object:
     except ValueError:
         raise ConfigError(f"{source}: expected a number, got {raw!r}") from None
     if typing.get_origin(hint) is tuple:
+        if text.startswith("["):  # a JSON list: for regexes that contain commas
+            try:
+                items = json.loads(text)
+            except ValueError:
+                raise ConfigError(f"{source}: not a valid JSON list: {raw!r}") from None
+            if not isinstance(items, list):
+                raise ConfigError(f"{source}: expected a JSON list, got {raw!r}")
+            return tuple(items)
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
 

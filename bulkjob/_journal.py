@@ -349,9 +349,11 @@ class Journal:
 
     async def close(self) -> None:
         """Commit what is queued and close the file."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        self.close_sync()
+        try:
+            if self._flusher is not None:
+                await asyncio.shield(self._flusher)
+        finally:
+            self.close_sync()
 
     def close_sync(self) -> None:
         """Close without waiting for queued writes (they were awaited, or never mattered)."""

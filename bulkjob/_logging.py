@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -29,7 +30,9 @@ def register_secret(value: str | None) -> None:
     """Remember ``value`` so that it is scrubbed from every log line and report."""
     if value and len(value) >= 4:  # scrubbing tiny strings would mangle ordinary text
         with _lock:
-            _secrets.add(value)
+            # Also as it looks inside a URL: the token endpoint takes the secret as a
+            # query parameter, and an echoed URL would carry it percent-encoded.
+            _secrets.update({value, quote(value, safe=""), quote_plus(value)})
 
 
 def redact(text: str) -> str:

@@ -205,7 +205,12 @@ class Runner:
         self.report.resumed = True
         journal.check_identity()
         self._rows = {row.seq: row for row in journal.rows()}
-        verify_chunks(self._rows, chunked(iter(source), self.settings.chunk_size), self.inputs)
+        records = iter(source)
+        chunks = chunked(records, self.settings.chunk_size)
+        try:
+            verify_chunks(self._rows, chunks, self.inputs)
+        finally:  # verification may stop early: release the open input file now
+            _close(chunks, records)
 
     async def _pipeline(self, session: aiohttp.ClientSession, source: IdSource) -> None:
         s = self.settings
@@ -232,10 +237,7 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*tasks, *workers, return_exceptions=True)
             # Close the generators now, so the source's counts include what they had read.
-            for generator in (chunks, records):
-                close = getattr(generator, "close", None)
-                if close is not None:
-                    close()
+            _close(chunks, records)
 
     async def _await_workers(self, workers: list[asyncio.Task[None]]) -> bool:
         """Wait for the workers; once a stop is requested, give in-flight requests
@@ -556,6 +558,14 @@ class Runner:
             pending=r.ids_pending,
             jobs=len(r.jobs),
         )
+
+
+def _close(*iterators: Iterator[object]) -> None:
+    """Close generators (a partly read input file) now rather than at garbage collection."""
+    for it in iterators:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 async def _sleep_or_stop(seconds: float, stopped: asyncio.Event) -> None:

@@ -112,6 +112,7 @@ class Settings:
     log_format: LogFormat = "console"
 
     def __post_init__(self) -> None:
+        self._check_types()
         _url("base_url", self.base_url)
         _url("token_url", self.token_url)
         if self.webhook is not None:
@@ -149,6 +150,22 @@ class Settings:
             raise ConfigError("client_id: required when client_secret is set")
         if self.client_id is not None and self.client_secret is None:
             raise ConfigError("client_secret: required when client_id is set")
+
+    def _check_types(self) -> None:
+        """Strings, booleans and string tuples are what they claim (a TOML file may lie)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            hint = str(f.type)
+            if hint.startswith("tuple[str"):
+                if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{f.name}: expected a list of strings, got {value!r}")
+            elif hint == "bool":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{f.name}: expected true or false, got {value!r}")
+            elif hint in ("str", "str | None") and not (
+                isinstance(value, str) or (value is None and "None" in hint)
+            ):
+                raise ConfigError(f"{f.name}: expected a string, got {value!r}")
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied (and validated)."""

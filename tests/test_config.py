@@ -107,3 +107,27 @@ def test_settings_validation_names_the_field(field: str, value: object) -> None:
     """Out-of-range settings raise a ConfigError (a ValueError) naming the field."""
     with pytest.raises(ValueError, match=field):
         Settings(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('quota_patterns = "quota"\n', "quota_patterns: expected a list of strings"),
+        ("column = 5\n", "column: expected a string"),
+        ('dedupe = "yes"\n', "dedupe: expected true or false"),
+    ],
+)
+def test_wrong_types_in_the_file_are_config_errors(
+    tmp_path: Path, toml: str, fragment: str
+) -> None:
+    """A value of the wrong type is refused, naming the field, not used half-right."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(config_path=cfg, env={})
+
+
+def test_env_list_may_be_json_for_regexes_with_commas() -> None:
+    """A JSON list keeps a regular expression's commas intact."""
+    env = {"BULKJOB_QUOTA_PATTERNS": '["credits? {1,3}", "quota"]'}
+    assert load_settings(env=env).quota_patterns == ("credits? {1,3}", "quota")

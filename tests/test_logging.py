@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
+from urllib.parse import quote_plus
 
 import aiohttp
 import pytest
@@ -135,3 +136,12 @@ async def test_run_log_holds_no_secret_or_token(
     assert "request.retrying" in out
     for secret in (client_secret, *sent_tokens):
         assert secret not in out
+
+
+def test_percent_encoded_secret_is_redacted_too() -> None:
+    """A secret echoed inside a URL (percent-encoded) is scrubbed as well."""
+    secret = "s3cr+t/with=chars"
+    register_secret(secret)
+    url = f"https://login.example/token.json?clientSecret={quote_plus(secret)}"
+    assert secret not in redact(url)
+    assert quote_plus(secret) not in redact(url)
