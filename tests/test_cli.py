@@ -376,13 +376,11 @@ async def test_submit_wait_then_results_merge(sandbox: SandboxFactory, tmp_path:
     assert {r.split(",")[0] for r in rows[1:]} == set(values)
 
 
-async def test_cancel_command(sandbox: SandboxFactory, tmp_path: Path) -> None:
-    """``cancel`` aborts the run's queued jobs."""
-    sb = await sandbox(processing_after=60.0)
-    path = tmp_path / "ids.txt"
-    path.write_text("\n".join(make_ids(200)) + "\n")
-    journal = tmp_path / "run.journal"
-    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+async def submitted(sb: Sandbox, tmp_path: Path, values: list[str], name: str = "ids") -> Path:
+    """Submit ``values`` in jobs of 100 through the CLI; return the run's journal."""
+    path = tmp_path / f"{name}.txt"
+    path.write_text("\n".join(values) + "\n")
+    journal = tmp_path / f"{name}.journal"
     code, _, err = await bulkjob(
         "submit",
         str(path),
@@ -391,9 +389,17 @@ async def test_cancel_command(sandbox: SandboxFactory, tmp_path: Path) -> None:
         "100",
         "--journal",
         str(journal),
-        env=env,
+        env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN},
     )
     assert code == 0, err
+    return journal
+
+
+async def test_cancel_command(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``cancel`` aborts the run's queued jobs."""
+    sb = await sandbox(processing_after=60.0)
+    journal = await submitted(sb, tmp_path, make_ids(200))
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
     code, out, err = await bulkjob("cancel", str(journal), env=env)
     assert code == 0, err
     assert "cancelled 2 job(s) (200 ids)" in out
@@ -402,14 +408,8 @@ async def test_cancel_command(sandbox: SandboxFactory, tmp_path: Path) -> None:
 async def test_wait_timeout_exits_9(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """``wait --timeout`` with jobs still queued exits 9 and shows the table."""
     sb = await sandbox(processing_after=60.0)
-    path = tmp_path / "ids.txt"
-    path.write_text("\n".join(make_ids(100)) + "\n")
-    journal = tmp_path / "run.journal"
+    journal = await submitted(sb, tmp_path, make_ids(100))
     env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
-    code, _, err = await bulkjob(
-        "submit", str(path), *fast_flags(sb), "--journal", str(journal), env=env
-    )
-    assert code == 0, err
     code, _, err = await bulkjob(
         "wait", str(journal), "--poll", "0.05", "--timeout", "0.2", env=env
     )
@@ -420,22 +420,10 @@ async def test_wait_timeout_exits_9(sandbox: SandboxFactory, tmp_path: Path) -> 
 async def test_journal_of_another_input_is_refused(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """A journal reused for a new input, or resumed over a changed one: exit 2, nothing sent."""
     sb = await sandbox()
+    journal = await submitted(sb, tmp_path, make_ids(300), name="a")
     first, other = tmp_path / "a.txt", tmp_path / "b.txt"
-    first.write_text("\n".join(make_ids(300)) + "\n")
     other.write_text("\n".join(make_ids(300, prefix="other")) + "\n")
-    journal = tmp_path / "run.journal"
     env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
-    code, _, err = await bulkjob(
-        "submit",
-        str(first),
-        *fast_flags(sb),
-        "--chunk-size",
-        "100",
-        "--journal",
-        str(journal),
-        env=env,
-    )
-    assert code == 0, err
     before = sb.ledger.requests
     code, _, err = await bulkjob(
         "submit", str(other), *fast_flags(sb), "--journal", str(journal), env=env

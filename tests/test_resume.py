@@ -34,6 +34,16 @@ def assert_exactly_once(sb: Sandbox, values: list[str]) -> None:
     assert sb.ledger.ids_accepted == len(values)
 
 
+def forget_job(sb: Sandbox, job_id: str, its_ids: list[str]) -> None:
+    """Make the server as if ``job_id`` (holding ``its_ids``) had never arrived."""
+    sb.ledger.jobs.pop(job_id)
+    for v in its_ids:
+        sb.ledger.accepted_ids[v] -= 1
+        if not sb.ledger.accepted_ids[v]:
+            del sb.ledger.accepted_ids[v]
+    sb.ledger.ids_accepted -= len(its_ids)
+
+
 async def test_quota_stop_then_resume_completes_once(
     sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
 ) -> None:
@@ -91,12 +101,7 @@ async def test_unanswered_sending_chunk_is_reconciled_not_resent(
     with sqlite3.connect(journal) as db:
         row = db.execute("SELECT job_id FROM chunks WHERE seq = 5").fetchone()
         db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 5")
-    sb.ledger.jobs.pop(row[0])
-    for v in values[400:500]:
-        sb.ledger.accepted_ids[v] -= 1
-        if not sb.ledger.accepted_ids[v]:
-            del sb.ledger.accepted_ids[v]
-    sb.ledger.ids_accepted -= 100
+    forget_job(sb, row[0], values[400:500])
     report = await run(settings_for(sb), path, journal, resume=True)
     assert report.stop_reason is None
     assert report.ids_submitted == 500
@@ -252,10 +257,7 @@ async def test_timing_tells_which_of_two_sends_became_the_job(
         db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (2, 3)")
     job_of_2 = jobs[2]
     # Chunk 3's request never arrived: forget its job on the server side.
-    sb.ledger.jobs.pop(jobs[3])
-    for v in values[200:300]:
-        del sb.ledger.accepted_ids[v]
-    sb.ledger.ids_accepted -= 100
+    forget_job(sb, jobs[3], values[200:300])
     report = await run(settings_for(sb), path, journal, resume=True)
     assert report.stop_reason is None
     assert_exactly_once(sb, values)
