@@ -230,15 +230,12 @@ def _items(data: dict[str, object]) -> list[object]:
 
 
 def _job(item: dict[str, object]) -> RemoteJob:
-    count: int | None = None
-    for name in _COUNT_FIELDS:
-        value = item.get(name)
-        if value not in (None, ""):
-            try:
-                count = int(str(value))
-                break
-            except ValueError:
-                continue
+    count = _first_int(item, _COUNT_FIELDS)
+    if count is None:
+        # The one documented field. It is debited when processing starts, so 0 says
+        # nothing about the job's size (unknown: never matched as "a different size").
+        credits = _first_int(item, ("creditsConsumed",))
+        count = credits if credits else None
     created: float | None = None
     for name in _TIME_FIELDS:
         value = item.get(name)
@@ -249,3 +246,14 @@ def _job(item: dict[str, object]) -> RemoteJob:
             except ValueError:
                 continue
     return RemoteJob(str(item.get("jobId") or ""), count, created)
+
+
+def _first_int(item: dict[str, object], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = item.get(name)
+        if value not in (None, ""):
+            try:
+                return int(str(value))
+            except ValueError:
+                continue
+    return None
