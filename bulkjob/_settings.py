@@ -49,10 +49,15 @@ DEFAULT_QUEUE_POLL = 30.0
 # The real 400 texts for these two cases are not public: these patterns match the one
 # text seen publicly ("2 jobs are already running...") and the obvious wordings.
 # They are searched (case-insensitively) in "errorNumber message" of a 400 answer.
-DEFAULT_QUOTA_PATTERNS = (r"quota", r"insufficient\s+(transaction|credit)", r"credits?\b.*\bexceed")
+DEFAULT_QUOTA_PATTERNS = (
+    r"quota",
+    r"(insufficient|not enough)\s+(transaction|credit)",
+    r"credits?\b.*\b(exceed|exhaust|insufficient)",
+)
+# "Too many job submitted to the processing queue" is the documented cause's wording.
 DEFAULT_QUEUE_FULL_PATTERNS = (
     r"already running",
-    r"too many jobs",
+    r"too many jobs?\b",
     r"processing queue",
     r"queue (is )?full",
 )
