@@ -9,12 +9,14 @@ Every token value is registered for log redaction the moment it is known.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 
 import aiohttp
 
 from ._errors import AuthError, ProtocolError, TransportError
+from ._limiter import WindowLimiter
 from ._logging import get_logger, register_secret
 from ._settings import Settings
 from ._wire import ErrorBody, parse_body
@@ -38,11 +40,28 @@ def parse_expiration(text: str) -> float | None:
 class TokenSource:
     """Hands out a valid access token; refreshes minted tokens before they expire."""
 
-    __slots__ = ("_expires", "_lock", "_refresh_at", "_session", "_settings", "_token", "mints")
+    __slots__ = (
+        "_expires",
+        "_limiter",
+        "_lock",
+        "_refresh_at",
+        "_session",
+        "_settings",
+        "_token",
+        "mints",
+    )
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        limiter: WindowLimiter | None = None,
+    ) -> None:
         self._settings = settings
         self._session = session
+        # Token requests go to the login host, which the docs do not say is throttled;
+        # counting them anyway costs one slot per mint and can never cost a lockout.
+        self._limiter = limiter
         self._token: str | None = settings.access_token
         self._expires: float | None = None
         self._refresh_at = float("inf") if settings.access_token else 0.0
@@ -92,11 +111,14 @@ class TokenSource:
         params = {"clientId": s.client_id or "", "clientSecret": s.client_secret or ""}
         params["grantType"] = "cred"
         try:
-            async with self._session.post(
-                s.token_url, params=params, headers={"Accept": "application/json"}
-            ) as resp:
-                text = await resp.text(errors="replace")
-                status, ctype = resp.status, resp.content_type
+            async with contextlib.AsyncExitStack() as slot:
+                if self._limiter is not None:
+                    await slot.enter_async_context(self._limiter)
+                async with self._session.post(
+                    s.token_url, params=params, headers={"Accept": "application/json"}
+                ) as resp:
+                    text = await resp.text(errors="replace")
+                    status, ctype = resp.status, resp.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The exception text would include the URL, and with it the client secret.
             raise TransportError(

@@ -150,7 +150,7 @@ class ApiClient:
             initial_delay=settings.throttle_initial_delay,
             history=history,
         )
-        return cls(settings, session, limiter, TokenSource(settings, session))
+        return cls(settings, session, limiter, TokenSource(settings, session, limiter))
 
     async def submit(self, chunk: Chunk, hooks: SubmitHooks | None = None) -> JobAccepted:
         """Submit one chunk as one job; raises a :class:`RequestError` subclass on failure.
