@@ -144,7 +144,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bulkjob", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="bulkjob",
+        description="Push millions of ids through InsideView-style bulk job APIs as fast as the "
+        "throttle allows: never an id lost, paid twice, or a lockout.",
+        epilog="exit codes: 0 done, 1 internal error, 2 usage/config/input error, 3 quota, "
+        "4 queue full, 5 auth, 6 some jobs rejected, 7 server kept failing, 8 chunks of unknown "
+        "outcome (resume decides), 9 wait timed out, 130 interrupted",
+    )
     parser.add_argument("--version", action="version", version=f"bulkjob {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
