@@ -14,7 +14,7 @@ from itertools import islice
 
 from ._errors import ConfigError
 from ._settings import MAX_CHUNK_SIZE
-from ._source import IdRecord, Origin
+from ._records import IdRecord, Origin
 
 __all__ = ["Chunk", "chunked"]
 

@@ -30,12 +30,12 @@ import tempfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from hashlib import blake2b
 from types import TracebackType
 from typing import BinaryIO, cast
 
 from ._errors import InputError
+from ._records import IdRecord, InputSummary, InvalidSample, Origin, SourceStats
 from ._settings import DEFAULT_ID_PATTERN
 
 __all__ = ["IdRecord", "IdSource", "InputSummary", "InvalidSample", "Origin", "SourceStats"]
@@ -52,54 +52,6 @@ _TSV_SUFFIXES = (".tsv", ".tab", ".tsv.gz", ".tab.gz")
 # What gzip/zlib raise on damaged data: BadGzipFile is an OSError, a truncated
 # stream is an EOFError, a bad deflate block is a zlib.error.
 _GZIP_ERRORS = (OSError, EOFError, zlib.error)
-
-#: (id, display path, 1-based line): plain tuples, because the hot path makes one per id.
-IdRecord = tuple[str, str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a value came from: the path as the user gave it and a 1-based line."""
-
-    path: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}"
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidSample:
-    """One rejected value, kept so the report can show what was wrong and where."""
-
-    origin: Origin
-    value: str
-    reason: str
-
-
-@dataclass(slots=True)
-class SourceStats:
-    """Counts of the main pass; ``ids_read - ids_invalid - ids_duplicate`` ids were yielded."""
-
-    ids_read: int = 0
-    ids_invalid: int = 0
-    ids_duplicate: int = 0
-    blank: int = 0
-    invalid_samples: list[InvalidSample] = field(default_factory=list)
-
-    @property
-    def ids_valid(self) -> int:
-        """Ids yielded so far (up to one block behind while the pass is running)."""
-        return self.ids_read - self.ids_invalid - self.ids_duplicate
-
-
-@dataclass(frozen=True, slots=True)
-class InputSummary:
-    """Result of the pre-pass: enough to size progress bars and ETAs."""
-
-    files: tuple[str, ...]
-    lines: int
-    bytes: int
 
 
 def _shorten(value: str) -> str:

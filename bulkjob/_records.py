@@ -1,0 +1,55 @@
+"""What the input source hands on: ids with their origin, and the counts of a pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["IdRecord", "InputSummary", "InvalidSample", "Origin", "SourceStats"]
+
+#: (id, display path, 1-based line): plain tuples, because the hot path makes one per id.
+IdRecord = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a value came from: the path as the user gave it and a 1-based line."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidSample:
+    """One rejected value, kept so the report can show what was wrong and where."""
+
+    origin: Origin
+    value: str
+    reason: str
+
+
+@dataclass(slots=True)
+class SourceStats:
+    """Counts of the main pass; ``ids_read - ids_invalid - ids_duplicate`` ids were yielded."""
+
+    ids_read: int = 0
+    ids_invalid: int = 0
+    ids_duplicate: int = 0
+    blank: int = 0
+    invalid_samples: list[InvalidSample] = field(default_factory=list)
+
+    @property
+    def ids_valid(self) -> int:
+        """Ids yielded so far (up to one block behind while the pass is running)."""
+        return self.ids_read - self.ids_invalid - self.ids_duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class InputSummary:
+    """Result of the pre-pass: enough to size progress bars and ETAs."""
+
+    files: tuple[str, ...]
+    lines: int
+    bytes: int
