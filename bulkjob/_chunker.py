@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from ._errors import ConfigError
-from ._settings import MAX_CHUNK_SIZE
 from ._records import IdRecord, Origin
+from ._settings import MAX_CHUNK_SIZE
 
 __all__ = ["Chunk", "chunked"]
 
