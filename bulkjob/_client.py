@@ -43,7 +43,7 @@ from ._retry import Transient, retrying
 from ._settings import Settings
 from ._wire import ErrorBody, parse_body
 
-__all__ = ["ApiClient", "ClientStats", "JobAccepted"]
+__all__ = ["ApiClient", "ClientStats", "JobAccepted", "new_session"]
 
 log = get_logger()
 
@@ -429,3 +429,12 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 
 def _oneline(exc: BaseException) -> str:
     return redact(" ".join(str(exc).split()))[:200] or type(exc).__name__
+
+
+def new_session(settings: Settings) -> aiohttp.ClientSession:
+    """The HTTP session of a run or command: connect and read timeouts, a bounded pool."""
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
+    )
+    connector = aiohttp.TCPConnector(limit=settings.concurrency + 2)
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._client import ApiClient
+from ._account import FINAL_STATUSES as _FINAL_STATUSES
+from ._client import ApiClient, new_session
 from ._config import settings_for_resume
 from ._errors import BulkJobError, ConfigError, InputError, ProtocolError, RequestError
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
-from ._runner import _FINAL_STATUSES, _new_session
 from ._settings import Settings
 
 __all__ = [
@@ -349,7 +349,7 @@ class _Command:
             stack.push_async_callback(journal.close)
             self._journal = journal
             if self._online:
-                session = _new_session(s)
+                session = new_session(s)
                 stack.push_async_callback(session.close)
                 client = ApiClient.for_settings(s, session, journal.recent_requests())
                 self._client = client

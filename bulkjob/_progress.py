@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from dataclasses import dataclass
+from typing import Protocol, TextIO
 
-from ._runner import Progress
+from ._report import StopReason
 
-__all__ = ["ProgressLine", "format_duration"]
+__all__ = ["Progress", "ProgressLine", "ProgressSink", "format_duration"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for progress displays."""
+
+    ids_total: int  # upper bound from the pre-pass (physical lines)
+    ids_read: int
+    ids_submitted: int
+    jobs: int
+    throttled: int
+    requests: int
+    elapsed_s: float
+    stopping: StopReason | None
+
+
+class ProgressSink(Protocol):
+    """Receives snapshots every half second while a run goes on."""
+
+    def update(self, progress: Progress) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def format_duration(seconds: float) -> str:

@@ -12,20 +12,19 @@ pending, so the report accounts for every id of the input.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import aiohttp
 
+from ._account import QueueRoom, remaining_credits
 from ._chunker import Chunk, chunked
-from ._client import ApiClient
+from ._client import ApiClient, new_session
 from ._errors import (
     AmbiguousError,
     AuthError,
@@ -41,38 +40,16 @@ from ._errors import (
 from ._guard import AmbiguousPolicy, StopRequested, SubmitGuard
 from ._journal import ChunkRow, Journal, verify_chunks
 from ._logging import get_logger, redact
+from ._progress import Progress, ProgressSink
 from ._report import JobInfo, RejectedChunk, RunReport, StopReason
 from ._settings import Settings
 from ._source import IdSource, InputSummary
 
-__all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]
+__all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]  # the sinks, re-exported
 
-_FINAL_STATUSES = frozenset({"finished", "failed", "aborted"})
 
 log = get_logger()
 _PROGRESS_INTERVAL = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A snapshot for progress displays."""
-
-    ids_total: int  # upper bound from the pre-pass (physical lines)
-    ids_read: int
-    ids_submitted: int
-    jobs: int
-    throttled: int
-    requests: int
-    elapsed_s: float
-    stopping: StopReason | None
-
-
-class ProgressSink(Protocol):
-    """Receives snapshots every half second while a run goes on."""
-
-    def update(self, progress: Progress) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _stop_reason(exc: BulkJobError) -> StopReason:
@@ -109,9 +86,7 @@ class Runner:
         self._ambiguous_policy = ambiguous
         self._journal: Journal | None = None
         self._rows: dict[int, ChunkRow] = {}
-        self._open_jobs: dict[str, int] = {}
         self._guard = SubmitGuard(settings, None, {})  # replaced once the journal is open
-        self._room_lock = asyncio.Lock()
         self._preflight_lock = asyncio.Lock()
         self._preflight_done = False
         self._stdin = stdin
@@ -121,6 +96,7 @@ class Runner:
         self.summary: InputSummary | None = None
         self._stop: StopReason | None = None
         self._stopped = asyncio.Event()
+        self._room = QueueRoom(settings, None, self._stopped)  # replaced with the journal's
         self._pending_ids = 0
         self._client: ApiClient | None = None
         self._source: IdSource | None = None
@@ -172,7 +148,7 @@ class Runner:
                 lines=self.summary.lines,
                 journal=str(self.journal_path) if self.journal_path else None,
             )
-            session = self._external_session or _new_session(s)
+            session = self._external_session or new_session(s)
             try:
                 await self._pipeline(session, source)
             finally:
@@ -217,6 +193,8 @@ class Runner:
         history = self._journal.recent_requests() if self._journal is not None else []
         self._client = ApiClient.for_settings(s, session, history)
         self._guard = SubmitGuard(s, self._journal, self._rows, stopping=lambda: self.stopping)
+        self._room = QueueRoom(s, self._journal, self._stopped)
+        self._room.client = self._client
         self._guard.attach(self._client)
         await self._reconcile_rows()
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
@@ -392,7 +370,7 @@ class Runner:
             except QueueFullError:
                 if self.settings.on_queue_full != "wait" or self._stop is not None:
                     raise
-                await self._wait_for_room()
+                await self._room.wait()
                 if self._stop is not None:
                     raise
 
@@ -404,32 +382,8 @@ class Runner:
         self.report.jobs.append(info)
         self.report.ids_submitted += len(chunk)
         if not earlier:
-            self._open_jobs[job_id] = chunk.seq
+            self._room.open_jobs[job_id] = chunk.seq
             log.info("job.accepted", job_id=job_id, chunk=chunk.seq, ids=len(chunk))
-
-    async def _wait_for_room(self) -> None:
-        """The account's queue is full: poll this run's jobs until one is final."""
-        assert self._client is not None
-        s = self.settings
-        if self._room_lock.locked():  # another worker is already waiting: share its wait
-            async with self._room_lock:
-                return
-        async with self._room_lock:
-            log.warning("queue.full_waiting", open_jobs=len(self._open_jobs))
-            while self._stop is None:
-                await _sleep_or_stop(s.queue_poll_interval, self._stopped)
-                if not self._open_jobs:
-                    return  # the queue is full of other jobs: just try again
-                for job_id in list(self._open_jobs)[: s.concurrency]:
-                    data = await self._client.get_json(f"{s.job_kind.path}/{job_id}")
-                    status = str(data.get("status") or "")
-                    if status in _FINAL_STATUSES:
-                        seq = self._open_jobs.pop(job_id)
-                        if self._journal is not None:
-                            await self._journal.job_update(seq, status=status)
-                if len(self._open_jobs) < s.concurrency or not self._open_jobs:
-                    log.info("queue.room", open_jobs=len(self._open_jobs))
-                    return
 
     async def _preflight(self) -> None:
         """Compare the account's remaining credits with the ids about to be sent.
@@ -438,29 +392,14 @@ class Runner:
         valid id causes no request at all.
         """
         assert self._client is not None and self.summary is not None
-        s = self.settings
-        try:
-            data = await self._client.get_json("admin/usage")
-            credits = data.get("creditsForAccount")
-            assert isinstance(credits, dict)
-            remaining = int(str(credits["allocatedCredits"])) - int(str(credits["consumedCredits"]))
-        except (BulkJobError, AssertionError, KeyError, ValueError) as exc:
-            if s.require_quota:
-                raise QuotaExhaustedError(f"cannot read the account's credits: {exc}") from None
-            log.warning("quota.unknown", error=str(exc))
-            return
         done = sum(r.ids for r in self._rows.values() if r.state == "accepted")
         need = max(self.summary.lines - done, 0)  # an upper bound: lines, not valid ids
+        remaining = await remaining_credits(self._client, self.settings, need)
         self.report.credits_remaining = remaining
-        if remaining >= need:
-            log.info("quota.ok", remaining=remaining, ids=need)
-            return
-        fits = f"{remaining:,} ids ({remaining // s.chunk_size:,} full jobs) fit"
-        message = f"only {remaining:,} credits left for up to {need:,} ids: {fits}"
-        if s.require_quota:
-            raise QuotaExhaustedError(message)
-        log.warning("quota.short", remaining=remaining, ids=need)
-        print(f"warning: {message}", file=sys.stderr)
+        if remaining is not None and remaining < need:
+            print(
+                f"warning: only {remaining:,} credits left for up to {need:,} ids", file=sys.stderr
+            )
 
     async def _reconcile_rows(self) -> None:
         """On resume: settle chunks left ``sending``/``ambiguous`` before sending anything."""
@@ -566,16 +505,3 @@ def _close(*iterators: Iterator[object]) -> None:
         close = getattr(it, "close", None)
         if close is not None:
             close()
-
-
-async def _sleep_or_stop(seconds: float, stopped: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopped.wait(), timeout=seconds)
-
-
-def _new_session(settings: Settings) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
-    )
-    connector = aiohttp.TCPConnector(limit=settings.concurrency + 2)
-    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 
-from bulkjob._progress import ProgressLine, format_duration
-from bulkjob._runner import Progress
+from bulkjob._progress import Progress, ProgressLine, format_duration
 
 
 def _snap(**kw: object) -> Progress:

@@ -1,0 +1,86 @@
+"""The account's limits, as one run meets them: credits before the first submit, and room
+in the job queue while submitting (``on_queue_full=wait``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from ._client import ApiClient
+from ._errors import BulkJobError, QuotaExhaustedError
+from ._journal import Journal
+from ._logging import get_logger
+from ._settings import Settings
+
+__all__ = ["FINAL_STATUSES", "QueueRoom", "remaining_credits"]
+
+log = get_logger()
+FINAL_STATUSES = frozenset({"finished", "failed", "aborted"})
+
+
+async def remaining_credits(client: ApiClient, settings: Settings, need: int) -> int | None:
+    """The account's remaining credits from ``GET /admin/usage`` (None when unreadable).
+
+    With ``require_quota``, fewer credits than ``need`` (or no answer) raise
+    :class:`QuotaExhaustedError`; otherwise a shortfall is only warned about.
+    """
+    try:
+        data = await client.get_json("admin/usage")
+        credits = data.get("creditsForAccount")
+        assert isinstance(credits, dict)
+        remaining = int(str(credits["allocatedCredits"])) - int(str(credits["consumedCredits"]))
+    except (BulkJobError, AssertionError, KeyError, ValueError) as exc:
+        if settings.require_quota:
+            raise QuotaExhaustedError(f"cannot read the account's credits: {exc}") from None
+        log.warning("quota.unknown", error=str(exc))
+        return None
+    if remaining >= need:
+        log.info("quota.ok", remaining=remaining, ids=need)
+        return remaining
+    fits = f"{remaining:,} ids ({remaining // settings.chunk_size:,} full jobs) fit"
+    message = f"only {remaining:,} credits left for up to {need:,} ids: {fits}"
+    if settings.require_quota:
+        raise QuotaExhaustedError(message)
+    log.warning("quota.short", remaining=remaining, ids=need, message=message)
+    return remaining
+
+
+class QueueRoom:
+    """Waits out a full job queue by polling the run's own open jobs, once for all workers."""
+
+    def __init__(self, settings: Settings, journal: Journal | None, stopped: asyncio.Event) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._stopped = stopped
+        self._lock = asyncio.Lock()
+        self.client: ApiClient | None = None
+        #: The run's jobs not known to be final: job id -> chunk sequence number.
+        self.open_jobs: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<QueueRoom open_jobs={len(self.open_jobs)} waiting={self._lock.locked()}>"
+
+    async def wait(self) -> None:
+        """Return once one of the run's jobs is final (or a stop is requested)."""
+        assert self.client is not None
+        s = self._settings
+        if self._lock.locked():  # another worker is already waiting: share its wait
+            async with self._lock:
+                return
+        async with self._lock:
+            log.warning("queue.full_waiting", open_jobs=len(self.open_jobs))
+            while not self._stopped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), s.queue_poll_interval)
+                if not self.open_jobs:
+                    return  # the queue is full of other jobs: just try again
+                for job_id in list(self.open_jobs)[: s.concurrency]:
+                    data = await self.client.get_json(f"{s.job_kind.path}/{job_id}")
+                    status = str(data.get("status") or "")
+                    if status in FINAL_STATUSES:
+                        seq = self.open_jobs.pop(job_id)
+                        if self._journal is not None:
+                            await self._journal.job_update(seq, status=status)
+                if len(self.open_jobs) < s.concurrency:
+                    log.info("queue.room", open_jobs=len(self.open_jobs))
+                    return
