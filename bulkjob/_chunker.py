@@ -11,12 +11,15 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import itemgetter
 
 from ._errors import ConfigError
 from ._records import IdRecord, Origin
 from ._settings import MAX_CHUNK_SIZE
 
 __all__ = ["Chunk", "chunked"]
+
+_first = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,9 @@ class Chunk:
 
     def body(self) -> bytes:
         """The HTTP request body: the ids, one per line with a trailing newline, UTF-8."""
-        return ("\n".join(self.ids) + "\n").encode()
+        # Joining with a trailing empty item gives the final newline without copying
+        # the ~650 KB string a second time.
+        return "\n".join([*self.ids, ""]).encode()
 
     @property
     def digest(self) -> str:
@@ -64,6 +69,6 @@ def _chunks(records: Iterator[IdRecord], size: int, seq: int) -> Iterator[Chunk]
     while batch := list(islice(records, size)):
         _, first_path, first_line = batch[0]
         _, last_path, last_line = batch[-1]
-        ids = [record[0] for record in batch]
+        ids = list(map(_first, batch))
         yield Chunk(seq, ids, Origin(first_path, first_line), Origin(last_path, last_line))
         seq += 1
