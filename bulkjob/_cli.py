@@ -24,20 +24,14 @@ from . import __version__
 from . import _lifecycle as lifecycle
 from ._config import load_settings, settings_for_resume
 from ._errors import (
-    AmbiguousError,
-    AuthError,
     BulkJobError,
     ConfigError,
-    InputError,
-    QueueFullError,
-    QuotaExhaustedError,
-    TransportError,
 )
 from ._journal import Journal
 from ._lifecycle import WaitTimeoutError
 from ._logging import configure_logging, redact
 from ._progress import ProgressLine
-from ._report import RunReport
+from ._report import RunReport, stop_reason_for
 from ._runner import Runner
 from ._settings import Settings
 
@@ -272,9 +266,14 @@ _NOT_SETTINGS = {
 }
 
 
+def _setting_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The parsed flags that name Settings fields (None = not given)."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from flags > env > config file > defaults."""
-    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    flags = _setting_flags(args)
     return load_settings(flags=flags, config_path=args.config)
 
 
@@ -317,22 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _exit_code(exc: BulkJobError) -> int:
-    if isinstance(exc, ConfigError | InputError):
+    if isinstance(exc, ConfigError):
         return EXIT_USAGE
-    if isinstance(exc, QuotaExhaustedError):
-        return EXIT_QUOTA
-    if isinstance(exc, QueueFullError):
-        return EXIT_QUEUE_FULL
-    if isinstance(exc, AuthError):
-        return EXIT_AUTH
-    if isinstance(exc, TransportError):
-        return EXIT_TRANSPORT
-    if isinstance(exc, AmbiguousError):
-        return EXIT_AMBIGUOUS
     if isinstance(exc, WaitTimeoutError):
         print(exc.status.render(), file=sys.stderr)
         return EXIT_WAIT_TIMEOUT
-    return EXIT_INTERNAL
+    return EXIT_CODES[stop_reason_for(exc)]
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -358,7 +347,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _lifecycle_command(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    flags = _setting_flags(args)
     settings = lifecycle.settings_from_journal(args.journal, **flags)
     _configure(args, settings)
     journal = args.journal
@@ -422,7 +411,7 @@ def _wait_line(args: argparse.Namespace) -> Callable[[lifecycle.RunStatus], None
 
 def _resume(args: argparse.Namespace) -> int:
     recorded, inputs = lifecycle.read_run(args.journal)
-    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    flags = _setting_flags(args)
     settings = settings_for_resume(recorded, flags=flags, config_path=args.config)
     progress = _progress(args)
     _configure(args, settings, progress)

@@ -339,11 +339,8 @@ class _Command:
 
     async def __aenter__(self) -> _Command:
         s = self._settings
-        if self._online and not s.has_credentials:
-            raise ConfigError(
-                "no credentials: set INSIDEVIEW_ACCESS_TOKEN (or --access-token), or "
-                "INSIDEVIEW_CLIENT_ID and INSIDEVIEW_CLIENT_SECRET"
-            )
+        if self._online:
+            s.require_credentials()
         async with contextlib.AsyncExitStack() as stack:
             journal = await asyncio.to_thread(Journal.open, self._journal_path)
             stack.push_async_callback(journal.close)

@@ -14,13 +14,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ._errors import (
+    AmbiguousError,
+    AuthError,
+    BulkJobError,
+    InputError,
+    QueueFullError,
+    QuotaExhaustedError,
+    TransportError,
+)
 from ._logging import redact
 
-__all__ = ["JobInfo", "RejectedChunk", "RunReport", "StopReason"]
+__all__ = ["JobInfo", "RejectedChunk", "RunReport", "StopReason", "stop_reason_for"]
 
 StopReason = Literal[
     "quota", "queue_full", "auth", "interrupted", "transport", "protocol", "input", "ambiguous"
 ]
+
+
+def stop_reason_for(exc: BulkJobError) -> StopReason:
+    """The stop reason an error means (the CLI's exit code follows from it)."""
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return "protocol"
+
+
+_REASONS: tuple[tuple[type[BulkJobError], StopReason], ...] = (
+    (QuotaExhaustedError, "quota"),
+    (QueueFullError, "queue_full"),
+    (AuthError, "auth"),
+    (TransportError, "transport"),
+    (AmbiguousError, "ambiguous"),
+    (InputError, "input"),
+)
 
 
 @dataclass(frozen=True, slots=True)

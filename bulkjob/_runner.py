@@ -28,8 +28,6 @@ from ._client import ApiClient, new_session
 from ._errors import (
     AmbiguousError,
     AuthError,
-    BulkJobError,
-    ConfigError,
     InputError,
     JobRejectedError,
     ProtocolError,
@@ -41,7 +39,7 @@ from ._guard import AmbiguousPolicy, StopRequested, SubmitGuard
 from ._journal import ChunkRow, Journal, verify_chunks
 from ._logging import get_logger, redact
 from ._progress import Progress, ProgressSink
-from ._report import JobInfo, RejectedChunk, RunReport, StopReason
+from ._report import JobInfo, RejectedChunk, RunReport, StopReason, stop_reason_for
 from ._settings import Settings
 from ._source import IdSource, InputSummary
 
@@ -50,18 +48,6 @@ __all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]  # the sinks
 
 log = get_logger()
 _PROGRESS_INTERVAL = 0.5
-
-
-def _stop_reason(exc: BulkJobError) -> StopReason:
-    if isinstance(exc, QuotaExhaustedError):
-        return "quota"
-    if isinstance(exc, QueueFullError):
-        return "queue_full"
-    if isinstance(exc, AuthError):
-        return "auth"
-    if isinstance(exc, TransportError):
-        return "transport"
-    return "protocol"
 
 
 class Runner:
@@ -123,11 +109,7 @@ class Runner:
     async def run(self) -> RunReport:
         """Run to the end (or to a stop) and return the report."""
         s = self.settings
-        if not s.has_credentials:
-            raise ConfigError(
-                "no credentials: set INSIDEVIEW_ACCESS_TOKEN (or --access-token), or "
-                "INSIDEVIEW_CLIENT_ID and INSIDEVIEW_CLIENT_SECRET"
-            )
+        s.require_credentials()
         self._started = time.monotonic()
         source = IdSource(
             self.inputs,
@@ -349,7 +331,7 @@ class Runner:
                 TransportError,
                 ProtocolError,
             ) as exc:
-                self.request_stop(_stop_reason(exc), str(exc))  # before any await
+                self.request_stop(stop_reason_for(exc), str(exc))  # before any await
                 self._pending(chunk)
                 await self._settle(chunk.seq, "pending", str(exc))
             except asyncio.CancelledError:

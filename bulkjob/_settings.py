@@ -188,6 +188,14 @@ class Settings:
         """The bulk endpoint this run submits to."""
         return KINDS[self.kind]
 
+    def require_credentials(self) -> None:
+        """Raise ConfigError, saying where credentials come from, when there are none."""
+        if not self.has_credentials:
+            raise ConfigError(
+                "no credentials: set INSIDEVIEW_ACCESS_TOKEN (or --access-token), or "
+                "INSIDEVIEW_CLIENT_ID and INSIDEVIEW_CLIENT_SECRET"
+            )
+
     @property
     def has_credentials(self) -> bool:
         """True when a token or a client id + secret pair is configured."""
