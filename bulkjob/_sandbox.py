@@ -10,13 +10,20 @@ one fired::
 
     count it -> drop fault -> accessToken -> throttle -> latency -> 5xx fault -> the endpoint
 
-Faults are drawn from ``random.Random(config.seed)``, so a seeded run is reproducible.
+and a submit that passes them, once its job is created and paid, may still lose its answer::
+
+    drop_after_accept -> accept_then_5xx -> accept_then_garbage -> the documented answer
+
+Results files carry the submitted ids in their first column, one row per id line, and rows
+for unmatched ids exist with their fields empty (see :mod:`bulkjob._sandbox_results`).
+
+Faults are drawn from ``random.Random(config.seed)``, so a seeded run is reproducible. Every
+response carries one ``Date`` header from the server's clock, which ``clock_skew`` shifts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import secrets
 import socket
@@ -24,14 +31,24 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from xml.sax.saxutils import escape
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from ._sandbox_bodies import (
+    TOKEN_PATH,
+    format_expiration,
+    format_iso,
+    garbage,
+    gateway_page,
+    http_date,
+    render,
+)
 from ._sandbox_state import (
     ACCEPTED,
+    FAILED,
     FINISHED,
+    JOB_FAILED,
     JOB_KINDS,
     NOT_FINISHED,
     STATUSES,
@@ -45,8 +62,6 @@ from ._sandbox_state import (
 __all__ = ["JobRecord", "Ledger", "Sandbox", "SandboxConfig"]
 
 API_PREFIX = "/api/v1"
-TOKEN_PATH = "/Auth/login/v1/token"
-_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
 _ERROR_TYPES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -65,8 +80,6 @@ _MAX_RESULTS_PER_PAGE = 50
 # Large enough that an over-long job reaches the id-count check and gets the documented 400
 # rather than aiohttp's 413: 10,000 ids of 64 characters is about 650 kB.
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 class Sandbox:
@@ -118,6 +131,29 @@ class Sandbox:
         """Give the account ``n`` more credits (an unlimited quota stays unlimited)."""
         self._state.add_quota(n)
 
+    def add_foreign_job(
+        self,
+        ids: Sequence[str],
+        *,
+        kind: str = "targetContactDetails",
+        finished_after: float | None = None,
+        fail: bool = False,
+    ) -> str:
+        """Create a job as if another client of the account had submitted it; return its id.
+
+        Another run, another tool or a person in the web UI: the job is listed in
+        ``/admin/jobs``, its status, results and cancel work like any job's, it counts towards
+        the running-job limit and draws on the quota, but its ids go to ``ledger.foreign_ids``,
+        never to ``ledger.accepted_ids`` or ``ids_accepted``, so a test's "every id paid once"
+        stays about the client under test. ``kind`` is a job type (``contactDetails``...);
+        ``finished_after`` (seconds from now) defaults to the config's lifecycle; ``fail``
+        makes it end ``failed``. Raises ValueError for a bad kind, id or a quota too small.
+        """
+        job = self._state.add_foreign_job(
+            ids, kind=kind, finished_after=finished_after, fail=fail, now=time.monotonic()
+        )
+        return job.job_id
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0 = an ephemeral port, read it from :attr:`port`)."""
         if self._runner is not None:
@@ -162,6 +198,7 @@ class Sandbox:
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware()], client_max_size=_CLIENT_MAX_SIZE)
+        app.on_response_prepare.append(self._stamp_date)
         app.router.add_post(TOKEN_PATH + ".json", self._token)
         app.router.add_post(TOKEN_PATH, self._token)
         for path, kind in JOB_KINDS.items():
@@ -173,6 +210,11 @@ class Sandbox:
         app.router.add_get(API_PREFIX + "/admin/usage", self._usage)
         app.router.add_get(API_PREFIX + "/admin/jobs", self._jobs)
         return app
+
+    async def _stamp_date(self, request: web.Request, response: web.StreamResponse) -> None:
+        # aiohttp adds a Date from the real clock only when none is set (so there is exactly
+        # one): this hook runs first, on every response, errors and fault pages included.
+        response.headers["Date"] = http_date(self._state.wall_time())
 
     @staticmethod
     def _for_kind(
@@ -222,8 +264,7 @@ class Sandbox:
             await asyncio.sleep(config.latency)
         if config.fault_5xx_rate and state.faults_rng.random() < config.fault_5xx_rate:
             ledger.faults["5xx"] += 1
-            status = state.faults_rng.choice(_FAULT_STATUSES)
-            return self._error(request, status, f"{status}-100", "Simulated server fault.")
+            return self._server_fault(request, state.faults_rng.choice(_FAULT_STATUSES))
         return await handler(request)
 
     # -- endpoints ----------------------------------------------------------------------------
@@ -245,9 +286,9 @@ class Sandbox:
         details = {
             "accessToken": token,
             "tokenType": "bearer",
-            "expirationTime": format_expiration(time.time() + config.token_lifetime),
+            "expirationTime": format_expiration(self._state.wall_time() + config.token_lifetime),
         }
-        return self._render(request, "accessTokenDetails", {"accessTokenDetails": details})
+        return render(request, "accessTokenDetails", {"accessTokenDetails": details})
 
     async def _submit(self, request: web.Request, kind: str) -> web.StreamResponse:
         if "Content-Type" not in request.headers or request.content_type not in (
@@ -277,13 +318,23 @@ class Sandbox:
             webhook=request.query.get("webhook"),
             now=time.monotonic(),
         )
-        rate = self.config.drop_after_accept_rate
-        if rate and self._state.faults_rng.random() < rate:
-            self.ledger.faults["drop_after_accept"] += 1
+        # The job exists and is paid from here on: each fault below leaves the client without
+        # a usable answer to a submit that did happen. Each rate is drawn only when set, so
+        # that adding a knob does not shift the fault sequence of configs that leave it off.
+        config, rng, faults = self.config, self._state.faults_rng, self.ledger.faults
+        if config.drop_after_accept_rate and rng.random() < config.drop_after_accept_rate:
+            faults["drop_after_accept"] += 1
             return await _drop(request)
+        if config.accept_then_5xx_rate and rng.random() < config.accept_then_5xx_rate:
+            faults["accept_then_5xx"] += 1
+            return self._server_fault(request, rng.choice(_FAULT_STATUSES))
         # The submit answer is the job at acceptance, even when (finished_after = 0) it is
         # already done by the time the answer is written: the API documents only "accepted".
-        return self._job_status(request, job, ACCEPTED)
+        answer = _status_body(job, ACCEPTED)
+        if config.accept_then_garbage_rate and rng.random() < config.accept_then_garbage_rate:
+            faults["accept_then_garbage"] += 1
+            return garbage(request, rng.choice(config.garbage_kinds), answer)
+        return render(request, "BulkJobStatus", answer)
 
     async def _status(self, request: web.Request, kind: str) -> web.StreamResponse:
         return self._job_status(request, self._state.job(kind, request.match_info["job_id"]))
@@ -295,7 +346,13 @@ class Sandbox:
 
     async def _results(self, request: web.Request, kind: str) -> web.StreamResponse:
         job = self._state.job(kind, request.match_info["job_id"])
-        if job.status() != FINISHED:
+        status = job.status()
+        # Whether a failed job's file is served is not public (API_NOTES only says "see results
+        # file"), so both are offered: a client must cope with either.
+        if status == FAILED and not self.config.failed_results:
+            self.ledger.rejected["job_failed"] += 1
+            raise SandboxRefusal(400, JOB_FAILED, "Job failed: no results file is available.")
+        if status not in (FINISHED, FAILED):
             self.ledger.rejected["not_finished"] += 1
             raise SandboxRefusal(400, NOT_FINISHED, "Job is not finished")
         return web.Response(
@@ -307,7 +364,7 @@ class Sandbox:
     async def _usage(self, request: web.Request) -> web.StreamResponse:
         allocated, consumed = self._state.usage()
         credits = {"allocatedCredits": allocated, "consumedCredits": consumed}
-        return self._render(request, "usage", {"creditsForAccount": credits})
+        return render(request, "usage", {"creditsForAccount": credits})
 
     async def _jobs(self, request: web.Request) -> web.StreamResponse:
         query = request.query
@@ -316,10 +373,8 @@ class Sandbox:
         if types is not None and not types <= set(JOB_KINDS.values()):
             raise invalid(f"Unknown jobTypes: {', '.join(sorted(types - set(JOB_KINDS.values())))}")
         statuses = _comma_list(query.get("jobStatuses"))
-        # "failed" is a documented status the sandbox never produces; filtering on it is valid.
-        known = {*STATUSES, "failed"}
-        if statuses is not None and not statuses <= known:
-            raise invalid(f"Unknown jobStatuses: {', '.join(sorted(statuses - known))}")
+        if statuses is not None and not statuses <= set(STATUSES):
+            raise invalid(f"Unknown jobStatuses: {', '.join(sorted(statuses - set(STATUSES)))}")
         try:
             start = _timestamp(query.get("start"))
             end = _timestamp(query.get("end"))
@@ -330,13 +385,20 @@ class Sandbox:
         if page < 1 or not 1 <= per_page <= _MAX_RESULTS_PER_PAGE:
             raise invalid(f"page must be >= 1, resultsPerPage from 1 to {_MAX_RESULTS_PER_PAGE}.")
         now = time.monotonic()
+        lag = self.config.list_lag
         rows = []
         for job in reversed(self.ledger.jobs.values()):  # insertion order is creation order
+            # The listing lags behind acceptance (API_NOTES): a client that lists right after
+            # a lost answer must not read "no such job" as "not accepted".
+            if now - job.created_monotonic < lag:
+                continue
             status = job.status(now)
             if types is not None and job.kind not in types:
                 continue
             if statuses is not None and status not in statuses:
                 continue
+            # start and end are read on the server's clock, the one job.created is on: a client
+            # whose clock is ahead of the server's asks for a window the server thinks is later.
             if start is not None and job.created < start:
                 continue
             if end is not None and job.created > end:
@@ -358,18 +420,14 @@ class Sandbox:
             "resultsPerPage": per_page,
             "totalResults": len(rows),
         }
-        return self._render(request, "jobsList", listing)
+        return render(request, "jobsList", listing)
 
     # -- bodies -------------------------------------------------------------------------------
 
     def _job_status(
         self, request: web.Request, job: JobRecord, status: str | None = None
     ) -> web.Response:
-        status = status or job.status()
-        data: dict[str, object] = {"jobId": job.job_id, "status": status, "type": job.kind}
-        if status == FINISHED:
-            data["totalProcessed"] = job.ids
-        return self._render(request, "BulkJobStatus", data)
+        return render(request, "BulkJobStatus", _status_body(job, status or job.status()))
 
     def _error(
         self,
@@ -388,39 +446,20 @@ class Sandbox:
             "message": message,
             "diagnosticCode": f"SBX-{self._diagnostics:08d}",
         }
-        return self._render(request, "error", body, status=status, headers=headers)
+        return render(request, "error", body, status=status, headers=headers)
 
-    @staticmethod
-    def _render(
-        request: web.Request,
-        root: str,
-        data: Mapping[str, object],
-        *,
-        status: int = 200,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
-        if _wants_json(request):
-            return web.Response(
-                text=json.dumps(data),
-                status=status,
-                content_type="application/json",
-                headers=headers,
-            )
-        # A JSON body that is one object under the root's name ({"accessTokenDetails": {...}})
-        # is that same element in XML, not the element nested in itself.
-        if list(data) == [root]:
-            return web.Response(
-                text=_XML_DECLARATION + to_xml(root, data[root]),
-                status=status,
-                content_type="application/xml",
-                headers=headers,
-            )
-        return web.Response(
-            text=_XML_DECLARATION + to_xml(root, data),
-            status=status,
-            content_type="application/xml",
-            headers=headers,
-        )
+    def _server_fault(self, request: web.Request, status: int) -> web.Response:
+        """A simulated 5xx: the API's error body, or a gateway's HTML page with fault_html."""
+        if self.config.fault_html:
+            return gateway_page(status)
+        return self._error(request, status, f"{status}-100", "Simulated server fault.")
+
+
+def _status_body(job: JobRecord, status: str) -> dict[str, object]:
+    data: dict[str, object] = {"jobId": job.job_id, "status": status, "type": job.kind}
+    if status == FINISHED:
+        data["totalProcessed"] = job.ids
+    return data
 
 
 async def _drop(request: web.Request) -> web.StreamResponse:
@@ -432,47 +471,6 @@ async def _drop(request: web.Request) -> web.StreamResponse:
         request.transport.close()
     # Nothing can be written to a closed transport; aiohttp discards this quietly.
     return web.Response(status=204)
-
-
-def _wants_json(request: web.Request) -> bool:
-    if request.path.startswith(TOKEN_PATH):
-        # The token endpoint picks its format from the path, as the real one does.
-        return request.path.endswith(".json")
-    # XML is the documented default: anything but an explicit JSON preference gets XML.
-    return "application/json" in request.headers.get("Accept", "").lower()
-
-
-def to_xml(name: str, value: object) -> str:
-    """A minimal serializer: mappings nest, sequences repeat their singular name."""
-    if isinstance(value, Mapping):
-        inner = "".join(to_xml(str(k), v) for k, v in value.items())
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        item = name[:-1] if name.endswith("s") else "item"
-        inner = "".join(to_xml(item, v) for v in value)
-    elif isinstance(value, bool):
-        inner = "true" if value else "false"
-    elif value is None:
-        return f"<{name}/>"
-    else:
-        inner = escape(str(value))
-    return f"<{name}>{inner}</{name}>"
-
-
-def format_expiration(timestamp: float) -> str:
-    """``Tue, Jul 21, 2015 09:08:17 PM GMT``, built by hand so no locale can change it."""
-    t = datetime.fromtimestamp(timestamp, UTC)
-    hour = t.hour % 12 or 12
-    meridiem = "AM" if t.hour < 12 else "PM"
-    return (
-        f"{_DAYS[t.weekday()]}, {_MONTHS[t.month - 1]} {t.day:02d}, {t.year} "
-        f"{hour:02d}:{t.minute:02d}:{t.second:02d} {meridiem} GMT"
-    )
-
-
-def format_iso(timestamp: float) -> str:
-    """ISO-8601 in UTC with milliseconds and a ``Z``."""
-    iso = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-    return iso.replace("+00:00", "Z")
 
 
 def _timestamp(value: str | None) -> float | None:

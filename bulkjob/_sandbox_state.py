@@ -1,4 +1,4 @@
-"""The sandbox server's state: its settings, its ledger, and the account it simulates.
+"""The sandbox server's state: the account it simulates and the jobs on it.
 
 Nothing here speaks HTTP. :mod:`bulkjob._sandbox` turns requests into calls on
 :class:`AccountState` and turns :class:`SandboxRefusal` into error bodies. Keeping the rules
@@ -13,22 +13,22 @@ rather than against a guess dressed up as a fact.
 from __future__ import annotations
 
 import collections
-import csv
 import functools
-import hashlib
-import io
 import math
 import random
 import re
 import string
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._errors import ConfigError
+from ._sandbox_config import SandboxConfig
+from ._sandbox_ledger import Ledger
+from ._sandbox_results import results_csv
 
 __all__ = [
     "JOB_KINDS",
+    "STATUSES",
     "AccountState",
     "JobRecord",
     "Ledger",
@@ -47,8 +47,9 @@ JOB_KINDS: dict[str, str] = {
 ACCEPTED = "accepted"
 PROCESSING = "processing"
 FINISHED = "finished"
+FAILED = "failed"
 ABORTED = "aborted"
-STATUSES = (ACCEPTED, PROCESSING, FINISHED, ABORTED)
+STATUSES = (ACCEPTED, PROCESSING, FINISHED, FAILED, ABORTED)
 
 #: What ``/admin/usage`` reports as allocated when the quota is unlimited: the real API has no
 #: "unlimited", so the sandbox answers with a number no test run can reach.
@@ -62,66 +63,10 @@ QUOTA = "400-201"
 QUEUE_FULL = "400-301"
 NOT_FINISHED = "400-401"
 NOT_CANCELLABLE = "400-402"
+JOB_FAILED = "400-403"
 
 _JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
 _JOB_ID_LENGTH = 20
-# The results file's columns are invented: the real layout is not public.
-_CSV_HEADER = ("id", "status", "firstName", "lastName", "email", "companyName")
-_FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken")
-_LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
-_COMPANIES = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell")
-
-
-@dataclass(kw_only=True)
-class SandboxConfig:
-    """How the sandbox behaves. Mutable on purpose: tests change it while the server runs."""
-
-    access_tokens: tuple[str, ...] = ("sandbox-token",)
-    client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
-    token_lifetime: float = 3600.0
-    throttle_requests: int | None = None
-    throttle_window: float = 300.0
-    lockout: bool = True
-    retry_after: bool = False
-    quota: int | None = None
-    running_job_limit: int | None = None
-    processing_after: float = 0.0
-    finished_after: float = 0.0
-    max_ids_per_job: int = 10_000
-    id_pattern: str | None = r"[A-Za-z0-9_-]{64}"
-    fault_5xx_rate: float = 0.0
-    latency: float = 0.0
-    drop_rate: float = 0.0
-    drop_after_accept_rate: float = 0.0
-    seed: int | None = 0
-    track_ids: bool = True
-
-    def __post_init__(self) -> None:
-        # Validated once at construction (later mutation is the caller's business): a bad value
-        # here would otherwise surface as a confusing server-side exception mid-test.
-        for name in ("fault_5xx_rate", "drop_rate", "drop_after_accept_rate"):
-            _check(name, getattr(self, name), 0.0, 1.0)
-        for name in ("token_lifetime", "latency", "processing_after", "finished_after"):
-            _check(name, getattr(self, name), 0.0, math.inf)
-        _check("throttle_window", self.throttle_window, 1e-6, math.inf)
-        for name in ("throttle_requests", "running_job_limit"):
-            value = getattr(self, name)
-            if value is not None:
-                _check(name, value, 1, math.inf)
-        if self.quota is not None:
-            _check("quota", self.quota, 0, math.inf)
-        _check("max_ids_per_job", self.max_ids_per_job, 1, math.inf)
-        if self.id_pattern is not None:
-            try:
-                re.compile(self.id_pattern)
-            except re.error as exc:
-                raise ConfigError(f"id_pattern: invalid regular expression: {exc}") from None
-
-
-def _check(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{name}: must be from {low:g} to {high:g}, got {value}")
 
 
 @dataclass
@@ -137,10 +82,16 @@ class JobRecord:
     cancelled: bool = False
     retrieve_company_details: bool = False
     webhook: str | None = None
-    # Copied from the config at acceptance, so that changing the config later does not rewrite
-    # the history of jobs already running.
+    # Copied from the config at acceptance (as are its fate and its results' layout below), so
+    # that changing the config later does not rewrite the history of jobs already running.
     processing_after: float = 0.0
     finished_after: float = 0.0
+    fails: bool = False  # ends ``failed`` instead of ``finished``
+    no_match_rate: float = 0.0
+    id_column: str | None = None  # None: the kind's own name
+    # Submitted by "another client" (Sandbox.add_foreign_job): listed and served like any job,
+    # but its ids are kept out of the ledger's accepted ids.
+    foreign: bool = False
     # The ids themselves, for the results file; None when the config does not track ids.
     id_list: tuple[str, ...] | None = field(default=None, repr=False)
 
@@ -153,82 +104,25 @@ class JobRecord:
             return ACCEPTED
         if elapsed < self.processing_after + self.finished_after:
             return PROCESSING
-        return FINISHED
+        return FAILED if self.fails else FINISHED
 
     def results_csv(self) -> str:
-        """The results file: a header and one invented but deterministic row per id.
+        """The results file (layout in :mod:`bulkjob._sandbox_results`).
 
-        The real column layout is not public. Each row is derived from a hash of its id, so the
-        same id always gets the same person. When the sandbox does not track ids (benchmarks), it
-        no longer knows them and writes placeholder ids ``untracked-0000001`` and so on instead.
+        When the sandbox does not track ids (benchmarks), it no longer knows them and writes
+        placeholder ids ``untracked-0000001`` and so on instead.
         """
         ids = self.id_list
         if ids is None:
             ids = tuple(f"untracked-{n:07d}" for n in range(1, self.ids + 1))
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(_CSV_HEADER)
-        for id_ in ids:
-            digest = hashlib.sha256(id_.encode()).digest()
-            first = _FIRST_NAMES[digest[0] % len(_FIRST_NAMES)]
-            last = _LAST_NAMES[digest[1] % len(_LAST_NAMES)]
-            company = _COMPANIES[digest[2] % len(_COMPANIES)]
-            email = f"{first}.{last}@{company}.example".lower()
-            writer.writerow((id_, "found", first, last, email, company))
-        return out.getvalue()
-
-
-class Ledger:
-    """Everything the sandbox saw and did, for tests and benchmarks to assert on."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.request_times: list[float] = []
-        self.throttled = 0
-        self.lockouts = 0
-        self.faults: collections.Counter[str] = collections.Counter()
-        self.rejected: collections.Counter[str] = collections.Counter()
-        self.jobs: dict[str, JobRecord] = {}
-        self.accepted_ids: collections.Counter[str] = collections.Counter()
-        self.ids_accepted = 0
-        self.largest_job = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<Ledger requests={self.requests} throttled={self.throttled} "
-            f"lockouts={self.lockouts} jobs={len(self.jobs)} ids_accepted={self.ids_accepted} "
-            f"duplicates={self.duplicates}>"
+        return results_csv(
+            self.kind,
+            ids,
+            id_column=self.id_column,
+            company_details=self.retrieve_company_details,
+            no_match_rate=self.no_match_rate,
+            failed=self.fails,
         )
-
-    @property
-    def duplicates(self) -> int:
-        """Ids accepted more than once, counted once per extra acceptance (needs ``track_ids``)."""
-        return sum(n - 1 for n in self.accepted_ids.values() if n > 1)
-
-    def max_in_window(self, window: float) -> int:
-        """The most request arrivals inside any half-open interval ``[t, t + window)``."""
-        return max_in_window(self.request_times, window)
-
-    def record_job(self, job: JobRecord, ids: Sequence[str], *, track_ids: bool) -> None:
-        self.jobs[job.job_id] = job
-        self.ids_accepted += len(ids)
-        self.largest_job = max(self.largest_job, len(ids))
-        if track_ids:
-            self.accepted_ids.update(ids)
-
-
-def max_in_window(times: Iterable[float], window: float) -> int:
-    """Sliding-window maximum over sorted arrival times, with two pointers (O(n))."""
-    ordered = sorted(times)
-    best = 0
-    start = 0
-    for end, t in enumerate(ordered):
-        # Half-open: two arrivals exactly ``window`` apart never share a window, which is how
-        # a server that forgets a request once it is ``window`` old would count them.
-        while t - ordered[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 class SandboxRefusal(Exception):
@@ -255,14 +149,21 @@ class AccountState:
     def __init__(self, config: SandboxConfig, ledger: Ledger) -> None:
         self.config = config
         self.ledger = ledger
-        # Two generators, so that minting job ids does not shift the fault sequence a seed
-        # promises: the same seed gives the same faults whatever the traffic looks like.
-        self.faults_rng = random.Random(config.seed)
-        self.ids_rng = random.Random(None if config.seed is None else config.seed + 1)
+        # Three generators, so that minting job ids or drawing which jobs fail does not shift
+        # the fault sequence a seed promises: the same seed gives the same faults whatever the
+        # traffic looks like (and the same failing jobs whatever the faults).
+        seed = config.seed
+        self.faults_rng = random.Random(seed)
+        self.ids_rng = random.Random(None if seed is None else seed + 1)
+        self.outcomes_rng = random.Random(None if seed is None else seed + 2)
         self.minted_tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.admitted: collections.deque[float] = collections.deque()
         self.lockout_until = 0.0
         self.consumed = 0
+
+    def wall_time(self) -> float:
+        """The server's wall clock: POSIX time shifted by ``clock_skew``."""
+        return time.time() + self.config.clock_skew
 
     # -- auth ---------------------------------------------------------------------------------
 
@@ -295,9 +196,13 @@ class AccountState:
             self.admitted.popleft()
         if len(self.admitted) >= limit:
             if self.config.lockout:
-                self.lockout_until = now + window
+                # A lockout may outlast the window (lockout_seconds): a client that trusts the
+                # window rather than Retry-After knocks again too early and gets another 429.
+                lasts = self.config.lockout_seconds
+                lasts = window if lasts is None else lasts
+                self.lockout_until = now + lasts
                 self.ledger.lockouts += 1
-                return ThrottleVerdict(False, window)
+                return ThrottleVerdict(False, lasts)
             return ThrottleVerdict(False, self.admitted[0] + window - now)
         self.admitted.append(now)
         return ThrottleVerdict(True)
@@ -344,24 +249,106 @@ class AccountState:
             )
         # The real API debits credits when processing starts; the sandbox debits at acceptance
         # so that a test can read the quota right after a submit without racing the lifecycle.
-        if config.quota is not None:
-            config.quota -= len(ids)
-        self.consumed += len(ids)
-        job = JobRecord(
-            job_id=self.new_job_id(),
-            kind=kind,
-            ids=len(ids),
-            created=time.time(),
-            created_monotonic=now,
-            credits=len(ids),
-            retrieve_company_details=retrieve_company_details,
-            webhook=webhook,
+        self._debit(len(ids))
+        # Drawn only when the rate is set, so that a config without failing jobs consumes
+        # nothing from the generator; credits stay consumed when the job fails.
+        fails = bool(config.job_fail_rate) and self.outcomes_rng.random() < config.job_fail_rate
+        job = self._new_job(
+            kind,
+            ids,
+            now=now,
             processing_after=config.processing_after,
             finished_after=config.finished_after,
+            fails=fails,
+            retrieve_company_details=retrieve_company_details,
+            webhook=webhook,
             id_list=tuple(ids) if config.track_ids else None,
         )
         self.ledger.record_job(job, ids, track_ids=config.track_ids)
         return job
+
+    def add_foreign_job(
+        self,
+        ids: Sequence[str],
+        *,
+        kind: str,
+        finished_after: float | None,
+        fail: bool,
+        now: float,
+    ) -> JobRecord:
+        """A job "another client" submitted: see :meth:`bulkjob.Sandbox.add_foreign_job`."""
+        config = self.config
+        if kind not in JOB_KINDS.values():
+            raise ValueError(f"kind: must be one of {', '.join(JOB_KINDS.values())}, got {kind!r}")
+        if finished_after is not None and not 0.0 <= finished_after < math.inf:
+            raise ValueError(
+                f"finished_after: must be a number of seconds >= 0, got {finished_after}"
+            )
+        ids = list(ids)
+        if not 0 < len(ids) <= config.max_ids_per_job:
+            raise ValueError(f"ids: must hold 1 to {config.max_ids_per_job} ids, got {len(ids)}")
+        # The same rules as a submit body: another client's ids went through the same server.
+        pattern = re.compile(config.id_pattern or r"[^\s]+")
+        bad = next((i for i in ids if not pattern.fullmatch(i)), None)
+        if bad is not None:
+            raise ValueError(f"ids: invalid id {bad!r}")
+        if config.quota is not None and len(ids) > config.quota:
+            raise ValueError(f"ids: the job needs {len(ids)} credits, {config.quota} remain")
+        # Other clients draw on the same quota (API_NOTES: shared by all of an account's tokens).
+        self._debit(len(ids))
+        job = self._new_job(
+            kind,
+            ids,
+            now=now,
+            # With finished_after given, "finished after" means from now: processing at once.
+            processing_after=config.processing_after if finished_after is None else 0.0,
+            finished_after=config.finished_after if finished_after is None else finished_after,
+            fails=fail,
+            foreign=True,
+            id_list=tuple(ids),
+        )
+        self.ledger.record_foreign_job(job)
+        return job
+
+    def _debit(self, n: int) -> None:
+        if self.config.quota is not None:
+            self.config.quota -= n
+        self.consumed += n
+
+    def _new_job(
+        self,
+        kind: str,
+        ids: Sequence[str],
+        *,
+        now: float,
+        processing_after: float,
+        finished_after: float,
+        fails: bool,
+        id_list: tuple[str, ...] | None,
+        retrieve_company_details: bool = False,
+        webhook: str | None = None,
+        foreign: bool = False,
+    ) -> JobRecord:
+        config = self.config
+        return JobRecord(
+            job_id=self.new_job_id(),
+            kind=kind,
+            ids=len(ids),
+            # The server's clock at acceptance: changing clock_skew later moves the clock,
+            # not the history of jobs already listed.
+            created=self.wall_time(),
+            created_monotonic=now,
+            credits=len(ids),
+            no_match_rate=config.no_match_rate,
+            id_column=config.results_id_column,
+            processing_after=processing_after,
+            finished_after=finished_after,
+            fails=fails,
+            retrieve_company_details=retrieve_company_details,
+            webhook=webhook,
+            foreign=foreign,
+            id_list=id_list,
+        )
 
     def _parse_ids(self, body: bytes) -> list[str]:
         try:

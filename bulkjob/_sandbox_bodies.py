@@ -1,0 +1,142 @@
+"""What the sandbox writes on the wire: API bodies in JSON or XML, and the faults' bodies.
+
+The API's own bodies follow the request's ``Accept`` (XML by default, as documented). The fault
+bodies are what a client meets when something between it and the API misbehaves: a gateway's
+HTML error page, a body cut off mid-way, a well-formed body that lacks the one field that
+matters, an HTML page served with a 200. A client must treat every one of them as "no usable
+answer", never as a verdict on the submit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import formatdate
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+__all__ = [
+    "format_expiration",
+    "format_iso",
+    "garbage",
+    "gateway_page",
+    "http_date",
+    "render",
+    "to_xml",
+    "wants_json",
+]
+
+TOKEN_PATH = "/Auth/login/v1/token"
+_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_REASONS = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Temporarily Unavailable",
+}
+# What a proxy or load balancer in front of an API might answer with a 200 of its own: a page
+# for people, not for the client that sent the request.
+_NOTICE_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>Request received</title></head>\n"
+    "<body><h1>Thank you</h1><p>Your request has been received and is being processed.</p>"
+    "</body></html>\n"
+)
+
+
+def wants_json(request: web.Request) -> bool:
+    if request.path.startswith(TOKEN_PATH):
+        # The token endpoint picks its format from the path, as the real one does.
+        return request.path.endswith(".json")
+    # XML is the documented default: anything but an explicit JSON preference gets XML.
+    return "application/json" in request.headers.get("Accept", "").lower()
+
+
+def serialize(request: web.Request, root: str, data: Mapping[str, object]) -> tuple[str, str]:
+    """(body text, content type) of ``data`` in the format the request asks for."""
+    if wants_json(request):
+        return json.dumps(data), "application/json"
+    # A JSON body that is one object under the root's name ({"accessTokenDetails": {...}})
+    # is that same element in XML, not the element nested in itself.
+    if list(data) == [root]:
+        return _XML_DECLARATION + to_xml(root, data[root]), "application/xml"
+    return _XML_DECLARATION + to_xml(root, data), "application/xml"
+
+
+def render(
+    request: web.Request,
+    root: str,
+    data: Mapping[str, object],
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    text, content_type = serialize(request, root, data)
+    return web.Response(text=text, status=status, content_type=content_type, headers=headers)
+
+
+def gateway_page(status: int) -> web.Response:
+    """A 5xx as a gateway in front of the API would write it (nginx's page), not as the API."""
+    title = f"{status} {_REASONS.get(status, 'Error')}"
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return web.Response(text=page, status=status, content_type="text/html")
+
+
+def garbage(request: web.Request, kind: str, answer: Mapping[str, object]) -> web.Response:
+    """A 200 that does not carry the submit ``answer`` usably, garbled the ``kind`` way."""
+    if kind == "html":
+        return web.Response(text=_NOTICE_PAGE, content_type="text/html")
+    if kind == "no_job_id":
+        without = {k: v for k, v in answer.items() if k != "jobId"}
+        return render(request, "BulkJobStatus", without)
+    if kind != "truncated":
+        raise ValueError(f"unknown garbage kind {kind!r}")
+    text, content_type = serialize(request, "BulkJobStatus", answer)
+    # Cut inside the job id: the part that is left cannot be mistaken for a whole id.
+    job_id = str(answer["jobId"])
+    cut = text.index(job_id) + len(job_id) // 2
+    return web.Response(text=text[:cut], content_type=content_type)
+
+
+def to_xml(name: str, value: object) -> str:
+    """A minimal serializer: mappings nest, sequences repeat their singular name."""
+    if isinstance(value, Mapping):
+        inner = "".join(to_xml(str(k), v) for k, v in value.items())
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        item = name[:-1] if name.endswith("s") else "item"
+        inner = "".join(to_xml(item, v) for v in value)
+    elif isinstance(value, bool):
+        inner = "true" if value else "false"
+    elif value is None:
+        return f"<{name}/>"
+    else:
+        inner = escape(str(value))
+    return f"<{name}>{inner}</{name}>"
+
+
+def format_expiration(timestamp: float) -> str:
+    """``Tue, Jul 21, 2015 09:08:17 PM GMT``, built by hand so no locale can change it."""
+    t = datetime.fromtimestamp(timestamp, UTC)
+    hour = t.hour % 12 or 12
+    meridiem = "AM" if t.hour < 12 else "PM"
+    return (
+        f"{_DAYS[t.weekday()]}, {_MONTHS[t.month - 1]} {t.day:02d}, {t.year} "
+        f"{hour:02d}:{t.minute:02d}:{t.second:02d} {meridiem} GMT"
+    )
+
+
+def format_iso(timestamp: float) -> str:
+    """ISO-8601 in UTC with milliseconds and a ``Z``."""
+    iso = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    return iso.replace("+00:00", "Z")
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 7231 IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), as the Date header wants."""
+    return formatdate(timestamp, usegmt=True)
