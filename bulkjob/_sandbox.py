@@ -19,6 +19,10 @@ for unmatched ids exist with their fields empty (see :mod:`bulkjob._sandbox_resu
 
 Faults are drawn from ``random.Random(config.seed)``, so a seeded run is reproducible. Every
 response carries one ``Date`` header from the server's clock, which ``clock_skew`` shifts.
+
+Outside ``/api/v1``, ``/_sandbox/...`` lets a test in another process change the config, read
+the ledger and add other clients' jobs (see :mod:`bulkjob._sandbox_control`); those requests
+are neither counted nor throttled.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ._sandbox_bodies import (
     http_date,
     render,
 )
+from ._sandbox_control import control_routes
 from ._sandbox_state import (
     ACCEPTED,
     FAILED,
@@ -199,6 +204,7 @@ class Sandbox:
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware()], client_max_size=_CLIENT_MAX_SIZE)
         app.on_response_prepare.append(self._stamp_date)
+        app.router.add_routes(control_routes(self._state))
         app.router.add_post(TOKEN_PATH + ".json", self._token)
         app.router.add_post(TOKEN_PATH, self._token)
         for path, kind in JOB_KINDS.items():

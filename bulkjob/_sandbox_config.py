@@ -1,20 +1,23 @@
-"""The sandbox's settings: one mutable dataclass, validated where it is built.
+"""The sandbox's settings: one mutable dataclass, validated where it is built or changed.
 
-:class:`SandboxConfig` is mutable on purpose: tests change it while the server runs
-(``sandbox.config.quota = 10``). ``__post_init__`` refuses a bad value with a
-:class:`~bulkjob._errors.ConfigError` naming the field, instead of letting it surface later as
-a confusing server-side exception mid-test.
+:class:`SandboxConfig` is mutable on purpose: tests change it while the server runs, either
+in-process (``sandbox.config.quota = 10``) or, when the sandbox runs in another process, through
+``POST /_sandbox/config`` (see :func:`apply_changes`). Both paths end in ``__post_init__``, so a
+bad value is refused with a :class:`~bulkjob._errors.ConfigError` naming the field instead of
+surfacing later as a confusing server-side exception mid-test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._errors import ConfigError
 
-__all__ = ["GARBAGE_KINDS", "SandboxConfig"]
+__all__ = ["GARBAGE_KINDS", "SandboxConfig", "apply_changes"]
 
 #: What a 200 answer to an accepted submit can be garbled into (``accept_then_garbage_rate``):
 #: a body cut off mid-way, a well-formed body without ``jobId``, an HTML page.
@@ -30,6 +33,9 @@ _RATES = (
     "no_match_rate",
 )
 _DURATIONS = ("token_lifetime", "latency", "processing_after", "finished_after", "list_lag")
+# Fields POST /_sandbox/config may not change: the seed is consumed when the random generators
+# are built, so changing it afterwards would claim a reproducibility the server cannot give.
+_FIXED = frozenset({"seed"})
 
 
 @dataclass(kw_only=True)
@@ -119,3 +125,52 @@ class SandboxConfig:
 def _check(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{name}: must be from {low:g} to {high:g}, got {value}")
+
+
+def apply_changes(config: SandboxConfig, changes: Mapping[str, object]) -> list[str]:
+    """Set fields of ``config`` from JSON values; all or nothing. Returns the changed names.
+
+    Raises :class:`ConfigError` naming the field for an unknown or fixed field, a value of
+    the wrong type, or one ``__post_init__`` refuses. JSON lists become tuples.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(SandboxConfig)}
+    coerced: dict[str, object] = {}
+    for name, value in changes.items():
+        if name not in types:
+            raise ConfigError(f"{name}: no such sandbox setting")
+        if name in _FIXED:
+            raise ConfigError(f"{name}: fixed when the sandbox starts")
+        coerced[name] = coerce(name, types[name], value)
+    # Validate on a copy first, so a refused change leaves the running config untouched.
+    dataclasses.replace(config, **coerced)  # type: ignore[arg-type]
+    for name, value in coerced.items():
+        setattr(config, name, value)
+    return sorted(coerced)
+
+
+def coerce(name: str, annotation: str, value: object) -> object:
+    """``value`` (decoded JSON) as the Python type the field's annotation names."""
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        if base != annotation:
+            return None
+        raise ConfigError(f"{name}: must not be null")
+    # bool is an int to Python but never a number to a JSON writer: true is not 1 here.
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if base == "str" and isinstance(value, str):
+        return value
+    if (
+        base == "tuple[str, ...]"
+        and isinstance(value, list | tuple)
+        and all(isinstance(v, str) for v in value)
+    ):
+        return tuple(value)
+    if base not in ("bool", "int", "float", "str", "tuple[str, ...]"):
+        raise AssertionError(f"{name}: no JSON mapping for the type {annotation}")
+    shown = "a list of strings" if base.startswith("tuple") else base
+    raise ConfigError(f"{name}: must be {shown}, got {value!r}")

@@ -61,6 +61,22 @@ class Ledger:
         self.jobs[job.job_id] = job
         self.foreign_ids += job.ids
 
+    def counts(self) -> dict[str, object]:
+        """The ledger's counts, as ``GET /_sandbox/ledger`` serves them."""
+        return {
+            "requests": self.requests,
+            "throttled": self.throttled,
+            "lockouts": self.lockouts,
+            "jobs": len(self.jobs),
+            "ids_accepted": self.ids_accepted,
+            "unique_ids": len(self.accepted_ids),
+            "duplicates": self.duplicates,
+            "largest_job": self.largest_job,
+            "foreign_ids": self.foreign_ids,
+            "faults": dict(self.faults),
+            "rejected": dict(self.rejected),
+        }
+
 
 def max_in_window(times: Iterable[float], window: float) -> int:
     """Sliding-window maximum over sorted arrival times, with two pointers (O(n))."""

@@ -2,7 +2,7 @@
 
 Everything a client needs to prove a submit's outcome by content: results with an id column,
 failed jobs, answers lost after acceptance, a skewed server clock, a lagging job list, other
-clients' jobs and long lockouts.
+clients' jobs, long lockouts, and runtime control over HTTP.
 """
 
 from __future__ import annotations
@@ -93,6 +93,19 @@ async def listed(session: aiohttp.ClientSession, sandbox: Sandbox, query: str = 
     status, body = await get_json(session, f"{sandbox.base_url}/admin/jobs{query}")
     assert status == 200, body
     return [j["jobId"] for j in body["jobs"]]
+
+
+async def control(
+    session: aiohttp.ClientSession, sandbox: Sandbox, path: str, body: object = None
+) -> tuple[int, Any]:
+    """GET (no body) or POST (a JSON body) a control route; (status, parsed JSON)."""
+    url = f"http://127.0.0.1:{sandbox.port}/_sandbox/{path}"
+    if body is None:
+        async with session.get(url) as r:
+            return r.status, await r.json()
+    data = body if isinstance(body, str) else json.dumps(body)
+    async with session.post(url, data=data) as r:
+        return r.status, await r.json()
 
 
 # -- results file ---------------------------------------------------------------------------------
@@ -399,12 +412,13 @@ def date_of(headers: Mapping[str, str]) -> datetime:
 async def test_every_response_has_one_date_header_from_the_skewed_clock(
     sandbox: Sandbox, session: aiohttp.ClientSession
 ) -> None:
-    """Answers, errors and the token endpoint all carry one skewed Date."""
+    """Answers, errors, the token endpoint and control routes all carry one skewed Date."""
     sandbox.config.clock_skew = 3600.0
     urls = [
         (f"{sandbox.base_url}/admin/usage", JSON_HEADERS),  # 200
         (f"{sandbox.base_url}/admin/usage", {}),  # 401
         (f"{sandbox.base_url}/{CONTACT}/nosuchjob", JSON_HEADERS),  # 404
+        (f"http://127.0.0.1:{sandbox.port}/_sandbox/ledger", {}),
     ]
     expected = datetime.now(UTC) + timedelta(hours=1)
     for url, headers in urls:
@@ -594,6 +608,135 @@ async def test_retry_after_covers_a_lockout_longer_than_the_window(
         assert r.status == 429
         assert 1 <= int(r.headers["Retry-After"]) <= 3
     assert sandbox.ledger.lockouts == 1
+
+
+# -- control over HTTP ----------------------------------------------------------------------------
+
+
+async def test_control_config_changes_the_running_config(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """POST /_sandbox/config sets fields live; lists become tuples; GET reads them back."""
+    changes = {"quota": 5, "garbage_kinds": ["html"], "clock_skew": -2, "lockout_seconds": None}
+    status, body = await control(session, sandbox, "config", changes)
+    assert (status, body) == (200, {"changed": sorted(changes)})
+    config = sandbox.config
+    assert (config.quota, config.garbage_kinds, config.clock_skew) == (5, ("html",), -2.0)
+    assert isinstance(config.clock_skew, float)
+    status, current = await control(session, sandbox, "config")
+    assert (status, current["quota"], current["garbage_kinds"]) == (200, 5, ["html"])
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"quota": 5, "nope": 1}, "nope"),
+        ({"quota": 5, "fault_5xx_rate": 2}, "fault_5xx_rate"),
+        ({"quota": 5, "fault_5xx_rate": "0.5"}, "fault_5xx_rate"),
+        ({"quota": 5, "lockout": 1}, "lockout"),
+        ({"quota": 5, "throttle_requests": True}, "throttle_requests"),
+        ({"quota": 5, "garbage_kinds": ["bogus"]}, "garbage_kinds"),
+        ({"quota": 5, "access_tokens": "abc"}, "access_tokens"),
+        ({"quota": 5, "client_id": None}, "client_id"),
+        ({"quota": 5, "seed": 3}, "seed"),
+        ([1, 2], "object"),
+        ("{not json", "JSON"),
+    ],
+)
+async def test_control_config_refuses_bad_changes_and_changes_nothing(
+    sandbox: Sandbox, session: aiohttp.ClientSession, body: object, named: str
+) -> None:
+    """An unknown field or bad value is a 400 naming it, and no field changes."""
+    status, answer = await control(session, sandbox, "config", body)
+    assert status == 400
+    assert named in answer["error"]
+    assert sandbox.config.quota is None
+
+
+async def test_control_ledger_reports_the_counts(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """GET /_sandbox/ledger has every count, foreign ids apart from the client's."""
+    ids = make_ids(3)
+    await submit(session, sandbox, ids)
+    await submit(session, sandbox, ids[:1])
+    sandbox.add_foreign_job(make_ids(2, "other"))
+    await post_job(session, sandbox, ["bad"])
+    status, counts = await control(session, sandbox, "ledger")
+    assert status == 200
+    assert counts == {
+        "requests": 3,
+        "throttled": 0,
+        "lockouts": 0,
+        "jobs": 3,
+        "ids_accepted": 4,
+        "unique_ids": 3,
+        "duplicates": 1,
+        "largest_job": 3,
+        "foreign_ids": 2,
+        "faults": {},
+        "rejected": {"validation": 1},
+    }
+
+
+async def test_control_jobs_adds_a_foreign_job(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """POST /_sandbox/jobs creates another client's job and answers its id."""
+    spec = {"ids": make_ids(2), "kind": "contactDetails", "finished_after": 60, "fail": False}
+    status, body = await control(session, sandbox, "jobs", spec)
+    assert status == 200
+    job = sandbox.ledger.jobs[body["jobId"]]
+    assert (job.kind, job.foreign, job.status()) == ("contactDetails", True, "processing")
+    assert sandbox.ledger.foreign_ids == 2
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"ids": "abc"},
+        {"ids": [1, 2]},
+        {"ids": ["x" * 64], "kind": "bogus"},
+        {"ids": ["x" * 64], "finished_after": "soon"},
+        {"ids": ["x" * 64], "fail": 1},
+        {"ids": ["x" * 64], "extra": 1},
+    ],
+)
+async def test_control_jobs_refuses_a_bad_spec(
+    sandbox: Sandbox, session: aiohttp.ClientSession, spec: dict[str, object]
+) -> None:
+    """A malformed foreign-job spec is a 400 with an error message, and no job is made."""
+    status, body = await control(session, sandbox, "jobs", spec)
+    assert status == 400
+    assert body["error"]
+    assert not sandbox.ledger.jobs
+
+
+async def test_control_routes_are_neither_counted_nor_throttled(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """Control calls during a lockout succeed, and the ledger counts none of them."""
+    sandbox.config.throttle_requests = 1
+    sandbox.config.throttle_window = 60.0
+    async with session.get(f"{sandbox.base_url}/admin/usage", headers=JSON_HEADERS) as r:
+        assert r.status == 200
+    async with session.get(f"{sandbox.base_url}/admin/usage", headers=JSON_HEADERS) as r:
+        assert r.status == 429
+    for _ in range(3):
+        assert (await control(session, sandbox, "ledger"))[0] == 200
+        assert (await control(session, sandbox, "config", {"latency": 0}))[0] == 200
+    assert (await control(session, sandbox, "jobs", {"ids": make_ids(1)}))[0] == 200
+    assert (sandbox.ledger.requests, sandbox.ledger.throttled) == (2, 1)
+
+
+async def test_control_changes_reach_the_api_at_once(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """A fault switched on over HTTP applies to the very next submit."""
+    await control(session, sandbox, "config", {"accept_then_5xx_rate": 1.0})
+    status, _, _ = await post_job(session, sandbox, make_ids(1))
+    assert status in (500, 502, 503)
+    assert sandbox.ledger.faults["accept_then_5xx"] == 1
 
 
 # -- validation -----------------------------------------------------------------------------------
