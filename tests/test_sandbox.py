@@ -8,6 +8,8 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,7 +19,8 @@ import aiohttp
 import pytest
 
 from bulkjob._sandbox import Sandbox
-from bulkjob._sandbox_cli import sandbox_main
+from bulkjob._sandbox_cli import parse_args, sandbox_main
+from bulkjob._sandbox_config import SandboxConfig
 from bulkjob._sandbox_state import Ledger
 
 TOKEN = "sandbox-token"
@@ -613,7 +616,22 @@ async def test_5xx_fault_answers_an_error_and_records_nothing(
 
 
 @pytest.mark.parametrize(
-    "argv", [["--bogus"], ["--fault-5xx", "2"], ["--port", "70000"], ["--throttle", "0"]]
+    "argv",
+    [
+        ["--bogus"],
+        ["--fault-5xx", "2"],
+        ["--port", "70000"],
+        ["--throttle", "0"],
+        ["--accept-then-5xx-rate", "1.5"],
+        ["--accept-then-garbage-rate", "-1"],
+        ["--garbage-kinds", "truncated,bogus"],
+        ["--list-lag", "-1"],
+        ["--lockout-seconds", "nan"],
+        ["--clock-skew", "inf"],
+        ["--job-fail-rate", "2"],
+        ["--no-match-rate", "x"],
+        ["--results-id-column", "a,b"],
+    ],
 )
 def test_sandbox_main_rejects_bad_arguments(
     argv: list[str], capsys: pytest.CaptureFixture[str]
@@ -625,8 +643,57 @@ def test_sandbox_main_rejects_bad_arguments(
     assert "error" in capsys.readouterr().err
 
 
+def test_parse_args_maps_every_new_flag_onto_its_setting() -> None:
+    """Each fault, clock, list and results flag sets the SandboxConfig field of its name."""
+    config, host, port = parse_args(
+        [
+            "--fault-html",
+            "--accept-then-5xx-rate=0.25",
+            "--accept-then-garbage-rate=0.5",
+            "--garbage-kinds=html,truncated",
+            "--clock-skew=-90",
+            "--list-lag=2",
+            "--job-fail-rate=0.1",
+            "--failed-results",
+            "--no-match-rate=0.2",
+            "--results-id-column=inputId",
+            "--lockout-seconds=600",
+            "--port=0",
+        ]
+    )
+    assert (host, port) == ("127.0.0.1", 0)
+    assert config.fault_html and config.failed_results
+    assert (config.accept_then_5xx_rate, config.accept_then_garbage_rate) == (0.25, 0.5)
+    assert config.garbage_kinds == ("html", "truncated")
+    assert (config.clock_skew, config.list_lag, config.lockout_seconds) == (-90.0, 2.0, 600.0)
+    assert (config.job_fail_rate, config.no_match_rate) == (0.1, 0.2)
+    assert config.results_id_column == "inputId"
+
+
+def test_parse_args_defaults_are_the_configs() -> None:
+    """Without flags the CLI builds the library's default SandboxConfig."""
+    config, _, _ = parse_args([])
+    assert config == SandboxConfig()
+
+
+def test_sandbox_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help names every knob, the control routes included."""
+    with pytest.raises(SystemExit) as exc_info:
+        sandbox_main(["--help"])
+    assert exc_info.value.code == 0
+    out = capsys.readouterr().out
+    flags = (
+        "--fault-html --accept-then-5xx-rate --accept-then-garbage-rate --garbage-kinds "
+        "--clock-skew --list-lag --job-fail-rate --failed-results --no-match-rate "
+        "--results-id-column --lockout-seconds --drop-after-accept-rate --fault-5xx"
+    )
+    for flag in flags.split():
+        assert flag in out, flag
+    assert "/_sandbox/config" in out
+
+
 def test_sandbox_main_serves_until_interrupted() -> None:
-    """The CLI prints its URLs on one line, serves, and exits 0 on Ctrl-C."""
+    """The CLI prints its URLs and credentials on one line, serves, and exits 0 on Ctrl-C."""
     code = "import sys, bulkjob._sandbox_cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
     with subprocess.Popen(
         [sys.executable, "-c", code, "--port", "0"],
@@ -640,4 +707,50 @@ def test_sandbox_main_serves_until_interrupted() -> None:
         _, err = proc.communicate(timeout=10)
     assert re.search(r"base_url=http://127\.0\.0\.1:\d+/api/v1 ", line), line
     assert "token_url=http://127.0.0.1:" in line
+    assert " access_tokens=sandbox-token " in line
+    assert line.rstrip().endswith(" client_id=sandbox-client")
+    assert "sandbox-secret" not in line
+    assert proc.returncode == 0, err
+
+
+def test_sandbox_in_another_process_is_steered_over_http() -> None:
+    """A sandbox started with flags takes config changes and reports its ledger over HTTP."""
+    code = "import sys, bulkjob._sandbox_cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
+    argv = ["--port", "0", "--token", "t1", "--token", "t2", "--accept-then-5xx-rate", "1"]
+    with subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        try:
+            match = re.search(r"base_url=(http://127\.0\.0\.1:\d+)/api/v1 ", line)
+            assert match, line
+            root = match[1]
+            assert " access_tokens=t1,t2 " in line
+
+            def call(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+                headers = {"accessToken": "t2", "Content-Type": "text/plain"}
+                req = urllib.request.Request(url, body, headers, method=method)
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        return r.status, r.read()
+                except urllib.error.HTTPError as exc:
+                    return exc.code, exc.read()
+
+            submit_url = f"{root}/api/v1/{CONTACT}"
+            assert call("POST", submit_url, make_ids(1)[0].encode())[0] in (500, 502, 503)
+            change = json.dumps({"accept_then_5xx_rate": 0, "garbage_kinds": ["html"]}).encode()
+            assert call("POST", f"{root}/_sandbox/config", change)[0] == 200
+            assert call("POST", submit_url, make_ids(1, "b")[0].encode())[0] == 200
+            status, ledger = call("GET", f"{root}/_sandbox/ledger")
+            assert status == 200
+            counts = json.loads(ledger)
+            assert (counts["requests"], counts["jobs"]) == (2, 2)
+            assert counts["faults"] == {"accept_then_5xx": 1}
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
