@@ -44,7 +44,7 @@ def control_routes(state: AccountState) -> list[web.RouteDef]:
         try:
             changed = apply_changes(state.config, changes)
         except ConfigError as exc:
-            raise _bad_request(str(exc)) from None
+            raise _BadRequest(str(exc)) from None
         return web.json_response({"changed": changed})
 
     async def get_ledger(request: web.Request) -> web.Response:
@@ -54,21 +54,21 @@ def control_routes(state: AccountState) -> list[web.RouteDef]:
         spec = await _json_object(request)
         unknown = set(spec) - {"ids", "kind", "finished_after", "fail"}
         if unknown:
-            raise _bad_request(f"{', '.join(sorted(unknown))}: no such field")
+            raise _BadRequest(f"{', '.join(sorted(unknown))}: no such field")
         ids = spec.get("ids")
         kind = spec.get("kind", "targetContactDetails")
         finished_after = spec.get("finished_after")
         fail = spec.get("fail", False)
         if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-            raise _bad_request("ids: must be a list of strings")
+            raise _BadRequest("ids: must be a list of strings")
         if not isinstance(kind, str):
-            raise _bad_request("kind: must be a string")
+            raise _BadRequest("kind: must be a string")
         if finished_after is not None and (
             isinstance(finished_after, bool) or not isinstance(finished_after, int | float)
         ):
-            raise _bad_request("finished_after: must be a number of seconds or null")
+            raise _BadRequest("finished_after: must be a number of seconds or null")
         if not isinstance(fail, bool):
-            raise _bad_request("fail: must be true or false")
+            raise _BadRequest("fail: must be true or false")
         try:
             job = state.add_foreign_job(
                 ids,
@@ -78,7 +78,7 @@ def control_routes(state: AccountState) -> list[web.RouteDef]:
                 now=time.monotonic(),
             )
         except ValueError as exc:
-            raise _bad_request(str(exc)) from None
+            raise _BadRequest(str(exc)) from None
         return web.json_response({"jobId": job.job_id})
 
     return [
@@ -93,18 +93,14 @@ async def _json_object(request: web.Request) -> dict[str, object]:
     try:
         data = json.loads(await request.text())
     except ValueError as exc:
-        raise _bad_request(f"the body is not JSON: {exc}") from None
+        raise _BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise _bad_request("the body must be a JSON object")
+        raise _BadRequest("the body must be a JSON object")
     return data
 
 
 class _BadRequest(Exception):
-    pass
-
-
-def _bad_request(message: str) -> _BadRequest:
-    return _BadRequest(message)
+    """A control request refused with a 400 and ``{"error": message}``."""
 
 
 def _answering_errors(handler: Handler) -> Handler:

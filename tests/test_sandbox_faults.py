@@ -627,6 +627,19 @@ async def test_control_config_changes_the_running_config(
     assert (status, current["quota"], current["garbage_kinds"]) == (200, 5, ["html"])
 
 
+async def test_control_config_takes_back_every_field_it_serves(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """Every field GET /_sandbox/config serves (but the fixed seed) can be POSTed back as is."""
+    sandbox.config.lockout_seconds = 30.0
+    _, current = await control(session, sandbox, "config")
+    before = SandboxConfig(**vars(sandbox.config))
+    del current["seed"]
+    status, body = await control(session, sandbox, "config", current)
+    assert (status, body["changed"]) == (200, sorted(current))
+    assert sandbox.config == before
+
+
 @pytest.mark.parametrize(
     ("body", "named"),
     [
