@@ -8,6 +8,7 @@ import contextlib
 
 from ._client import ApiClient
 from ._errors import BulkJobError, QuotaExhaustedError
+from ._evidence import FINAL_STATUSES
 from ._journal import Journal
 from ._logging import get_logger
 from ._settings import Settings
@@ -15,7 +16,6 @@ from ._settings import Settings
 __all__ = ["FINAL_STATUSES", "QueueRoom", "remaining_credits"]
 
 log = get_logger()
-FINAL_STATUSES = frozenset({"finished", "failed", "aborted"})
 
 
 async def remaining_credits(client: ApiClient, settings: Settings, need: int) -> int | None:
@@ -48,12 +48,18 @@ async def remaining_credits(client: ApiClient, settings: Settings, need: int) ->
 class QueueRoom:
     """Waits out a full job queue by polling the run's own open jobs, once for all workers."""
 
-    def __init__(self, settings: Settings, journal: Journal | None, stopped: asyncio.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal | None,
+        stopped: asyncio.Event,
+        client: ApiClient,
+    ) -> None:
         self._settings = settings
         self._journal = journal
         self._stopped = stopped
         self._lock = asyncio.Lock()
-        self.client: ApiClient | None = None
+        self.client = client
         #: The run's jobs not known to be final: job id -> chunk sequence number.
         self.open_jobs: dict[str, int] = {}
 
@@ -62,7 +68,6 @@ class QueueRoom:
 
     async def wait(self) -> None:
         """Return once one of the run's jobs is final (or a stop is requested)."""
-        assert self.client is not None
         s = self._settings
         if self._lock.locked():  # another worker is already waiting: share its wait
             async with self._lock:

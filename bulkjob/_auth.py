@@ -4,6 +4,10 @@ InsideView sends the token in a custom ``accessToken`` header. Minted tokens car
 ``expirationTime`` such as ``"Tue, Jul 21, 2015 09:08:17 PM GMT"`` whose lifetime varies
 per key, so the token is re-fetched ahead of that time, and once more on a 401.
 Every token value is registered for log redaction the moment it is known.
+
+The login host is a service of its own and fails like one: a 5xx, a reset connection, a
+timeout or an answer without a token is retried with the run's backoff, like any
+transient error. Only a 4xx (other than 429) is a refusal of the credentials.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from ._errors import AuthError, ProtocolError, TransportError
+from ._errors import AuthError, Transient, TransportError
 from ._limiter import WindowLimiter
 from ._logging import get_logger, register_secret
+from ._retry import retrying
 from ._settings import Settings
 from ._wire import ErrorBody, parse_body
 
@@ -107,6 +112,16 @@ class TokenSource:
                 await self._mint()
 
     async def _mint(self) -> None:
+        try:
+            async for attempt in retrying(self._settings):
+                with attempt:
+                    await self._mint_once()
+        except Transient as exc:
+            raise TransportError(
+                f"the token endpoint kept failing: {exc.reason}", status=exc.status
+            ) from None
+
+    async def _mint_once(self) -> None:
         s = self._settings
         params = {"clientId": s.client_id or "", "clientSecret": s.client_secret or ""}
         params["grantType"] = "cred"
@@ -120,11 +135,15 @@ class TokenSource:
                     text = await resp.text(errors="replace")
                     status, ctype = resp.status, resp.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:
-            # The exception text would include the URL, and with it the client secret.
-            raise TransportError(
-                f"token endpoint unreachable ({type(exc).__name__})", status=None
-            ) from None
+            # Never the exception's text: it would hold the URL, and with it the secret.
+            log.warning("token.unreachable", error=type(exc).__name__)
+            raise Transient(f"unreachable ({type(exc).__name__})") from None
         data = parse_body(ctype, text)
+        if status == 429 or status >= 500 or (status < 400 and status != 200):
+            log.warning("token.failed", status=status)
+            if status == 429 and self._limiter is not None:
+                self._limiter.throttled(None)
+            raise Transient(f"answered {status}", status=status)
         if status != 200:
             err = ErrorBody.from_data(data, text)
             raise AuthError(
@@ -136,7 +155,8 @@ class TokenSource:
         details = data.get("accessTokenDetails", data)
         token = details.get("accessToken") if isinstance(details, dict) else None
         if not isinstance(token, str) or not token:
-            raise ProtocolError("the token endpoint answered without an accessToken", status=status)
+            log.warning("token.unreadable", status=status)
+            raise Transient("answered 200 without an accessToken", status=status)
         register_secret(token)
         expiry_text = details.get("expirationTime") if isinstance(details, dict) else None
         expires = parse_expiration(expiry_text) if isinstance(expiry_text, str) else None

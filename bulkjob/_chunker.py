@@ -7,8 +7,10 @@ that is what lets a resumed run recognise the chunks it already submitted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
@@ -17,7 +19,7 @@ from ._errors import ConfigError
 from ._records import IdRecord, Origin
 from ._settings import MAX_CHUNK_SIZE
 
-__all__ = ["Chunk", "chunked"]
+__all__ = ["Chunk", "chunked", "read_ahead"]
 
 _first = itemgetter(0)
 
@@ -72,3 +74,45 @@ def _chunks(records: Iterator[IdRecord], size: int, seq: int) -> Iterator[Chunk]
         ids = list(map(_first, batch))
         yield Chunk(seq, ids, Origin(first_path, first_line), Origin(last_path, last_line))
         seq += 1
+
+
+async def read_ahead(
+    chunks: Iterator[Chunk], ahead: int, *, digest: bool
+) -> AsyncGenerator[Chunk, None]:
+    """Yield ``chunks`` produced by a thread of their own, at most ``ahead`` in front.
+
+    Reading and chunking run off the event loop and hand chunks over without waiting
+    for each hand-off (a loop round trip per chunk would stall the reader at every GIL
+    switch); the semaphore keeps memory flat. With ``digest``, chunks are hashed in the
+    thread too. Whatever the thread raises (an input that changed under us) is raised
+    here. Close the generator (``contextlib.aclosing``) to stop the thread early.
+    """
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
+    room = threading.Semaphore(ahead)
+    quit_reading = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if digest:
+                    _ = chunk.digest  # cached on the chunk
+                room.acquire()
+                if quit_reading.is_set():
+                    return
+                loop.call_soon_threadsafe(inbox.put_nowait, chunk)
+            loop.call_soon_threadsafe(inbox.put_nowait, None)
+        except BaseException as exc:  # handed to the loop, which decides
+            loop.call_soon_threadsafe(inbox.put_nowait, exc)
+
+    reader = loop.run_in_executor(None, produce)
+    try:
+        while (item := await inbox.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            room.release()
+    finally:
+        quit_reading.set()
+        room.release()  # wake the thread if it waits for room
+        await asyncio.shield(reader)

@@ -16,59 +16,45 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from . import __version__
 from . import _lifecycle as lifecycle
 from ._config import load_settings, settings_for_resume
-from ._errors import (
-    BulkJobError,
-    ConfigError,
-)
+from ._errors import STOP_EXIT_CODES, BulkJobError, ExitCode, JournalError, WaitTimeoutError
 from ._journal import Journal
-from ._lifecycle import WaitTimeoutError
-from ._logging import configure_logging, redact
+from ._logging import configure_logging, redact, register_secret
 from ._progress import ProgressLine
-from ._report import RunReport, stop_reason_for
+from ._report import RunReport
 from ._runner import Runner
 from ._settings import Settings
 
 __all__ = ["EXIT_CODES", "main"]
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_QUOTA = 3
-EXIT_QUEUE_FULL = 4
-EXIT_AUTH = 5
-EXIT_REJECTED = 6
-EXIT_TRANSPORT = 7
-EXIT_AMBIGUOUS = 8
-EXIT_WAIT_TIMEOUT = 9
-EXIT_INTERRUPTED = 130
-
-EXIT_CODES = {
-    None: EXIT_OK,
-    "quota": EXIT_QUOTA,
-    "queue_full": EXIT_QUEUE_FULL,
-    "auth": EXIT_AUTH,
-    "transport": EXIT_TRANSPORT,
-    "protocol": EXIT_INTERNAL,
-    "input": EXIT_USAGE,
-    "interrupted": EXIT_INTERRUPTED,
-    "ambiguous": EXIT_AMBIGUOUS,
-}
+_T = TypeVar("_T")
+#: Stop reason -> exit code (the one table lives in :mod:`bulkjob._errors`).
+EXIT_CODES = STOP_EXIT_CODES
 #: Stops after which ``bulkjob resume`` continues the run.
-_RESUMABLE = {"quota", "queue_full", "auth", "transport", "interrupted", "ambiguous", "protocol"}
+_RESUMABLE = {
+    "quota",
+    "queue_full",
+    "auth",
+    "transport",
+    "interrupted",
+    "ambiguous",
+    "protocol",
+    "journal",
+}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one ``error:`` line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -143,8 +129,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Push millions of ids through InsideView-style bulk job APIs as fast as the "
         "throttle allows: never an id lost, paid twice, or a lockout.",
         epilog="exit codes: 0 done, 1 internal error, 2 usage/config/input error, 3 quota, "
-        "4 queue full, 5 auth, 6 some jobs rejected, 7 server kept failing, 8 chunks of unknown "
-        "outcome (resume decides), 9 wait timed out, 130 interrupted",
+        "4 queue full, 5 auth, 6 some jobs rejected, 7 server kept failing, 8 chunks whose "
+        "outcome no job can prove (resume decides), 9 wait timed out, 10 the journal is in use "
+        "by another process, 11 the journal cannot be written, 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"bulkjob {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -271,12 +258,6 @@ def _setting_flags(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from flags > env > config file > defaults."""
-    flags = _setting_flags(args)
-    return load_settings(flags=flags, config_path=args.config)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bulkjob`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -297,65 +278,121 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lifecycle_command(args)
         return _submit(args)
     except BulkJobError as exc:
-        if debug:
-            raise
+        _traceback(exc, debug)
         print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return _exit_code(exc)
+        if isinstance(exc, WaitTimeoutError):
+            print(exc.status.render(), file=sys.stderr)  # type: ignore[attr-defined]
+        return int(exc.exit_code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # the last resort: one line, no traceback
-        if debug:
-            raise
+        _traceback(exc, debug)
         print(
-            f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')} "
-            "(run with --debug for the traceback)",
+            f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')}"
+            + ("" if debug else " (run with --debug for the traceback)"),
             file=sys.stderr,
         )
-        return EXIT_INTERNAL
+        return ExitCode.INTERNAL
 
 
-def _exit_code(exc: BulkJobError) -> int:
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE
-    if isinstance(exc, WaitTimeoutError):
-        print(exc.status.render(), file=sys.stderr)
-        return EXIT_WAIT_TIMEOUT
-    return EXIT_CODES[stop_reason_for(exc)]
+def _traceback(exc: BaseException, debug: bool) -> None:
+    """With --debug, the traceback, through the same redaction as everything else."""
+    if debug:
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+
+
+def _settings(args: argparse.Namespace, recorded: dict[str, object] | None = None) -> Settings:
+    """Settings from flags > env > config file > (the journal's record) > defaults; every
+    secret in them is registered for redaction before anything can print it."""
+    flags = _setting_flags(args)
+    config = getattr(args, "config", None)
+    if recorded is None:
+        settings = load_settings(flags=flags, config_path=config)
+    else:
+        settings = settings_for_resume(recorded, flags=flags, config_path=config)
+    register_secret(settings.access_token)
+    register_secret(settings.client_secret)
+    return settings
 
 
 def _submit(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = _settings(args)
     progress = _progress(args)
     _configure(args, settings, progress)
     inputs = list(args.inputs) or ["-"]
-    journal = Path(args.journal) if args.journal else default_journal(args.report)
-    Journal.ensure_new(journal)  # before anything is written beside it
-    if "-" in inputs:
-        # Standard input can't be read twice: keep a copy beside the journal for resume.
-        copy = journal.with_name(journal.name + ".stdin")
+    path = Path(args.journal) if args.journal else default_journal(args.report)
+    journal = Journal.claim(path, "bulkjob submit")  # locked before anything is written
+    try:
+        if "-" in inputs:
+            inputs = [str(_copy_stdin(path)) if p == "-" else p for p in inputs]
+        print(f"journal: {path} (resume with: bulkjob resume {path})", file=sys.stderr)
+        runner = Runner(settings, inputs, progress=progress, journal=journal)
+        code = finish(run_with_signals(runner), args.report)
+        if args.wait_jobs and code in (ExitCode.OK, ExitCode.REJECTED):
+            final = _run(lambda: lifecycle.wait(journal, settings, progress=_wait_line(args)))
+            print(final.render(), file=sys.stderr)
+        return code
+    finally:
+        journal.close_sync()
+
+
+def _copy_stdin(journal: Path) -> Path:
+    """Standard input can't be read twice: keep a copy beside the journal for resume."""
+    copy = journal.with_name(journal.name + ".stdin")
+    try:
         with copy.open("wb") as out:
             shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-        inputs = [str(copy) if p == "-" else p for p in inputs]
-    print(f"journal: {journal} (resume with: bulkjob resume {journal})", file=sys.stderr)
-    runner = Runner(settings, inputs, progress=progress, journal=journal)
-    code = finish(run_with_signals(runner), args.report)
-    if args.wait_jobs and code in (EXIT_OK, EXIT_REJECTED):
-        final = asyncio.run(lifecycle.wait(journal, settings, progress=_wait_line(args)))
-        print(final.render(), file=sys.stderr)
-    return code
+    except OSError as exc:
+        raise JournalError(str(copy), f"cannot keep a copy of stdin: {exc.strerror}") from None
+    return copy
+
+
+def _resume(args: argparse.Namespace) -> int:
+    journal = Journal.open(args.journal, "bulkjob resume")
+    try:
+        settings = _settings(args, journal.recorded_settings())
+        progress = _progress(args)
+        _configure(args, settings, progress)
+        print(f"resuming {args.journal}", file=sys.stderr)
+        runner = Runner(
+            settings,
+            journal.inputs(),
+            progress=progress,
+            journal=journal,
+            resume=True,
+            ambiguous=args.ambiguous or "stop",
+        )
+        return finish(run_with_signals(runner), args.report)
+    finally:
+        journal.close_sync()
 
 
 def _lifecycle_command(args: argparse.Namespace) -> int:
-    flags = _setting_flags(args)
-    settings = lifecycle.settings_from_journal(args.journal, **flags)
-    _configure(args, settings)
-    journal = args.journal
+    readonly = args.command == "status" and not args.refresh
+    journal = Journal.open(args.journal, f"bulkjob {args.command}", readonly=readonly)
+    try:
+        settings = _settings(args, journal.recorded_settings())
+        _configure(args, settings)
+        return _lifecycle_run(args, journal, settings)
+    except KeyboardInterrupt:
+        print(
+            f"error: interrupted; the journal is consistent: run `bulkjob {args.command} "
+            f"{args.journal}` again to go on",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERRUPTED
+    finally:
+        journal.close_sync()
+
+
+def _lifecycle_run(args: argparse.Namespace, journal: Journal, settings: Settings) -> int:
+    name = args.journal
     if args.command == "status":
-        print(asyncio.run(lifecycle.status(journal, settings, refresh=args.refresh)).render())
+        print(_run(lambda: lifecycle.status(journal, settings, refresh=args.refresh)).render())
     elif args.command == "wait":
-        done = asyncio.run(
-            lifecycle.wait(
+        done = _run(
+            lambda: lifecycle.wait(
                 journal,
                 settings,
                 poll_interval=args.poll,
@@ -366,7 +403,7 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
         print(done.render())
     elif args.command == "results":
         merge = Path(args.merge) if args.merge else None
-        got = asyncio.run(lifecycle.results(journal, settings, Path(args.out), merge=merge))
+        got = _run(lambda: lifecycle.results(journal, settings, Path(args.out), merge=merge))
         print(
             f"downloaded {got.downloaded:,} result file(s), {got.already_present:,} already "
             f"present, in {args.out}"
@@ -376,19 +413,19 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
         if got.not_finished:
             print(
                 f"{len(got.not_finished):,} job(s) not finished yet: run `bulkjob wait "
-                f"{journal}` then `results` again",
+                f"{name}` then `results` again",
                 file=sys.stderr,
             )
         if got.failed:
             print(f"{len(got.failed):,} job(s) failed: chunks {_seqs(got.failed)}", file=sys.stderr)
     else:
-        gone = asyncio.run(lifecycle.cancel(journal, settings))
+        gone = _run(lambda: lifecycle.cancel(journal, settings))
         print(
             f"cancelled {len(gone.cancelled):,} job(s) ({gone.ids_cancelled:,} ids); "
             f"{len(gone.not_cancellable):,} already processing; "
             f"{len(gone.skipped):,} skipped (not queued)"
         )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _seqs(seqs: Sequence[int]) -> str:
@@ -407,24 +444,6 @@ def _wait_line(args: argparse.Namespace) -> Callable[[lifecycle.RunStatus], None
             sys.stderr.flush()
 
     return show
-
-
-def _resume(args: argparse.Namespace) -> int:
-    recorded, inputs = lifecycle.read_run(args.journal)
-    flags = _setting_flags(args)
-    settings = settings_for_resume(recorded, flags=flags, config_path=args.config)
-    progress = _progress(args)
-    _configure(args, settings, progress)
-    print(f"resuming {args.journal}", file=sys.stderr)
-    runner = Runner(
-        settings,
-        inputs,
-        progress=progress,
-        journal=args.journal,
-        resume=True,
-        ambiguous=args.ambiguous or "stop",
-    )
-    return finish(run_with_signals(runner), args.report)
 
 
 def default_journal(report: str | None) -> Path:
@@ -448,50 +467,102 @@ def _progress(args: argparse.Namespace) -> ProgressLine:
     return ProgressLine(enabled=None if args.progress else False)
 
 
-def run_with_signals(runner: Runner) -> RunReport:
-    """Run; the first SIGINT/SIGTERM stops cleanly, a second one stops at once."""
+def _run(make: Callable[[], Awaitable[_T]], on_first: Callable[[], None] | None = None) -> _T:
+    """Run a command's coroutine with SIGINT/SIGTERM handled.
 
-    async def main() -> RunReport:
+    With ``on_first`` the first signal calls it (a run stops cleanly) and a second one
+    cancels; without, the first signal cancels. Cancellation ends in KeyboardInterrupt,
+    which the CLI turns into exit 130 with a message.
+    """
+
+    async def main() -> _T:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        signals = (signal.SIGINT, signal.SIGTERM)
         seen = 0
 
         def on_signal() -> None:
             nonlocal seen
             seen += 1
-            if seen == 1:
-                print(
-                    "\nstopping: letting requests in flight finish (signal again to stop now)",
-                    file=sys.stderr,
-                )
-                runner.request_stop("interrupted", "interrupted by signal")
+            if seen == 1 and on_first is not None:
+                on_first()
             elif task is not None:
                 task.cancel()
 
-        for sig in signals:
-            loop.add_signal_handler(sig, on_signal)
+        installed = _install_signals(loop, on_signal)
         try:
-            return await runner.run()
+            return await make()
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            _remove_signals(loop, installed)
 
     return asyncio.run(main())
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+) -> list[tuple[signal.Signals, object]]:
+    """Route SIGINT/SIGTERM to ``handler`` on the loop; returns what to restore.
+
+    Where the loop cannot (Windows), ``signal.signal`` hands the signal to the loop.
+    """
+    installed: list[tuple[signal.Signals, object]] = []
+    for sig in _SIGNALS:
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append((sig, None))
+        except (NotImplementedError, RuntimeError):
+            previous = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(handler))
+            installed.append((sig, previous))
+    return installed
+
+
+def _remove_signals(
+    loop: asyncio.AbstractEventLoop, installed: list[tuple[signal.Signals, object]]
+) -> None:
+    for sig, previous in installed:
+        if previous is None:
+            loop.remove_signal_handler(sig)
+        else:
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+
+
+def run_with_signals(runner: Runner) -> RunReport:
+    """Run; the first SIGINT/SIGTERM stops cleanly, a second one stops at once."""
+
+    def first() -> None:
+        print(
+            "\nstopping: letting requests in flight finish (signal again to stop now)",
+            file=sys.stderr,
+        )
+        runner.request_stop("interrupted", "interrupted by signal")
+
+    try:
+        return _run(runner.run, first)
+    except KeyboardInterrupt:
+        if runner.report.journal:
+            print(f"resume with: bulkjob resume {runner.report.journal}", file=sys.stderr)
+        raise
 
 
 def finish(report: RunReport, report_path: str | None) -> int:
     """Print the summary, write the report, and choose the exit code."""
     if report_path:
-        report.write_json(report_path)
+        try:
+            report.write_json(report_path)
+        except OSError as exc:
+            print(
+                f"warning: cannot write the report {report_path}: {exc.strerror}", file=sys.stderr
+            )
     print(report.summary(), file=sys.stderr)
     if report.journal and (report.stop_reason in _RESUMABLE or report.ids_pending):
         print(f"resume with: bulkjob resume {report.journal}", file=sys.stderr)
-    code = EXIT_CODES.get(report.stop_reason, EXIT_INTERNAL)
-    if code == EXIT_OK and report.rejected:
-        return EXIT_REJECTED
+    code = EXIT_CODES.get(report.stop_reason, ExitCode.INTERNAL)
+    if code == ExitCode.OK and report.rejected:
+        return ExitCode.REJECTED
     return code
 
 

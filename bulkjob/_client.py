@@ -1,82 +1,57 @@
-"""The API client: one submit, with auth, throttle pauses, retries and answer classification.
+"""The API client: speaks HTTP to one base URL through the shared limiter, nothing else.
 
-Every request passes through the shared :class:`~bulkjob._limiter.WindowLimiter`, so
-retries and status calls are counted against the token's window like everything else.
-Answers are classified once, here, into the error tree of :mod:`bulkjob._errors`:
+Every request holds a :class:`~bulkjob._limiter.WindowLimiter` slot while it is on the
+wire, so retries, status calls and downloads count against the token's window like
+submits. What an answer *means* is decided by the pure functions of
+:mod:`bulkjob._answers`; this module only carries requests and answers:
 
-======================  =====================================================
-200                     accepted: the job id
-429                     every worker pauses (Retry-After honoured), then resend
-5xx, timeout, reset     transient: jittered exponential backoff, bounded
-400                     quota / queue full / rejected, by errorNumber + message
-401                     mint a new token once; a second 401 is fatal
-405, 403                fatal: not allowed to use this API
-415, other 4xx          fatal protocol error, with the server's message
-======================  =====================================================
+- :meth:`ApiClient.exchange` is one request in a slot the caller holds, returning a
+  :class:`Reply` or, when no answer came, a :class:`Lost` that says whether anything
+  may have been sent;
+- :meth:`ApiClient.recover` is what a 429 or a 401 asks for: every worker pauses
+  (Retry-After honoured), or a fresh token is minted once;
+- :meth:`ApiClient.call` wraps both for idempotent requests (status, job list, usage,
+  results, cancel), with bounded, jittered retries of 5xx and lost answers.
+
+The submit is not retried here: a POST whose answer is lost may have created a job, and
+only :class:`~bulkjob._submitter.Submitter` decides what happens to it.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import email.utils
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 from tenacity import RetryCallState
 
-from ._auth import TokenSource
-from ._chunker import Chunk
-from ._errors import (
-    AuthError,
-    JobRejectedError,
-    ProtocolError,
-    QueueFullError,
-    QuotaExhaustedError,
-    ThrottledError,
-    TransportError,
+from ._answers import (
+    Answered,
+    ErrorRules,
+    Lost,
+    Refused,
+    Reply,
+    Retry,
+    Throttled,
+    TokenRefused,
+    classify_call,
 )
+from ._auth import TokenSource
+from ._errors import ThrottledError, Transient, TransportError
 from ._limiter import WindowLimiter
 from ._logging import get_logger, redact
-from ._retry import Transient, retrying
+from ._retry import retrying
 from ._settings import Settings
-from ._wire import ErrorBody, parse_body
+from ._wire import parse_body
 
-__all__ = ["ApiClient", "ClientStats", "JobAccepted", "new_session"]
+__all__ = ["ApiClient", "ClientStats", "Tries", "new_session"]
 
 log = get_logger()
-
-
-class SubmitHooks(Protocol):
-    """What the runner's journal and reconciler plug into a submit."""
-
-    async def admit(self, chunk: Chunk) -> None:
-        """Called before a limiter slot is taken: may hold the request back."""
-
-    async def sending(self, chunk: Chunk) -> None:
-        """Called with a limiter slot held, right before the request leaves."""
-
-    def answered(self, chunk: Chunk) -> None:
-        """Called when the request is over, with or without an answer."""
-
-    async def reconcile(self, chunk: Chunk, *, timed_out: bool) -> str | None:
-        """No answer came back: the job id it became, or None if certainly not accepted.
-
-        ``timed_out`` says the server may still be working on it (a timeout, a 502/504),
-        as opposed to having closed the connection.
-
-        Raises AmbiguousError when that cannot be told.
-        """
-
-
-@dataclass(frozen=True, slots=True)
-class JobAccepted:
-    """The server queued a job."""
-
-    job_id: str
-    status: str
-    job_type: str
+_CLOCK_SAMPLES = 9
 
 
 @dataclass(slots=True)
@@ -89,27 +64,19 @@ class ClientStats:
     token_refreshes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class NoAnswer:
-    """A POST that may have reached the server but got no usable answer."""
+@dataclass(slots=True)
+class Tries:
+    """One request's bookkeeping across 429 pauses and its single token refresh."""
 
-    timed_out: bool
-    status: int | None = None  # a gateway's 502/504, when that is what came back
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    content_type: str
-    text: str
-    retry_after: float | None
-    written: int = 0  # bytes streamed to a sink file instead of ``text``
+    throttled_in_a_row: int = 0
+    refreshed: bool = False
+    chunk: int | None = field(default=None)
 
 
 class ApiClient:
-    """Talks to one API base URL on behalf of one run."""
+    """Talks to one API base URL on behalf of one run or command."""
 
-    __slots__ = ("_limiter", "_queue_re", "_quota_re", "_session", "_settings", "_tokens", "stats")
+    __slots__ = ("_clock", "_limiter", "_session", "_settings", "_tokens", "rules", "stats")
 
     def __init__(
         self,
@@ -122,21 +89,20 @@ class ApiClient:
         self._session = session
         self._limiter = limiter
         self._tokens = tokens
-        self._quota_re = _any_of(settings.quota_patterns)
-        self._queue_re = _any_of(settings.queue_full_patterns)
+        # Server time minus ours, from the Date header of recent answers.
+        self._clock: deque[float] = deque(maxlen=_CLOCK_SAMPLES)
+        self.rules = ErrorRules.from_settings(settings)
         self.stats = ClientStats()
 
     def __repr__(self) -> str:
         return f"<ApiClient {self._settings.base_url} {self.stats}>"
 
-    @property
-    def limiter(self) -> WindowLimiter:
-        """The limiter every request of this client goes through."""
-        return self._limiter
-
     @classmethod
     def for_settings(
-        cls, settings: Settings, session: aiohttp.ClientSession, history: Sequence[float] = ()
+        cls,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        history: tuple[float, ...] | list[float] = (),
     ) -> ApiClient:
         """A client with its own limiter and token source: one per command or run.
 
@@ -148,242 +114,109 @@ class ApiClient:
             settings.per_seconds,
             margin=settings.window_margin,
             initial_delay=settings.throttle_initial_delay,
+            max_pause=settings.retry_after_max,
             history=history,
         )
         return cls(settings, session, limiter, TokenSource(settings, session, limiter))
 
-    async def submit(self, chunk: Chunk, hooks: SubmitHooks | None = None) -> JobAccepted:
-        """Submit one chunk as one job; raises a :class:`RequestError` subclass on failure.
+    @property
+    def limiter(self) -> WindowLimiter:
+        """The limiter every request of this client goes through."""
+        return self._limiter
 
-        A failure after which the job may exist on the server (no answer) is passed to
-        ``hooks.reconcile`` before any resend; without hooks it is resent (fine against
-        servers that only drop connections before accepting, as the sandbox's plain
-        ``drop_rate`` does).
-        """
-        s = self._settings
-        url = f"{s.base_url.rstrip('/')}/{s.job_kind.path}"
-        params: dict[str, str] = {}
-        if s.retrieve_company_details:
-            params["retrieveCompanyDetails"] = "true"
-        if s.webhook:
-            params["webhook"] = s.webhook
-        body = chunk.body()
-        admit = (lambda: hooks.admit(chunk)) if hooks is not None else None
-        before = (lambda: hooks.sending(chunk)) if hooks is not None else None
-        after = (lambda: hooks.answered(chunk)) if hooks is not None else None
-        try:
-            async for attempt in retrying(s, self._on_retry):
-                with attempt:
-                    answer = await self._send(
-                        "POST",
-                        url,
-                        chunk.seq,
-                        params=params,
-                        data=body,
-                        admit=admit,
-                        before=before,
-                        after=after,
-                    )
-                    if isinstance(answer, NoAnswer) and hooks is not None:
-                        job_id = await hooks.reconcile(chunk, timed_out=answer.timed_out)
-                        if job_id is not None:
-                            log.info("job.reconciled", chunk=chunk.seq, job_id=job_id)
-                            return JobAccepted(job_id, "accepted", s.job_kind.job_type)
-                    if isinstance(answer, NoAnswer):
-                        what = f"gateway error {answer.status}" if answer.status else "no answer"
-                        raise Transient(
-                            f"{what} (the job list shows no such job)", status=answer.status
-                        )
-                    return self._accepted(answer, chunk.seq)
-        except Transient as exc:
-            raise TransportError(
-                f"gave up after {s.max_attempts} attempts: {exc.reason}",
-                status=exc.status,
-                chunk=chunk.seq,
-            ) from None
-        raise AssertionError("unreachable: tenacity either returns or re-raises")
+    @property
+    def server_offset(self) -> float | None:
+        """Server clock minus ours in seconds (Date headers: ±1 s), None before any answer."""
+        return statistics.median(self._clock) if self._clock else None
 
-    async def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, object]:
-        """GET ``base_url/path`` (status, admin calls) through the limiter, with retries."""
-        return await self._json("GET", path, params)
+    async def token(self) -> str:
+        """A token believed valid now (minted or refreshed as needed, outside any slot)."""
+        return await self._tokens.get()
 
-    async def delete_json(self, path: str) -> dict[str, object]:
-        """DELETE ``base_url/path`` (cancel a job) through the limiter, with retries.
-
-        A resend after a lost answer may meet a job the first attempt already cancelled:
-        the caller sees that as the server's 400 and should re-read the job's status.
-        """
-        return await self._json("DELETE", path, None)
-
-    async def _json(
-        self, method: str, path: str, params: dict[str, str] | None
-    ) -> dict[str, object]:
-        answer = await self._call(method, path, params)
-        return parse_body(answer.content_type, answer.text)
-
-    async def _call(
-        self, method: str, path: str, params: dict[str, str] | None, sink: Path | None = None
-    ) -> _Answer:
-        """A non-submit request with retries; raises unless the answer is a 200."""
-        url = f"{self._settings.base_url.rstrip('/')}/{path.lstrip('/')}"
-        try:
-            async for attempt in retrying(self._settings, self._on_retry):
-                with attempt:
-                    answer = await self._send(method, url, None, params=params or {}, sink=sink)
-                    if isinstance(answer, NoAnswer):
-                        raise Transient("no answer (connection dropped or timed out)")
-                    if answer.status != 200:
-                        self._raise_for(answer, None)
-                    return answer
-        except Transient as exc:
-            raise TransportError(
-                f"{method} {path} failed: {exc.reason}", status=exc.status
-            ) from None
-        raise AssertionError("unreachable: tenacity either returns or re-raises")
-
-    async def _send(
+    async def exchange(
         self,
         method: str,
-        url: str,
-        seq: int | None,
+        path: str,
         *,
-        params: dict[str, str],
-        data: bytes = b"",
-        admit: Callable[[], Awaitable[None]] | None = None,
-        before: Callable[[], Awaitable[None]] | None = None,
-        after: Callable[[], None] | None = None,
+        token: str,
+        params: dict[str, str] | None = None,
+        body: bytes = b"",
         sink: Path | None = None,
-    ) -> _Answer | NoAnswer:
-        """One request, repeated through 429 pauses and one token refresh.
+    ) -> Reply | Lost:
+        """One request; the caller holds a limiter slot. Never raises for an HTTP status.
 
-        Returns None when the request may have reached the server but no answer came
-        back; raises :class:`Transient` for failures that certainly did not get through
-        (connection refused) or that are safe to repeat (5xx).
+        With ``sink``, a 200's body is streamed into that file instead of memory.
         """
         s = self._settings
-        accept = "application/json" if s.accept == "json" else "application/xml"
+        url = f"{s.base_url.rstrip('/')}/{path.lstrip('/')}"
         headers = {
-            "Accept": "text/csv, */*" if sink is not None else accept,
+            "Accept": "text/csv, */*"
+            if sink is not None
+            else ("application/json" if s.accept == "json" else "application/xml"),
             "Content-Type": "text/plain; charset=utf-8",
+            "accessToken": token,
         }
-        throttled_in_a_row = 0
-        refreshed = False
-        while True:
-            token = await self._tokens.get()
-            headers["accessToken"] = token
-            if admit is not None:
-                await admit()  # before the slot: holding one while held back could starve
-            async with self._limiter:
-                if before is not None:
-                    await before()
-                self.stats.requests += 1
-                try:
-                    answer = await self._exchange(method, url, headers, params, data, sink)
-                except aiohttp.ClientConnectorError as exc:
-                    raise Transient(f"cannot connect: {_oneline(exc)}") from None
-                except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientError) as exc:
-                    log.warning("request.dropped", chunk=seq, error=type(exc).__name__)
-                    if method == "POST":
-                        # A server that timed out on us may still be working on the job.
-                        return NoAnswer(timed_out=isinstance(exc, TimeoutError))
-                    raise Transient(f"{type(exc).__name__}: {_oneline(exc)}") from None
-                finally:
-                    if after is not None:
-                        after()
-            if answer.status == 429:
-                throttled_in_a_row += 1
-                self.stats.throttled += 1
-                pause = self._limiter.throttled(answer.retry_after)
-                log.warning(
-                    "request.throttled",
-                    chunk=seq,
-                    pause_s=round(pause, 3),
-                    in_a_row=throttled_in_a_row,
-                )
-                if throttled_in_a_row >= s.max_throttled:
-                    raise ThrottledError(
-                        f"still throttled after {throttled_in_a_row} pauses", status=429, chunk=seq
-                    )
-                continue
-            if answer.status == 401 and not refreshed and self._tokens.can_refresh:
-                refreshed = True
-                self.stats.token_refreshes += 1
-                log.info("token.refused", chunk=seq)
-                await self._tokens.refresh(token)
-                continue
-            if answer.status in (502, 504) and method == "POST":
-                # A gateway gave up on the API server, which may have accepted the job.
-                log.warning("request.gateway_error", chunk=seq, status=answer.status)
-                return NoAnswer(timed_out=True, status=answer.status)
-            if answer.status >= 500:
-                raise Transient(f"server error {answer.status}", status=answer.status)
-            self._limiter.succeeded()
-            return answer
+        self.stats.requests += 1
+        try:
+            async with self._session.request(
+                method, url, headers=headers, params=params or {}, data=body or None
+            ) as resp:
+                self._note_date(resp.headers.get("Date"))
+                if sink is not None and resp.status == 200:
+                    written = 0
+                    # 64 KiB blocks with plain writes: page-cache fast, and the slot is
+                    # held until the last byte is in.
+                    with sink.open("wb") as out:
+                        async for block in resp.content.iter_chunked(1 << 16):
+                            out.write(block)
+                            written += len(block)
+                    return Reply(200, resp.content_type, "", None, written)
+                text = await resp.text(errors="replace")
+                return Reply(resp.status, resp.content_type, text, _retry_after(resp))
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # The connection was never established: nothing can have been sent.
+            return Lost(f"cannot connect: {_oneline(exc)}", sent=False)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("request.lost", method=method, path=path, error=type(exc).__name__)
+            return Lost(f"no answer ({type(exc).__name__}: {_oneline(exc)})", sent=True)
 
-    async def _exchange(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        params: dict[str, str],
-        data: bytes,
-        sink: Path | None = None,
-    ) -> _Answer:
-        async with self._session.request(
-            method, url, headers=headers, params=params, data=data or None
-        ) as resp:
-            if sink is not None and resp.status == 200:
-                # Streamed in 64 KiB blocks with plain writes: page-cache fast, and the
-                # limiter slot is held until the last byte is in.
-                written = 0
-                with sink.open("wb") as out:
-                    async for block in resp.content.iter_chunked(1 << 16):
-                        out.write(block)
-                        written += len(block)
-                return _Answer(200, resp.content_type, "", None, written)
-            text = await resp.text(errors="replace")
-            return _Answer(resp.status, resp.content_type, text, _retry_after(resp))
+    async def recover(self, verdict: Throttled | TokenRefused, tries: Tries, token: str) -> None:
+        """Do what a 429 or 401 asks before the same request goes again.
 
-    def _accepted(self, answer: _Answer, seq: int) -> JobAccepted:
-        if answer.status != 200:
-            self._raise_for(answer, seq)
-        data = parse_body(answer.content_type, answer.text)
-        job_id = data.get("jobId")
-        if not isinstance(job_id, str) or not job_id:
-            raise ProtocolError(
-                "accepted answer without a jobId",
-                status=200,
-                chunk=seq,
-                server_message=answer.text[:200],
+        A 429 pauses every request of this client (Retry-After honoured up to
+        ``retry_after_max``); too many in a row raise :class:`ThrottledError`. A 401
+        mints a fresh token once per request; a second one raises the AuthError.
+        """
+        if isinstance(verdict, Throttled):
+            tries.throttled_in_a_row += 1
+            self.stats.throttled += 1
+            pause = self._limiter.throttled(verdict.retry_after)
+            log.warning(
+                "request.throttled",
+                chunk=tries.chunk,
+                pause_s=round(pause, 3),
+                in_a_row=tries.throttled_in_a_row,
             )
-        return JobAccepted(
-            job_id, str(data.get("status") or "accepted"), str(data.get("type") or "")
-        )
+            if tries.throttled_in_a_row >= self._settings.max_throttled:
+                raise ThrottledError(
+                    f"still throttled after {tries.throttled_in_a_row} pauses",
+                    status=429,
+                    chunk=tries.chunk,
+                )
+            return
+        if tries.refreshed or not self._tokens.can_refresh:
+            raise verdict.error
+        tries.refreshed = True
+        self.stats.token_refreshes += 1
+        log.info("token.refused", chunk=tries.chunk)
+        await self._tokens.refresh(token)
 
-    def _raise_for(self, answer: _Answer, seq: int | None) -> None:
-        err = ErrorBody.from_data(parse_body(answer.content_type, answer.text), answer.text)
-        ctx = {
-            "status": answer.status,
-            "error_number": err.error_number,
-            "server_message": redact(err.message or ""),
-            "chunk": seq,
-        }
-        s = self._settings
-        if answer.status == 400:
-            text = f"{err.error_number or ''} {err.message or ''}"
-            if err.error_number in s.quota_error_numbers or self._quota_re.search(text):
-                raise QuotaExhaustedError("transaction quota exhausted", **ctx)  # type: ignore[arg-type]
-            if err.error_number in s.queue_full_error_numbers or self._queue_re.search(text):
-                raise QueueFullError("too many jobs queued", **ctx)  # type: ignore[arg-type]
-            raise JobRejectedError("job rejected", **ctx)  # type: ignore[arg-type]
-        if answer.status in (401, 403, 405):
-            what = "access token refused" if answer.status == 401 else "not allowed to use this API"
-            raise AuthError(what, **ctx)  # type: ignore[arg-type]
-        if answer.status == 415:
-            raise ProtocolError("content type refused", **ctx)  # type: ignore[arg-type]
-        raise ProtocolError(f"unexpected answer {answer.status}", **ctx)  # type: ignore[arg-type]
+    def succeeded(self) -> None:
+        """A request went through: the next 429 starts the backoff from the beginning."""
+        self._limiter.succeeded()
 
-    def _on_retry(self, state: RetryCallState) -> None:
+    def on_retry(self, state: RetryCallState) -> None:
+        """tenacity's before-sleep hook: count and log the retry."""
         self.stats.retries += 1
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
@@ -394,27 +227,83 @@ class ApiClient:
             reason=str(exc) if exc else None,
         )
 
+    # -- idempotent requests -------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        *,
+        sink: Path | None = None,
+    ) -> Reply:
+        """A request that is safe to repeat; returns the 200 or raises a RequestError."""
+        try:
+            async for attempt in retrying(self._settings, self.on_retry):
+                with attempt:
+                    tries = Tries()
+                    while True:
+                        token = await self.token()
+                        async with self._limiter:
+                            answer = await self.exchange(
+                                method, path, token=token, params=params, sink=sink
+                            )
+                        verdict = classify_call(answer, self.rules)
+                        if isinstance(verdict, Throttled | TokenRefused):
+                            await self.recover(verdict, tries, token)
+                            continue
+                        break
+                    if isinstance(verdict, Retry):
+                        raise Transient(verdict.reason, status=verdict.status)
+                    self.succeeded()
+                    if isinstance(verdict, Refused):
+                        raise verdict.error
+                    assert isinstance(verdict, Answered)
+                    return verdict.reply
+        except Transient as exc:
+            raise TransportError(
+                f"{method} {path} failed: {exc.reason}", status=exc.status
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, object]:
+        """GET ``base_url/path`` (status, admin calls) as a flat dict."""
+        reply = await self.call("GET", path, params)
+        return parse_body(reply.content_type, reply.text)
+
+    async def delete_json(self, path: str) -> dict[str, object]:
+        """DELETE ``base_url/path`` (cancel a job).
+
+        A resend after a lost answer may meet a job the first attempt already cancelled:
+        the caller sees that as the server's 400 and should re-read the job's status.
+        """
+        reply = await self.call("DELETE", path)
+        return parse_body(reply.content_type, reply.text)
+
     async def download(self, path: str, dest: Path) -> int:
         """GET ``base_url/path`` and stream the body into ``dest``; returns the bytes written.
 
-        Same limiter slot, token, 429 pauses, token refresh and retries as :meth:`get_json`.
-        The body goes to ``dest.part`` and is renamed once complete, so a crash never
-        leaves half a file under the final name.
+        The body goes to a part file beside ``dest`` and is renamed once complete, so a
+        crash never leaves half a file under the final name.
         """
-        part = dest.with_suffix(dest.suffix + ".part")
+        part = dest.with_name(f".{dest.name}.{id(self):x}.part")
         try:
-            answer = await self._call("GET", path, None, sink=part)
+            reply = await self.call("GET", path, sink=part)
+            part.replace(dest)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        part.replace(dest)
-        return answer.written
+        return reply.written
 
-
-def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    if not patterns:
-        return re.compile(r"(?!)")  # matches nothing
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+    def _note_date(self, value: str | None) -> None:
+        if not value:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        # The header has whole seconds: the server's clock was in [server, server + 1).
+        self._clock.append(server + 0.5 - time.time())
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
@@ -424,7 +313,11 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
     try:
         return max(float(value), 0.0)
     except ValueError:
-        return None  # HTTP-date form: rare for APIs; the backoff takes over
+        pass
+    try:  # the HTTP-date form
+        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _oneline(exc: BaseException) -> str:

@@ -1,51 +1,134 @@
-"""Exceptions raised by bulkjob.
+"""Every exception bulkjob raises, and the one table of exit codes the CLI derives from them.
 
-The tree is shallow on purpose; the CLI maps each branch to one exit code::
+The tree is shallow on purpose; each branch carries its exit code and the stop reason a
+run reports when it ends on it::
 
-    BulkJobError
-    ├── ConfigError              bad setting, flag, env var or config file     (exit 2)
-    ├── InputError               unreadable / malformed input, with file:line  (exit 2)
-    ├── AuthError                401 after a token refresh, 405, bad creds     (exit 5)
-    ├── QuotaExhaustedError      400: not enough transaction credits left      (exit 3)
-    ├── QueueFullError           400: too many jobs running for the account    (exit 4)
-    ├── JobRejectedError         400: the server refused this job's input      (exit 6)
-    ├── ProtocolError            415 or an answer bulkjob cannot understand    (exit 1)
-    ├── AmbiguousError           a submit got no answer and can't be reconciled (exit 8)
-    └── TransportError           5xx / timeouts / resets after every retry     (exit 7)
-        └── ThrottledError       429 and still 429 after every pause           (exit 7)
+    BulkJobError                                                           exit
+    ├── ConfigError              bad setting, flag, env var or config file     2
+    ├── InputError               unreadable / malformed input, with file:line  2
+    ├── JournalError             the journal cannot be read or written        11
+    │   └── JournalLockedError   another process holds the journal            10
+    ├── StopRequested            the run is stopping: a send was held back   130
+    ├── WaitTimeoutError         ``wait`` ran out of time, jobs still open     9
+    └── RequestError             one HTTP exchange with the API went wrong
+        ├── AuthError            credentials refused (401 twice, 403, 405)     5
+        ├── QuotaExhaustedError  400: not enough transaction credits left      3
+        ├── QueueFullError       400: too many jobs running for the account    4
+        ├── JobRejectedError     400: the server refused this job's input      6
+        ├── ProtocolError        415, or an answer bulkjob cannot use          1
+        ├── AmbiguousError       a submit's outcome cannot be proven           8
+        └── TransportError       5xx / timeouts / resets after every retry     7
+            └── ThrottledError   429 and still 429 after every pause           7
 
-Every error carries the context it was raised in as attributes, never a secret:
-request errors keep the HTTP status, the server's ``errorNumber`` and message, and
-the chunk sequence number when one was being sent.
+Errors are translated where they enter (``raise ... from exc``) and carry the context
+they were raised in as attributes, never a secret: request errors keep the HTTP
+status, the server's ``errorNumber`` and message, and the chunk sequence number.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+from typing import ClassVar, Literal
+
 __all__ = [
+    "STOP_EXIT_CODES",
     "AmbiguousError",
     "AuthError",
     "BulkJobError",
     "ConfigError",
+    "ExitCode",
     "InputError",
     "JobRejectedError",
+    "JournalError",
+    "JournalLockedError",
     "ProtocolError",
     "QueueFullError",
     "QuotaExhaustedError",
+    "RequestError",
+    "StopReason",
+    "StopRequested",
     "ThrottledError",
+    "Transient",
     "TransportError",
+    "WaitTimeoutError",
+    "error_for_stop",
+    "first_error",
+    "stop_reason_for",
 ]
+
+
+class ExitCode(IntEnum):
+    """The CLI's exit codes (the README's table is this one)."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    QUOTA = 3
+    QUEUE_FULL = 4
+    AUTH = 5
+    REJECTED = 6
+    TRANSPORT = 7
+    AMBIGUOUS = 8
+    WAIT_TIMEOUT = 9
+    JOURNAL_LOCKED = 10
+    JOURNAL = 11
+    INTERRUPTED = 130
+
+
+#: Why a run stopped before its end (``None`` in a report: it did not).
+StopReason = Literal[
+    "quota",
+    "queue_full",
+    "auth",
+    "interrupted",
+    "transport",
+    "protocol",
+    "input",
+    "ambiguous",
+    "journal",
+]
+
+#: The exit code of a run that ended on each stop reason.
+STOP_EXIT_CODES: dict[StopReason | None, ExitCode] = {
+    None: ExitCode.OK,
+    "quota": ExitCode.QUOTA,
+    "queue_full": ExitCode.QUEUE_FULL,
+    "auth": ExitCode.AUTH,
+    "transport": ExitCode.TRANSPORT,
+    "protocol": ExitCode.INTERNAL,
+    "input": ExitCode.USAGE,
+    "interrupted": ExitCode.INTERRUPTED,
+    "ambiguous": ExitCode.AMBIGUOUS,
+    "journal": ExitCode.JOURNAL,
+}
 
 
 class BulkJobError(Exception):
     """Root of every error bulkjob raises on purpose."""
 
+    stop_reason: ClassVar[StopReason] = "protocol"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """What the CLI exits with when this error ends a command."""
+        return STOP_EXIT_CODES[self.stop_reason]
+
+
+def stop_reason_for(exc: BulkJobError) -> StopReason:
+    """The stop reason an error means (the CLI's exit code follows from it)."""
+    return exc.stop_reason
+
 
 class ConfigError(BulkJobError, ValueError):
     """A setting is out of range, unknown, or malformed."""
 
+    stop_reason = "input"
+
 
 class InputError(BulkJobError):
     """An input cannot be used; names the file, the line (0 when unknown) and the problem."""
+
+    stop_reason = "input"
 
     def __init__(self, path: str, line: int, problem: str) -> None:
         self.path = path
@@ -53,6 +136,50 @@ class InputError(BulkJobError):
         self.problem = problem
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {problem}")
+
+
+class JournalError(BulkJobError):
+    """The journal cannot be opened, read or written (a full disk, an I/O error, a file
+    that is not a journal). Names the journal and the cause."""
+
+    stop_reason = "journal"
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"journal {path}: {problem}" if path else problem)
+
+
+class JournalLockedError(JournalError):
+    """Another process drives this journal; nothing was changed."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.holder = holder
+        super().__init__(path, f"in use by {holder}; nothing was changed")
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Exit 10, apart from other journal errors: waiting and retrying makes sense."""
+        return ExitCode.JOURNAL_LOCKED
+
+
+class StopRequested(BulkJobError):
+    """The run is stopping: a submit that had not left yet was not sent."""
+
+    stop_reason = "interrupted"
+
+
+class WaitTimeoutError(BulkJobError, TimeoutError):
+    """``wait`` ran out of time with jobs still open; ``status`` is the last snapshot."""
+
+    def __init__(self, message: str, status: object) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Exit 9: the jobs are fine, only the waiting stopped."""
+        return ExitCode.WAIT_TIMEOUT
 
 
 class RequestError(BulkJobError):
@@ -87,15 +214,22 @@ class RequestError(BulkJobError):
 
 
 class AuthError(RequestError):
-    """The credentials were refused (401 after one refresh, 405, or the token endpoint said no)."""
+    """The credentials were refused (401 after one refresh, 403, 405, or the token
+    endpoint said no with a 4xx)."""
+
+    stop_reason = "auth"
 
 
 class QuotaExhaustedError(RequestError):
     """The account has fewer transaction credits left than the job needs."""
 
+    stop_reason = "quota"
+
 
 class QueueFullError(RequestError):
     """The account already has as many jobs queued or running as it may."""
+
+    stop_reason = "queue_full"
 
 
 class JobRejectedError(RequestError):
@@ -107,12 +241,62 @@ class ProtocolError(RequestError):
 
 
 class AmbiguousError(RequestError):
-    """A submit may have been accepted (no answer came back) and the job list can't tell."""
+    """A submit may have been accepted and no proof either way can be had: its only
+    candidate jobs ended aborted or failed without results."""
+
+    stop_reason = "ambiguous"
 
 
 class TransportError(RequestError):
     """The request kept failing (5xx, timeouts, dropped connections) past every retry."""
 
+    stop_reason = "transport"
+
 
 class ThrottledError(TransportError):
     """The server kept answering 429 past every pause."""
+
+
+class Transient(Exception):
+    """Internal: one attempt failed in a way that is safe to repeat (the request
+    certainly did not create anything, or it is idempotent). Never leaves the package:
+    the retry loop turns the last one into a :class:`TransportError`."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a task group's failure stands for: its first bulkjob error, else the
+    first error at all (a caller wants one error with one exit code, not a group)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, BulkJobError)), leaves[0])
+
+
+def error_for_stop(reason: StopReason, message: str) -> BulkJobError:
+    """An error that ends a command the way a run that stopped for ``reason`` ends."""
+    if reason == "input":
+        return InputError("input", 0, message)
+    if reason == "journal":
+        return JournalError("", message)
+    kinds: dict[StopReason, type[RequestError]] = {
+        "quota": QuotaExhaustedError,
+        "queue_full": QueueFullError,
+        "auth": AuthError,
+        "transport": TransportError,
+        "ambiguous": AmbiguousError,
+    }
+    if reason == "interrupted":
+        return StopRequested(message)
+    return kinds.get(reason, ProtocolError)(message)

@@ -1,42 +1,58 @@
 """The run journal: an SQLite file (WAL mode) that makes a run resumable after any stop.
 
 It records the run's settings (never a secret), the identity of its inputs, and one
-row per chunk: sequence number, origin range, id count, a hash of its ids, state,
-job id, attempts, last error. States::
+row per chunk: sequence number, origin range, id count, a hash of its ids, state, job
+id, attempts, last error, and the evidence that settled it. States (:class:`ChunkState`)::
 
-    pending ──► sending ──► accepted
-                   │  └───► rejected
-                   └──────► ambiguous   (no answer: the job may or may not exist)
+    pending ──► sending ──► accepted            the answer, or a proof, named its job
+       ▲           ├──────► rejected            the server refused it (400)
+       │           └──────► unknown ──► accepted   a job's results hold exactly its ids
+       └───────────────────────┤                   every candidate job holds other ids
+                               └──► ambiguous      unprovable: resume decides
+                                        └──► abandoned (by request)
 
 Write-ahead order is what makes resume safe: a chunk is durably ``sending`` (committed)
-before its request leaves, and durably ``accepted`` with its job id as soon as the
-answer arrives. After a crash, every chunk is therefore either known accepted, known
-not sent, or ``sending``/``ambiguous`` — and only those need reconciling.
+before its request leaves, and durably ``accepted`` or ``unknown`` when the answer
+arrives. After a crash, every chunk is known accepted, known not sent, or
+``sending``/``unknown``: only those need a proof.
+
+A journal has one writer: every command that may change it holds its
+:class:`~bulkjob._lock.JournalLock` from start to end. ``status`` without ``--refresh``
+reads it through a read-only connection and takes no lock. A file that is not a bulkjob
+journal is recognised through a read-only connection before anything is written to it.
 
 Writes go through one thread and are group-committed: whatever piles up while one
-transaction commits goes into the next, so concurrent workers share fsyncs and the
-journal never becomes the bottleneck.
+transaction commits goes into the next, so concurrent workers share fsyncs. A write that
+fails (a full disk, an I/O error) becomes a :class:`~bulkjob._errors.JournalError` for
+every writer waiting on it, and for every later write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
 
 from ._chunker import Chunk
-from ._errors import ConfigError, InputError
+from ._errors import InputError, JournalError
+from ._lock import JournalLock
 
-__all__ = ["ChunkRow", "InputIdentity", "Journal", "verify_chunks"]
+__all__ = ["ChunkRow", "ChunkState", "InputIdentity", "Journal", "verify_chunks"]
 
-SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+SCHEMA_VERSION = 2
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -50,13 +66,62 @@ CREATE TABLE IF NOT EXISTS chunks (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     sent_at REAL,
-    updated_at REAL NOT NULL,
+    updated_at REAL NOT NULL DEFAULT 0,
     job_status TEXT,
-    results_path TEXT
+    results_path TEXT,
+    id_set TEXT,
+    id_hashes BLOB,
+    evidence TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
 """
+#: Columns an older journal may lack, with what they are added as when it is migrated.
+_ADDED_COLUMNS = {
+    "job_id": "TEXT",
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "last_error": "TEXT",
+    "sent_at": "REAL",
+    "updated_at": "REAL NOT NULL DEFAULT 0",
+    "job_status": "TEXT",
+    "results_path": "TEXT",
+    "id_set": "TEXT",
+    "id_hashes": "BLOB",
+    "evidence": "TEXT",
+}
+_REQUIRED_COLUMNS = ("seq", "first", "last", "ids", "digest", "state")
+_ROW_COLUMNS = [
+    "seq",
+    "first",
+    "last",
+    "ids",
+    "digest",
+    "state",
+    "job_id",
+    "attempts",
+    "last_error",
+    "sent_at",
+    "job_status",
+    "results_path",
+    "id_set",
+    "evidence",
+]
 _Op = tuple[str, tuple[object, ...], "asyncio.Future[None] | None"]
+
+
+class ChunkState(StrEnum):
+    """Where a chunk stands (see the module docstring for the transitions)."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+    AMBIGUOUS = "ambiguous"
+    ABANDONED = "abandoned"
+
+
+#: States whose submit may have created a job that nobody has proven yet.
+UNSETTLED = frozenset({ChunkState.SENDING, ChunkState.UNKNOWN, ChunkState.AMBIGUOUS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,40 +151,85 @@ class ChunkRow:
     last: str
     ids: int
     digest: str
-    state: str
-    job_id: str | None
-    attempts: int
-    last_error: str | None
-    sent_at: float | None
-    job_status: str | None
-    results_path: str | None
+    state: ChunkState
+    job_id: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    sent_at: float | None = None
+    job_status: str | None = None
+    results_path: str | None = None
+    #: SHA-256 of the chunk's distinct ids, sorted: what a job's results must match.
+    id_set: str | None = None
+    #: Which job proved what, or which candidates were ruled out (for ``status``).
+    evidence: str | None = None
 
 
 class Journal:
-    """One run's journal file. Belongs to the event loop it is used on."""
+    """One run's journal file, held by one process. Used from one event loop at a time."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, lock: JournalLock | None = None) -> None:
         self.path = Path(path)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._lock = lock
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._columns = frozenset(_ROW_COLUMNS) | frozenset(_ADDED_COLUMNS)
         self._ops: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._failure: JournalError | None = None
+        self.readonly = False
         #: Transactions committed (each one may carry many writes).
         self.commits = 0
 
     def __repr__(self) -> str:
-        return f"<Journal {self.path} commits={self.commits} queued={len(self._ops)}>"
+        mode = "read-only" if self.readonly else "locked" if self.locked else "unlocked"
+        return f"<Journal {self.path} {mode} commits={self.commits} queued={len(self._ops)}>"
+
+    @property
+    def locked(self) -> bool:
+        """Whether this handle holds the journal's lock."""
+        return self._lock is not None and self._lock.held
+
+    @property
+    def started(self) -> bool:
+        """Whether the file is open (a claimed journal is not, until :meth:`start`)."""
+        return self._conn is not None
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls, path: str | os.PathLike[str], settings: dict[str, object], inputs: list[str]
-    ) -> Journal:
-        """Start a new journal; an existing one with chunks in it is never overwritten."""
+    def claim(cls, path: str | os.PathLike[str], command: str = "submit") -> Journal:
+        """Lock ``path`` for a new run; :meth:`start` creates the file later.
+
+        Refused (before anything is written) when ``path`` holds a journal with chunks,
+        or any file that is not a bulkjob journal.
+        """
         cls.ensure_new(path)
-        journal = cls(path)
-        journal._connect()
+        journal = cls(path, lock=JournalLock.acquire(path, command))
+        try:
+            cls.ensure_new(path)  # again, now that no one else can write it
+        except BaseException:
+            journal.release()
+            raise
+        return journal
+
+    @classmethod
+    def ensure_new(cls, path: str | os.PathLike[str]) -> None:
+        """Raise unless ``path`` is free for a new run: absent, empty, or a journal that
+        never recorded a chunk. Reads only."""
+        if not (os.path.exists(path) and os.path.getsize(path) > 0):
+            return
+        _inspect(Path(path))
+        if _read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0][0]:
+            raise InputError(
+                str(path),
+                0,
+                "a journal of another run is here: resume it with "
+                f"`bulkjob resume {path}` or choose another --journal",
+            )
+
+    def start(self, settings: dict[str, object], inputs: list[str]) -> None:
+        """Create the journal file of a claimed, new run."""
+        assert self.locked and not self.started, "claim() first, once"
         identity = [
             dataclasses.asdict(InputIdentity.of(p)) if os.path.exists(p) else {"path": p}
             for p in inputs
@@ -131,53 +241,79 @@ class Journal:
             "inputs": inputs,
             "identity": identity,
         }
-        journal._run_sync(
+        self._connect()
+        self._run_sync(
             [("DELETE FROM run", ()), ("DELETE FROM chunks", ())]
             + [
                 ("INSERT INTO run(key, value) VALUES (?, ?)", (k, json.dumps(v)))
                 for k, v in meta.items()
             ]
         )
-        return journal
 
     @classmethod
-    def ensure_new(cls, path: str | os.PathLike[str]) -> None:
-        """Raise InputError if ``path`` holds a journal with chunks: it is never reused."""
-        if not (os.path.exists(path) and os.path.getsize(path) > 0):
-            return
-        existing = cls.open(path)
-        try:
-            has_chunks = existing._query("SELECT COUNT(*) FROM chunks")[0][0]
-        finally:
-            existing.close_sync()
-        if has_chunks:
-            raise InputError(
+    def open(
+        cls, path: str | os.PathLike[str], command: str = "bulkjob", *, readonly: bool = False
+    ) -> Journal:
+        """Open an existing journal: locked for ``command``, or read-only without a lock.
+
+        The file is first read through a read-only connection: something that is not a
+        bulkjob journal is refused untouched. An older schema is migrated (under the
+        lock); a newer one is refused.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise JournalError(str(path), "no such journal")
+        version, columns = _inspect(path)
+        if version > SCHEMA_VERSION:
+            raise JournalError(
                 str(path),
-                0,
-                "a journal of another run is here: resume it with "
-                f"`bulkjob resume {path}` or choose another --journal",
+                f"written by a newer bulkjob (schema {version}, this one reads up to "
+                f"{SCHEMA_VERSION}): upgrade bulkjob",
             )
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Journal:
-        """Open an existing journal (for resume, status, wait, results, cancel)."""
         journal = cls(path)
-        if not journal.path.is_file():
-            raise InputError(str(path), 0, "no such journal")
-        journal._connect()
+        journal._columns = columns
+        if readonly:
+            journal.readonly = True
+            journal._connect()
+            return journal
+        journal._lock = JournalLock.acquire(path, command)
         try:
-            version = journal.meta("version")
-        except sqlite3.DatabaseError as exc:
+            journal._connect()
+            if version < SCHEMA_VERSION or any(c not in columns for c in _ADDED_COLUMNS):
+                journal._migrate(columns)
+        except BaseException:
             journal.close_sync()
-            raise InputError(str(path), 0, f"not a bulkjob journal ({exc})") from None
-        if version != SCHEMA_VERSION:
-            journal.close_sync()
-            raise InputError(str(path), 0, f"journal version {version} is not {SCHEMA_VERSION}")
+            raise
         return journal
+
+    def _migrate(self, columns: frozenset[str]) -> None:
+        """Bring an older journal to this schema: add what it lacks, in one transaction."""
+        missing = [c for c in _ADDED_COLUMNS if c not in columns]
+        ops: list[tuple[str, tuple[object, ...]]] = [
+            (f"ALTER TABLE chunks ADD COLUMN {c} {_ADDED_COLUMNS[c]}", ()) for c in missing
+        ]
+        ops.append(("CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state)", ()))
+        ops.append(
+            (
+                "INSERT OR REPLACE INTO run(key, value) VALUES ('version', ?)",
+                (json.dumps(SCHEMA_VERSION),),
+            )
+        )
+        self._run_sync(ops)
+        self._columns = columns | frozenset(_ADDED_COLUMNS)
 
     def _connect(self) -> None:
+        path = self.path
+        readonly = self.readonly
+
         def connect() -> sqlite3.Connection:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if readonly:
+                conn = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+                )
+                conn.execute("PRAGMA query_only=ON")
+                return conn
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed "sending"/"accepted" survives power loss, not just kill -9.
             conn.execute("PRAGMA synchronous=FULL")
@@ -185,26 +321,51 @@ class Journal:
             conn.executescript(_SCHEMA)
             return conn
 
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not readonly:
+                path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._pool.submit(connect).result()
         except (OSError, sqlite3.Error) as exc:
             self._pool.shutdown(wait=False)
-            raise ConfigError(f"{self.path}: cannot open the journal: {exc}") from None
+            self._pool = None
+            raise JournalError(str(path), f"cannot open: {exc}") from None
 
     # -- reading (synchronous: small, and used before or after the loop's busy part) -----
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        conn = self._conn
-        assert conn is not None
-        return self._pool.submit(lambda: conn.execute(sql, params).fetchall()).result()
+        conn, pool = self._conn, self._pool
+        assert conn is not None and pool is not None, "the journal is not open"
+        return self._guarded(
+            lambda: pool.submit(lambda: conn.execute(sql, params).fetchall()).result()
+        )
+
+    def _guarded(self, work: Callable[[], _T]) -> _T:
+        try:
+            return work()
+        except sqlite3.Error as exc:
+            raise JournalError(str(self.path), _cause(exc)) from None
 
     def meta(self, key: str) -> object:
         """A run-level value (settings, inputs, identity, created, version)."""
         rows = self._query("SELECT value FROM run WHERE key = ?", (key,))
         if not rows:
-            raise sqlite3.DatabaseError(f"missing run key {key!r}")
+            raise JournalError(str(self.path), f"holds no {key!r}: not a complete journal")
         return json.loads(str(rows[0][0]))
+
+    def recorded_settings(self) -> dict[str, object]:
+        """The settings the run recorded (never a secret)."""
+        value = self.meta("settings")
+        if not isinstance(value, dict):
+            raise JournalError(str(self.path), "holds no run settings")
+        return value
+
+    def inputs(self) -> list[str]:
+        """The run's inputs, as recorded."""
+        value = self.meta("inputs")
+        if not isinstance(value, list):
+            raise JournalError(str(self.path), "holds no inputs")
+        return [str(i) for i in value]
 
     def check_identity(self) -> None:
         """Refuse inputs whose size changed since the journal was written."""
@@ -221,18 +382,26 @@ class Journal:
                         f"({old['size']:,} -> {now.size:,} bytes); nothing was sent",
                     )
 
-    def rows(self, state: str | None = None) -> Iterator[ChunkRow]:
-        """Chunk rows in sequence order, optionally of one state."""
-        sql = (
-            "SELECT seq, first, last, ids, digest, state, job_id, attempts, last_error, "
-            "sent_at, job_status, results_path FROM chunks"
-        )
-        params: tuple[object, ...] = ()
-        if state is not None:
-            sql += " WHERE state = ?"
-            params = (state,)
-        for row in self._query(sql + " ORDER BY seq", params):
-            yield ChunkRow(*row)  # type: ignore[arg-type]
+    def rows(self, *states: ChunkState) -> Iterator[ChunkRow]:
+        """Chunk rows in sequence order, optionally of some states only."""
+        # An older journal read without migrating (read-only) lacks some columns.
+        cols = ", ".join(c if c in self._columns else f"NULL AS {c}" for c in _ROW_COLUMNS)
+        sql = f"SELECT {cols} FROM chunks"
+        if states:
+            sql += f" WHERE state IN ({', '.join('?' * len(states))})"
+        for row in self._query(sql + " ORDER BY seq", tuple(str(s) for s in states)):
+            values = list(row)
+            values[5] = _state(str(values[5]))
+            values[7] = int(str(values[7] or 0))
+            yield ChunkRow(*values)  # type: ignore[arg-type]
+
+    def id_hashes(self, seq: int) -> bytes | None:
+        """The sorted 64-bit hashes of a parked chunk's ids (see :mod:`bulkjob._evidence`)."""
+        if "id_hashes" not in self._columns:
+            return None
+        rows = self._query("SELECT id_hashes FROM chunks WHERE seq = ?", (seq,))
+        value = rows[0][0] if rows else None
+        return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """state -> (chunks, ids)."""
@@ -261,19 +430,41 @@ class Journal:
             (chunk.seq, str(chunk.first), str(chunk.last), len(chunk), chunk.digest, now, now),
         )
 
-    async def accepted(self, seq: int, job_id: str, status: str = "accepted") -> None:
-        """Durably record the job id a chunk was accepted as."""
+    async def accepted(
+        self, seq: int, job_id: str, *, status: str = "accepted", evidence: str | None = None
+    ) -> None:
+        """Durably record the job a chunk became (from its answer, or proven)."""
         await self._write(
             "UPDATE chunks SET state = 'accepted', job_id = ?, job_status = ?, "
-            "last_error = NULL, updated_at = ? WHERE seq = ?",
-            (job_id, status, time.time(), seq),
+            "last_error = NULL, evidence = COALESCE(?, evidence), id_hashes = NULL, "
+            "updated_at = ? WHERE seq = ?",
+            (job_id, status, evidence, time.time(), seq),
         )
 
-    async def settle(self, seq: int, state: str, error: str | None) -> None:
+    async def park(self, seq: int, id_set: str, id_hashes: bytes, reason: str) -> None:
+        """Durably record that a chunk's submit has an unknown outcome, with what its
+        proof needs: the digest of its id set and the sorted hashes of its ids."""
+        await self._write(
+            "UPDATE chunks SET state = 'unknown', id_set = ?, id_hashes = ?, last_error = ?, "
+            "updated_at = ? WHERE seq = ?",
+            (id_set, id_hashes, reason, time.time(), seq),
+        )
+
+    async def settle(
+        self,
+        seq: int,
+        state: ChunkState,
+        error: str | None,
+        *,
+        evidence: str | None = None,
+        durable: bool = True,
+    ) -> None:
         """Move a chunk to ``pending``, ``rejected``, ``ambiguous`` or ``abandoned``."""
         await self._write(
-            "UPDATE chunks SET state = ?, last_error = ?, updated_at = ? WHERE seq = ?",
-            (state, error, time.time(), seq),
+            "UPDATE chunks SET state = ?, last_error = ?, evidence = COALESCE(?, evidence), "
+            "updated_at = ? WHERE seq = ?",
+            (str(state), error, evidence, time.time(), seq),
+            durable=durable,
         )
 
     async def job_update(
@@ -288,10 +479,8 @@ class Journal:
 
     def recent_requests(self) -> list[float]:
         """Wall-clock completion times of the run's latest requests (for the limiter)."""
-        try:
-            value = self.meta("recent_requests")
-        except sqlite3.DatabaseError:
-            return []
+        rows = self._query("SELECT value FROM run WHERE key = 'recent_requests'")
+        value = json.loads(str(rows[0][0])) if rows else []
         return [float(t) for t in value] if isinstance(value, list) else []
 
     async def save_recent_requests(self, times: list[float]) -> None:
@@ -302,10 +491,13 @@ class Journal:
         )
 
     async def flush(self) -> None:
-        """Wait until everything written so far is committed."""
+        """Wait until everything written so far is committed (raises a past failure)."""
         await self._write("SELECT 1", ())
 
     async def _write(self, sql: str, params: tuple[object, ...], *, durable: bool = True) -> None:
+        if self._failure is not None:
+            raise self._failure
+        assert not self.readonly, "a read-only journal is never written"
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] | None = loop.create_future() if durable else None
         self._ops.append((sql, params, future))
@@ -315,15 +507,25 @@ class Journal:
             await asyncio.shield(future)
 
     async def _flush(self) -> None:
+        """Commit queued writes in batches. Never raises: a failure goes to the waiters."""
         loop = asyncio.get_running_loop()
+        pool = self._pool
+        assert pool is not None
         while self._ops:
             batch, self._ops = self._ops, []
             try:
-                await loop.run_in_executor(self._pool, self._apply, [(s, p) for s, p, _ in batch])
-            except BaseException as exc:
-                for _, _, fut in batch:
+                await loop.run_in_executor(pool, self._apply, [(s, p) for s, p, _ in batch])
+            except (sqlite3.Error, OSError) as exc:
+                self._failure = JournalError(str(self.path), f"cannot write: {_cause(exc)}")
+                for _, _, fut in batch + self._ops:
                     if fut is not None and not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+                        fut.set_exception(self._failure)
+                self._ops = []
+                return
+            except BaseException:  # cancelled with the loop: so are the writers waiting
+                for _, _, fut in batch + self._ops:
+                    if fut is not None:
+                        fut.cancel()
                 raise
             for _, _, fut in batch:
                 if fut is not None and not fut.done():
@@ -331,7 +533,12 @@ class Journal:
 
     def _run_sync(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
         """Apply ``ops`` as one transaction, from any thread but the journal's own."""
-        self._pool.submit(self._apply, ops).result()
+        pool = self._pool
+        assert pool is not None
+        try:
+            pool.submit(self._apply, ops).result()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(str(self.path), f"cannot write: {_cause(exc)}") from None
 
     def _apply(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
         """One transaction; runs on the journal's thread."""
@@ -341,26 +548,105 @@ class Journal:
         try:
             for sql, params in ops:
                 conn.execute(sql, params)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                # SQLite rolls back by itself what it could not commit.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         self.commits += 1
 
     async def close(self) -> None:
-        """Commit what is queued and close the file."""
+        """Commit what is queued, close the file and release the lock."""
         try:
-            if self._flusher is not None:
+            if self._flusher is not None and not self._flusher.done():
                 await asyncio.shield(self._flusher)
         finally:
             self.close_sync()
 
     def close_sync(self) -> None:
-        """Close without waiting for queued writes (they were awaited, or never mattered)."""
-        if self._conn is not None:
+        """Close without waiting for queued writes and release the lock; safe twice."""
+        if self._conn is not None and self._pool is not None:
             conn, self._conn = self._conn, None
-            self._pool.submit(conn.close).result()
-        self._pool.shutdown(wait=True)
+            # Nothing left to save: every write that mattered was awaited.
+            with contextlib.suppress(sqlite3.Error):
+                self._pool.submit(conn.close).result()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.release()
+
+    def release(self) -> None:
+        """Give up the lock (the file is closed first by :meth:`close_sync`)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_sync()
+
+
+def _state(value: str) -> ChunkState:
+    try:
+        return ChunkState(value)
+    except ValueError:
+        return ChunkState.AMBIGUOUS  # a state this version does not know: never guessed
+
+
+def _cause(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text
+
+
+def _read_only(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """One query through a read-only connection: nothing about the file can change."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise JournalError(str(path), f"cannot open: {_cause(exc)}") from None
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.Error as exc:
+        raise JournalError(str(path), f"not a bulkjob journal ({_cause(exc)})") from None
+    finally:
+        conn.close()
+
+
+def _inspect(path: Path) -> tuple[int, frozenset[str]]:
+    """(schema version, chunk columns) of a journal, read without changing a byte;
+    raises JournalError for anything that is not a bulkjob journal."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise JournalError(str(path), f"cannot read: {exc.strerror}") from None
+    if magic != _SQLITE_MAGIC:
+        raise JournalError(str(path), "not a bulkjob journal (not an SQLite file)")
+    tables = {str(r[0]) for r in _read_only(path, "SELECT name FROM sqlite_master")}
+    if not {"run", "chunks"} <= tables:
+        raise JournalError(str(path), "not a bulkjob journal (an unrelated SQLite database)")
+    columns = frozenset(str(r[1]) for r in _read_only(path, "PRAGMA table_info(chunks)"))
+    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise JournalError(str(path), f"not a bulkjob journal (no column {missing[0]!r})")
+    rows = _read_only(path, "SELECT value FROM run WHERE key = 'version'")
+    try:
+        version = int(json.loads(str(rows[0][0]))) if rows else 0
+    except (ValueError, TypeError):
+        version = 0
+    if version < 1:
+        raise JournalError(str(path), "not a bulkjob journal (no schema version)")
+    return version, columns
 
 
 def verify_chunks(rows: dict[int, ChunkRow], chunks: Iterable[Chunk], inputs: list[str]) -> None:

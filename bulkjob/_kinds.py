@@ -14,20 +14,37 @@ __all__ = ["KINDS", "JobKind"]
 
 @dataclass(frozen=True, slots=True)
 class JobKind:
-    """One bulk endpoint: where to POST, how many ids a job may hold, the job ``type``."""
+    """One bulk endpoint: where to POST, how many ids a job may hold, the job ``type``,
+    and the results column that is expected to hold each input id (not documented
+    publicly: the ``results_id_column`` setting overrides it)."""
 
     name: str
     path: str
     max_ids: int
     job_type: str
+    id_column: str
 
 
 KINDS: dict[str, JobKind] = {
     k.name: k
     for k in (
-        JobKind("new-contact-details", "target/contact/job", 10_000, "targetContactDetails"),
-        JobKind("contact-details", "contact/job", 10_000, "contactDetails"),
-        JobKind("new-company-details", "target/company/fetch/job", 10_000, "targetCompanyDetails"),
-        JobKind("company-tech", "company/techProfile/job", 10_000, "companyTechProfile"),
+        JobKind(
+            "new-contact-details",
+            "target/contact/job",
+            10_000,
+            "targetContactDetails",
+            "newContactId",
+        ),
+        JobKind("contact-details", "contact/job", 10_000, "contactDetails", "contactId"),
+        JobKind(
+            "new-company-details",
+            "target/company/fetch/job",
+            10_000,
+            "targetCompanyDetails",
+            "companyId",
+        ),
+        JobKind(
+            "company-tech", "company/techProfile/job", 10_000, "companyTechProfile", "companyId"
+        ),
     )
 }

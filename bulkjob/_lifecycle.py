@@ -17,24 +17,34 @@ import contextlib
 import csv
 import os
 import re
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._account import FINAL_STATUSES as _FINAL_STATUSES
 from ._client import ApiClient, new_session
 from ._config import settings_for_resume
-from ._errors import BulkJobError, ConfigError, InputError, ProtocolError, RequestError
-from ._journal import ChunkRow, Journal
+from ._errors import (
+    ConfigError,
+    ProtocolError,
+    RequestError,
+    WaitTimeoutError,
+    error_for_stop,
+    first_error,
+)
+from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
+from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
+from ._report import RunReport
 from ._settings import Settings
+from ._submitter import StopSignal, Submitter
 
 __all__ = [
     "CancelSummary",
+    "JournalArg",
     "ResultsSummary",
     "RunStatus",
-    "WaitTimeoutError",
     "cancel",
     "results",
     "settings_from_journal",
@@ -42,10 +52,13 @@ __all__ = [
     "wait",
 ]
 
+#: A journal as the commands take it: a path (opened for the call) or a handle held.
+JournalArg = str | os.PathLike[str] | Journal
+
 log = get_logger()
 _T = TypeVar("_T")
 #: Display order; anything else the server or a newer journal says comes after, sorted.
-_STATE_ORDER = ("pending", "sending", "accepted", "rejected", "ambiguous", "abandoned")
+_STATE_ORDER = tuple(str(state) for state in ChunkState)
 _STATUS_ORDER = ("accepted", "processing", "finished", "failed", "aborted")
 #: ``wait`` backs off by this factor per round, up to this multiple of the first interval.
 _BACKOFF_FACTOR = 1.5
@@ -53,26 +66,18 @@ _BACKOFF_CAP = 10.0
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def settings_from_journal(journal: str | os.PathLike[str], **overrides: object) -> Settings:
+def settings_from_journal(journal: JournalArg, **overrides: object) -> Settings:
     """The settings a run recorded in its journal, with credentials and overrides on top.
 
     The journal never holds secrets: credentials come from ``overrides`` or the
     ``INSIDEVIEW_*`` environment variables. Settings that shape chunks cannot change.
+    A path is read through a read-only connection, without taking the lock.
     """
-    recorded, _ = read_run(journal)
+    if isinstance(journal, Journal):
+        return settings_for_resume(journal.recorded_settings(), flags=overrides)
+    with Journal.open(journal, readonly=True) as opened:
+        recorded = opened.recorded_settings()
     return settings_for_resume(recorded, flags=overrides)
-
-
-def read_run(journal: str | os.PathLike[str]) -> tuple[dict[str, object], list[str]]:
-    """The recorded settings and inputs of the run in ``journal``."""
-    opened = Journal.open(journal)
-    try:
-        recorded, inputs = opened.meta("settings"), opened.meta("inputs")
-    finally:
-        opened.close_sync()
-    if not isinstance(recorded, dict) or not isinstance(inputs, list):
-        raise InputError(str(journal), 0, "the journal holds no run settings")
-    return recorded, [str(i) for i in inputs]
 
 
 # -- results of the commands ---------------------------------------------------------------
@@ -93,6 +98,8 @@ class RunStatus:
     open_jobs: int
     #: Jobs whose status was asked of the server by the call that made this snapshot.
     refreshed: int = 0
+    #: What settled each chunk whose answer was lost: (chunk, state, evidence).
+    evidence: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def all_final(self) -> bool:
@@ -111,6 +118,13 @@ class RunStatus:
         lines.append(f"  {'total':<14}{self.total_jobs:>10,}{job_ids:>14,}")
         if self.open_jobs:
             lines.append(f"{self.open_jobs:,} job(s) not finished yet")
+        if self.evidence:
+            lines.append("")
+            lines.append("lost answers and their proof")
+            lines += [f"  chunk {seq:,} -> {state}: {why}" for seq, state, why in self.evidence]
+        unsettled = [k for k in ("pending", "sending", "unknown", "ambiguous") if k in self.chunks]
+        if unsettled:
+            lines.append(f"chunks {', '.join(unsettled)}: `bulkjob resume` takes them on")
         return "\n".join(lines)
 
 
@@ -142,28 +156,22 @@ class CancelSummary:
     ids_cancelled: int = 0
 
 
-class WaitTimeoutError(BulkJobError, TimeoutError):
-    """``wait`` ran out of time with jobs still open; ``status`` is the last snapshot."""
-
-    def __init__(self, message: str, status: RunStatus) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 # -- the commands --------------------------------------------------------------------------
 
 
-async def status(
-    journal: str | os.PathLike[str], settings: Settings, *, refresh: bool = False
-) -> RunStatus:
-    """The run's chunks and jobs; with ``refresh``, ask the server about every open job first."""
-    async with _Command(journal, settings, online=refresh) as cmd:
+async def status(journal: JournalArg, settings: Settings, *, refresh: bool = False) -> RunStatus:
+    """The run's chunks and jobs; with ``refresh``, ask the server about every open job first.
+
+    Without ``refresh`` nothing is sent and nothing written: a path is opened read-only,
+    without the lock, so that this works while another command drives the run.
+    """
+    async with _Command(journal, settings, online=refresh, command="status") as cmd:
         asked = await cmd.refresh() if refresh else 0
         return cmd.snapshot(asked)
 
 
 async def wait(
-    journal: str | os.PathLike[str],
+    journal: JournalArg,
     settings: Settings,
     *,
     poll_interval: float | None = None,
@@ -172,8 +180,10 @@ async def wait(
     # caller should get the last snapshot with the error.
     timeout: float | None = None,  # noqa: ASYNC109
 ) -> RunStatus:
-    """Poll the open jobs until every one is final; returns the final snapshot.
+    """Settle lost answers by proof, then poll the open jobs until every one is final.
 
+    Chunks whose submit lost its answer are proven first (waiting for the jobs that may
+    hold them to finish); those proven not accepted are left ``pending`` for ``resume``.
     Rounds are ``poll_interval`` (default ``settings.queue_poll_interval``) apart at
     first, growing by half each round up to ten times that. Raises
     :class:`WaitTimeoutError` (a :class:`TimeoutError`) once ``timeout`` seconds have
@@ -187,12 +197,13 @@ async def wait(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     delay = first
-    async with _Command(journal, settings, online=True) as cmd:
+    async with _Command(journal, settings, online=True, command="wait") as cmd:
+        await cmd.prove(None if deadline is None else deadline - loop.time())
         while True:
             snapshot = cmd.snapshot(await cmd.refresh())
             if progress is not None:
                 progress(snapshot)
-            if snapshot.all_final:
+            if snapshot.all_final and not snapshot.chunks.get(str(ChunkState.UNKNOWN)):
                 log.info("wait.done", jobs=snapshot.total_jobs)
                 return snapshot
             pause = delay
@@ -212,7 +223,7 @@ async def wait(
 
 
 async def results(
-    journal: str | os.PathLike[str],
+    journal: JournalArg,
     settings: Settings,
     out_dir: Path,
     *,
@@ -228,7 +239,7 @@ async def results(
     """
     out_dir = Path(out_dir)
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-    async with _Command(journal, settings, online=True) as cmd:
+    async with _Command(journal, settings, online=True, command="results") as cmd:
         if refresh:
             await cmd.refresh()
         not_finished, failed, present, wanted = await asyncio.to_thread(_plan, cmd.jobs())
@@ -263,13 +274,13 @@ async def results(
     )
 
 
-async def cancel(journal: str | os.PathLike[str], settings: Settings) -> CancelSummary:
+async def cancel(journal: JournalArg, settings: Settings) -> CancelSummary:
     """Cancel every job still queued (status ``accepted``); the server refunds its credits.
 
     Statuses are refreshed first. A job that starts processing before its cancel
     arrives is refused by the server (400): it is reported as not cancellable.
     """
-    async with _Command(journal, settings, online=True) as cmd:
+    async with _Command(journal, settings, online=True, command="cancel") as cmd:
         await cmd.refresh()
         cancelled: list[int] = []
         refused: list[int] = []
@@ -316,12 +327,19 @@ async def cancel(journal: str | os.PathLike[str], settings: Settings) -> CancelS
 
 
 class _Command:
-    """One command's journal and, when ``online``, its session, limiter and client."""
+    """One command's journal and, when ``online``, its session, limiter and client.
 
-    def __init__(self, journal: str | os.PathLike[str], settings: Settings, *, online: bool):
-        self._journal_path = journal
+    A path is opened for the command (locked, or read-only when offline) and closed at
+    its end; a :class:`Journal` handle stays the caller's.
+    """
+
+    def __init__(
+        self, journal: JournalArg, settings: Settings, *, online: bool, command: str
+    ) -> None:
+        self._journal_arg = journal
         self._settings = settings
         self._online = online
+        self._command = command
         self.kind_path = settings.job_kind.path
         self._journal: Journal | None = None
         self._client: ApiClient | None = None
@@ -342,17 +360,23 @@ class _Command:
         if self._online:
             s.require_credentials()
         async with contextlib.AsyncExitStack() as stack:
-            journal = await asyncio.to_thread(Journal.open, self._journal_path)
-            stack.push_async_callback(journal.close)
+            arg = self._journal_arg
+            if isinstance(arg, Journal):
+                journal = arg
+            else:
+                journal = await asyncio.to_thread(
+                    Journal.open, arg, self._command, readonly=not self._online
+                )
+                stack.callback(journal.close_sync)
             self._journal = journal
             if self._online:
-                session = new_session(s)
-                stack.push_async_callback(session.close)
+                session = await stack.enter_async_context(new_session(s))
                 client = ApiClient.for_settings(s, session, journal.recent_requests())
                 self._client = client
 
                 async def remember() -> None:  # the next command keeps the same window
                     await journal.save_recent_requests(client.limiter.history())
+                    await journal.flush()
 
                 stack.push_async_callback(remember)
             self._stack = stack.pop_all()
@@ -361,9 +385,23 @@ class _Command:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
 
+    async def prove(self, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Settle the journal's lost answers that can be proven without the input."""
+        stop = StopSignal()
+        submitter = Submitter(self._settings, self.client, self.journal, RunReport(), stop)
+        await submitter.adopt_journal()
+        try:
+            async with asyncio.timeout(timeout):
+                await submitter.finish(prove=True)
+        except TimeoutError:
+            await submitter.close()
+            log.warning("wait.proof_timeout", awaiting_proof=submitter.awaiting_proof)
+        if stop.reason is not None:
+            raise error_for_stop(stop.reason, stop.message or "")
+
     def jobs(self) -> list[ChunkRow]:
         """Accepted chunks with a job id, in chunk order."""
-        return [row for row in self.journal.rows("accepted") if row.job_id]
+        return [row for row in self.journal.rows(ChunkState.ACCEPTED) if row.job_id]
 
     async def refresh(self) -> int:
         """Ask the server for every open job's status and record it; returns how many."""
@@ -384,6 +422,9 @@ class _Command:
         chunks = self.journal.counts()
         jobs: dict[str, tuple[int, int]] = {}
         open_jobs = 0
+        evidence = tuple(
+            (row.seq, str(row.state), row.evidence) for row in self.journal.rows() if row.evidence
+        )
         for row in self.jobs():
             key = row.job_status or "unknown"
             n, ids = jobs.get(key, (0, 0))
@@ -397,6 +438,7 @@ class _Command:
             total_jobs=sum(n for n, _ in jobs.values()),
             open_jobs=open_jobs,
             refreshed=refreshed,
+            evidence=evidence,
         )
 
 
@@ -410,9 +452,12 @@ async def _bounded(
         async with semaphore:
             await work(item)
 
-    async with asyncio.TaskGroup() as group:
-        for item in items:
-            group.create_task(one(item))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                group.create_task(one(item))
+    except BaseExceptionGroup as failed:  # one error, with its own exit code, for the caller
+        raise first_error(failed) from None
 
 
 def _plan(
@@ -455,13 +500,14 @@ def _merge(files: Iterable[Path], dest: Path) -> int:
     """Stream ``files`` into ``dest``: the first header, then every file's rows; row count.
 
     Parsed as CSV (not split on lines) so that a quoted field holding a newline stays one
-    row. Written to ``dest.part`` and renamed, like the downloads.
+    row. Written to a part file of its own beside ``dest`` and renamed, like the downloads.
     """
-    part = dest.with_suffix(dest.suffix + ".part")
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    part = Path(name)
     rows = 0
     header: list[str] | None = None
     try:
-        with part.open("w", encoding="utf-8", newline="") as out:
+        with open(fd, "w", encoding="utf-8", newline="") as out:
             writer = csv.writer(out, lineterminator="\n")
             for path in files:
                 with path.open(encoding="utf-8", newline="") as src:

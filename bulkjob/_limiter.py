@@ -21,8 +21,9 @@ Two mechanisms, in this order:
    (aiolimiter issues #240, #298). Here it only shapes; the log is what guarantees.
 
 On a 429 every worker pauses together (:meth:`WindowLimiter.throttled`): the pause
-honours Retry-After when the server sends one, otherwise it starts at
-``initial_delay`` and doubles on each consecutive 429, capped at one window.
+honours Retry-After as sent, up to ``max_pause`` (a lockout may outlast one window, so
+the cap is not the window); without Retry-After it starts at ``initial_delay`` and
+doubles on each consecutive 429, capped at one window.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class WindowLimiter:
         "_resume_at",
         "initial_delay",
         "margin",
+        "max_pause",
         "max_requests",
         "per_seconds",
         "window",
@@ -71,6 +73,7 @@ class WindowLimiter:
         margin: float = 0.01,
         initial_delay: float = 5.0,
         pace: bool = True,
+        max_pause: float = 3600.0,
         history: Sequence[float] = (),
     ) -> None:
         if max_requests < 1:
@@ -83,6 +86,8 @@ class WindowLimiter:
         #: The effective window a slot stays used after its request completed.
         self.window = per_seconds * (1.0 + margin)
         self.initial_delay = min(initial_delay, per_seconds)
+        #: The longest pause a Retry-After can ask for.
+        self.max_pause = max_pause
         self._next_delay = self.initial_delay
         # Completion times of the last requests, oldest first; never longer than max_requests.
         self._done: collections.deque[float] = collections.deque(_to_monotonic(history))
@@ -157,12 +162,12 @@ class WindowLimiter:
     def throttled(self, retry_after: float | None = None) -> float:
         """A 429 arrived: pause every worker; returns the pause in seconds.
 
-        With Retry-After the pause is what the server asked for. Without it the pause
-        starts at ``initial_delay`` and doubles per consecutive 429 up to one window,
-        the longest a lockout can last.
+        With Retry-After the pause is what the server asked for, up to ``max_pause``.
+        Without it the pause starts at ``initial_delay`` and doubles per consecutive 429
+        up to one window, the documented length of a lockout.
         """
         if retry_after is not None and retry_after >= 0:
-            delay = min(retry_after, self.window)
+            delay = min(retry_after, self.max_pause)
         else:
             delay = self._next_delay
             self._next_delay = min(self._next_delay * 2, self.window)

@@ -10,6 +10,7 @@ registered with :func:`register_secret` and scrubbed from every string in the ev
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -24,6 +25,16 @@ REDACTED = "***"
 _SECRET_KEYS = frozenset({"access_token", "accesstoken", "client_secret", "clientsecret", "token"})
 _secrets: set[str] = set()
 _lock = threading.Lock()
+# A secret whose value was never registered (a server echoing a URL back, a setting read
+# by someone else) is still recognisable by its name: ``clientSecret=...``, ``"accessToken":
+# "..."``. Only name-and-value pairs match, so "a valid accessToken in header" is left alone.
+_NAMED_SECRET = re.compile(
+    r"""(?ix)
+    (client[_-]?secret|access[_-]?token)   # the name
+    (["']?\s*[:=]\s*["']?)                 # = or : , maybe quoted
+    ([^&\s"',;<>]+)                         # the value, up to a delimiter
+    """
+)
 
 
 def register_secret(value: str | None) -> None:
@@ -36,11 +47,11 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
+    """``text`` with every registered secret, and every named secret value, as ``***``."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    return _NAMED_SECRET.sub(rf"\1\2{REDACTED}", text)
 
 
 def _scrub(value: object) -> object:

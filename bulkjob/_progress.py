@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from ._report import StopReason
+from ._errors import StopReason
 
 __all__ = ["Progress", "ProgressLine", "ProgressSink", "format_duration"]
 
@@ -23,6 +23,8 @@ class Progress:
     requests: int
     elapsed_s: float
     stopping: StopReason | None
+    #: Chunks whose submit lost its answer, waiting for a job's results to prove it.
+    awaiting_proof: int = 0
 
 
 class ProgressSink(Protocol):
@@ -64,6 +66,8 @@ class ProgressLine:
             f"{p.ids_submitted:,}/{p.ids_total:,} ids submitted · {rate:,.0f} ids/s · "
             f"{p.jobs:,} jobs · {p.requests:,} requests · throttled {p.throttled:,} · ETA {eta}"
         )
+        if p.awaiting_proof:
+            text += f" · {p.awaiting_proof:,} chunks awaiting proof"
         if p.stopping:
             text += f" · stopping ({p.stopping})"
         return text

@@ -12,42 +12,14 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from ._errors import (
-    AmbiguousError,
-    AuthError,
-    BulkJobError,
-    InputError,
-    QueueFullError,
-    QuotaExhaustedError,
-    TransportError,
-)
-from ._logging import redact
+from ._chunker import Chunk
+from ._errors import StopReason, stop_reason_for
+from ._logging import get_logger, redact
 
 __all__ = ["JobInfo", "RejectedChunk", "RunReport", "StopReason", "stop_reason_for"]
 
-StopReason = Literal[
-    "quota", "queue_full", "auth", "interrupted", "transport", "protocol", "input", "ambiguous"
-]
-
-
-def stop_reason_for(exc: BulkJobError) -> StopReason:
-    """The stop reason an error means (the CLI's exit code follows from it)."""
-    for kind, reason in _REASONS:
-        if isinstance(exc, kind):
-            return reason
-    return "protocol"
-
-
-_REASONS: tuple[tuple[type[BulkJobError], StopReason], ...] = (
-    (QuotaExhaustedError, "quota"),
-    (QueueFullError, "queue_full"),
-    (AuthError, "auth"),
-    (TransportError, "transport"),
-    (AmbiguousError, "ambiguous"),
-    (InputError, "input"),
-)
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +59,13 @@ class RunReport:
     jobs: list[JobInfo] = field(default_factory=list)
     rejected: list[RejectedChunk] = field(default_factory=list)
     pending_chunks: list[int] = field(default_factory=list)
+    #: Chunks whose submit has an unknown outcome, still waiting for a job to prove it.
+    awaiting_proof: list[int] = field(default_factory=list)
+    #: Chunks whose outcome cannot be proven (their only candidates ended aborted or
+    #: failed without results): ``resume --resubmit-ambiguous/--abandon-ambiguous``.
     ambiguous_chunks: list[int] = field(default_factory=list)
+    #: Chunks whose lost answer was settled by a job's results (accepted or not).
+    proven_chunks: list[int] = field(default_factory=list)
     invalid_samples: list[str] = field(default_factory=list)
     requests: int = 0
     throttled: int = 0
@@ -102,6 +80,43 @@ class RunReport:
     input_complete: bool = False
     resumed: bool = False
     credits_remaining: int | None = None
+    #: Things the user should know that did not stop the run (e.g. credits running short).
+    warnings: list[str] = field(default_factory=list)
+
+    # -- tallies: each chunk of the input lands in exactly one of these, once -------------
+
+    def add_accepted(self, chunk: Chunk, job_id: str, *, earlier: bool = False) -> None:
+        """``chunk`` is job ``job_id`` (``earlier``: accepted by a previous command)."""
+        self.jobs.append(JobInfo(job_id, chunk.seq, len(chunk), str(chunk.first), str(chunk.last)))
+        self.ids_submitted += len(chunk)
+        if not earlier:
+            log.info("job.accepted", job_id=job_id, chunk=chunk.seq, ids=len(chunk))
+
+    def add_rejected(
+        self,
+        chunk: Chunk,
+        reason: str,
+        status: int | None = None,
+        error_number: str | None = None,
+    ) -> None:
+        """The server refused ``chunk`` (or the user abandoned it)."""
+        first, last = str(chunk.first), str(chunk.last)
+        self.rejected.append(
+            RejectedChunk(chunk.seq, len(chunk), first, last, reason, status, error_number)
+        )
+        self.ids_rejected += len(chunk)
+        log.warning("job.rejected", chunk=chunk.seq, ids=len(chunk), reason=reason)
+
+    def add_pending(
+        self, chunk: Chunk, *, awaiting_proof: bool = False, ambiguous: bool = False
+    ) -> None:
+        """``chunk`` is not accepted yet: the next ``resume`` takes it on."""
+        self.ids_pending += len(chunk)
+        self.pending_chunks.append(chunk.seq)
+        if awaiting_proof:
+            self.awaiting_proof.append(chunk.seq)
+        if ambiguous:
+            self.ambiguous_chunks.append(chunk.seq)
 
     @property
     def accounted(self) -> bool:
@@ -132,10 +147,14 @@ class RunReport:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".report-", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(self.to_dict(), out, indent=2)
-            out.write("\n")
-        os.replace(tmp, target)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(self.to_dict(), out, indent=2)
+                out.write("\n")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def summary(self) -> str:
         """A few human lines for the end of a CLI run."""
@@ -150,6 +169,11 @@ class RunReport:
             lines.append(f"invalid: {sample}")
         for rej in self.rejected[:5]:
             lines.append(f"rejected chunk {rej.chunk} ({rej.first}..{rej.last}): {rej.reason}")
+        if self.proven_chunks:
+            lines.append(f"{len(self.proven_chunks):,} lost answer(s) settled by proof")
+        if self.awaiting_proof:
+            lines.append(f"{len(self.awaiting_proof):,} chunk(s) awaiting proof")
+        lines += [f"warning: {w}" for w in self.warnings]
         if self.stop_reason:
             lines.append(f"stopped: {self.stop_reason}: {redact(self.stop_message or '')}")
         return "\n".join(lines)

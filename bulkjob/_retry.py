@@ -4,7 +4,8 @@ Bounded both ways, as stamina does: at most ``max_attempts`` tries and at most
 ``retry_max_time`` seconds since the first one, with exponential backoff and full
 jitter so that workers which failed together do not come back together.
 429s are not handled here: they pause every worker through the limiter and do not
-spend attempts (see :mod:`bulkjob._limiter`).
+spend attempts (see :mod:`bulkjob._limiter`). A submit whose answer is lost is not
+retried at all: its outcome is unknown until proven (see :mod:`bulkjob._submitter`).
 """
 
 from __future__ import annotations
@@ -20,24 +21,10 @@ from tenacity import (
     stop_after_delay,
 )
 
+from ._errors import Transient
 from ._settings import Settings
 
-__all__ = ["Transient", "retrying"]
-
-
-class Transient(Exception):
-    """One attempt failed in a way worth retrying.
-
-    ``maybe_sent`` is True when the request may have reached the server before the
-    failure (the connection dropped or timed out after the body went out): such a
-    submit may have been accepted, and is reconciled rather than blindly resent.
-    """
-
-    def __init__(self, reason: str, *, status: int | None = None, maybe_sent: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.maybe_sent = maybe_sent
+__all__ = ["backoff", "retrying"]
 
 
 def retrying(
@@ -47,13 +34,13 @@ def retrying(
     return AsyncRetrying(
         retry=retry_if_exception_type(Transient),
         stop=stop_after_attempt(settings.max_attempts) | stop_after_delay(settings.retry_max_time),
-        wait=_backoff(settings.backoff_initial, settings.backoff_max),
+        wait=backoff(settings.backoff_initial, settings.backoff_max),
         before_sleep=on_retry,
         reraise=True,
     )
 
 
-def _backoff(initial: float, cap: float) -> Callable[[RetryCallState], float]:
+def backoff(initial: float, cap: float) -> Callable[[RetryCallState], float]:
     """``initial * 2**(n-1)`` plus up to ``initial`` of jitter, capped at ``cap``.
 
     This is tenacity's ``wait_exponential_jitter``, spelled out because its ``initial``

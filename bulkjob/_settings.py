@@ -43,8 +43,14 @@ DEFAULT_TOKEN_REFRESH_MARGIN = 300.0
 DEFAULT_DRAIN_TIMEOUT = 60.0
 #: How far the server's job creation times may be from ours when reconciling.
 DEFAULT_RECONCILE_SKEW = 60.0
-#: After a submit timed out, how long "no such job" is not yet believed.
+#: After a submit's outcome became unknown, how long "no such job" is not yet believed:
+#: the account's job list may lag behind a submit, as /admin/usage is documented to.
 DEFAULT_RECONCILE_GRACE = 120.0
+#: How often the jobs that may hold an unknown submit are looked at while they run
+#: (the first look; later ones back off up to ten times that).
+DEFAULT_PROOF_POLL = 30.0
+#: The longest pause a server's Retry-After can impose (a lockout may outlast a window).
+DEFAULT_RETRY_AFTER_MAX = 3600.0
 DEFAULT_QUEUE_POLL = 30.0
 # The real 400 texts for these two cases are not public: these patterns match the one
 # text seen publicly ("2 jobs are already running...") and the obvious wordings.
@@ -101,10 +107,13 @@ class Settings:
     backoff_initial: float = DEFAULT_BACKOFF_INITIAL
     backoff_max: float = DEFAULT_BACKOFF_MAX
     throttle_initial_delay: float = DEFAULT_THROTTLE_INITIAL_DELAY
+    retry_after_max: float = DEFAULT_RETRY_AFTER_MAX
     max_throttled: int = DEFAULT_MAX_THROTTLED
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     reconcile_skew: float = DEFAULT_RECONCILE_SKEW
     reconcile_grace: float = DEFAULT_RECONCILE_GRACE
+    proof_poll_interval: float = DEFAULT_PROOF_POLL
+    results_id_column: str | None = None
     on_queue_full: QueueFullPolicy = "stop"
     queue_poll_interval: float = DEFAULT_QUEUE_POLL
     require_quota: bool = False
@@ -137,11 +146,13 @@ class Settings:
         _float_range("backoff_initial", self.backoff_initial, 0.0, 3_600.0)
         _float_range("backoff_max", self.backoff_max, 0.0, 86_400.0)
         _float_range("throttle_initial_delay", self.throttle_initial_delay, 0.0, 86_400.0)
+        _float_range("retry_after_max", self.retry_after_max, 0.0, 7 * 86_400.0)
         _int_range("max_throttled", self.max_throttled, 1, 10_000)
         _float_range("token_refresh_margin", self.token_refresh_margin, 0.0, 30 * 86_400.0)
         _float_range("drain_timeout", self.drain_timeout, 0.0, 86_400.0)
         _float_range("reconcile_skew", self.reconcile_skew, 0.0, 86_400.0)
         _float_range("reconcile_grace", self.reconcile_grace, 0.0, 86_400.0)
+        _float_range("proof_poll_interval", self.proof_poll_interval, 0.01, 86_400.0)
         _choice("on_queue_full", self.on_queue_full, ("stop", "wait"))
         _float_range("queue_poll_interval", self.queue_poll_interval, 0.01, 86_400.0)
         for name in ("id_pattern",):
@@ -149,8 +160,10 @@ class Settings:
         for name in ("quota_patterns", "queue_full_patterns"):
             for pattern in getattr(self, name):
                 _regex(name, pattern)
-        if self.column is not None and not self.column.strip():
-            raise ConfigError("column: must be a non-empty header name")
+        for name in ("column", "results_id_column"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ConfigError(f"{name}: must be a non-empty header name")
         if self.client_secret is not None and self.client_id is None:
             raise ConfigError("client_id: required when client_secret is set")
         if self.client_id is not None and self.client_secret is None:
@@ -187,6 +200,11 @@ class Settings:
     def job_kind(self) -> JobKind:
         """The bulk endpoint this run submits to."""
         return KINDS[self.kind]
+
+    @property
+    def id_column(self) -> str:
+        """The results column that holds each input id (the proof of a job's content)."""
+        return self.results_id_column or self.job_kind.id_column
 
     def require_credentials(self) -> None:
         """Raise ConfigError, saying where credentials come from, when there are none."""

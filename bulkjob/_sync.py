@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from . import _lifecycle
 from ._config import settings_for_resume
-from ._lifecycle import ResultsSummary, RunStatus, read_run, settings_from_journal
+from ._journal import Journal
+from ._lifecycle import ResultsSummary, RunStatus
 from ._report import RunReport
 from ._runner import AmbiguousPolicy, ProgressSink, Runner
 from ._settings import Settings
@@ -70,17 +72,28 @@ async def resume_async(
     shape the chunks cannot change. Chunks whose outcome is unknown stop the run unless
     ``ambiguous`` is ``"resubmit"`` or ``"abandon"``.
     """
-    recorded, inputs = read_run(journal)
-    s = settings_for_resume(recorded, flags=changes)
-    runner = Runner(
-        s,
-        inputs,
-        progress=progress,
-        journal=journal,
-        resume=True,
-        ambiguous=ambiguous,
-    )
-    return await runner.run()
+    async with _held(journal, "resume", **changes) as (handle, s):
+        runner = Runner(
+            s,
+            handle.inputs(),
+            progress=progress,
+            journal=handle,
+            resume=True,
+            ambiguous=ambiguous,
+        )
+        return await runner.run()
+
+
+@contextlib.asynccontextmanager
+async def _held(
+    journal: str | os.PathLike[str], command: str, **changes: object
+) -> AsyncIterator[tuple[Journal, Settings]]:
+    """The journal opened (and locked) once for a whole call, with the run's settings."""
+    handle = await asyncio.to_thread(Journal.open, journal, command)
+    try:
+        yield handle, settings_for_resume(handle.recorded_settings(), flags=changes)
+    finally:
+        handle.close_sync()
 
 
 def submit(
@@ -135,9 +148,9 @@ async def wait_async(
     timeout: float | None = None,  # noqa: ASYNC109 - the last snapshot goes with the error
     **changes: object,
 ) -> RunStatus:
-    """Poll the jobs of the run in ``journal`` until every one is final."""
-    settings = settings_from_journal(journal, **changes)
-    return await _lifecycle.wait(journal, settings, poll_interval=poll_interval, timeout=timeout)
+    """Prove lost answers, then poll the jobs of the run in ``journal`` until all are final."""
+    async with _held(journal, "wait", **changes) as (handle, settings):
+        return await _lifecycle.wait(handle, settings, poll_interval=poll_interval, timeout=timeout)
 
 
 def wait(
@@ -161,10 +174,10 @@ async def results_async(
     **changes: object,
 ) -> ResultsSummary:
     """Download the finished jobs' CSVs into ``out_dir`` (resumably); ``merge`` into one."""
-    settings = settings_from_journal(journal, **changes)
-    return await _lifecycle.results(
-        journal, settings, Path(out_dir), merge=Path(merge) if merge is not None else None
-    )
+    async with _held(journal, "results", **changes) as (handle, settings):
+        return await _lifecycle.results(
+            handle, settings, Path(out_dir), merge=Path(merge) if merge is not None else None
+        )
 
 
 def results(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 __all__ = ["ErrorBody", "parse_body"]
 
+_ERROR_FIELDS = ("errorNumber", "errorCode", "errorType", "message", "errorMessage")
+
 
 def parse_body(content_type: str, text: str) -> dict[str, object]:
     """Flatten a JSON object or an XML document into a dict; ``{}`` when unreadable."""
@@ -65,6 +67,17 @@ class ErrorBody:
     error_type: str | None
     error_number: str | None
     message: str | None
+
+    @classmethod
+    def parse(cls, content_type: str, text: str) -> ErrorBody | None:
+        """The documented error body, or None when the answer is not one (an HTML page,
+        a truncated body, an empty one): only a real error body proves what happened."""
+        data = parse_body(content_type, text)
+        if isinstance(data.get("error"), dict):
+            data = data["error"]  # type: ignore[assignment]
+        if not any(data.get(k) not in (None, "") for k in _ERROR_FIELDS):
+            return None
+        return cls.from_data(data)
 
     @classmethod
     def from_data(cls, data: dict[str, object], fallback: str = "") -> ErrorBody:

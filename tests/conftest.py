@@ -47,6 +47,7 @@ def settings_for(sandbox: Sandbox, **kw: object) -> Settings:
         "connect_timeout": 2.0,
         "drain_timeout": 2.0,
         "reconcile_grace": 0.2,
+        "proof_poll_interval": 0.05,
     }
     if "client_id" not in kw:
         fast["access_token"] = TOKEN

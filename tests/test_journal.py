@@ -1,27 +1,47 @@
-"""Tests for the SQLite journal: write-ahead states, group commit, refusing to overwrite."""
+"""Tests for the SQLite journal: write-ahead states, group commit, one writer, schemas,
+and files that are not journals left untouched."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bulkjob._chunker import chunked
-from bulkjob._errors import ConfigError, InputError
-from bulkjob._journal import Journal
+from bulkjob._chunker import Chunk, chunked
+from bulkjob._errors import InputError, JournalError, JournalLockedError
+from bulkjob._journal import SCHEMA_VERSION, ChunkState, Journal
+from bulkjob._lock import JournalLock, lock_path
 from tests.conftest import make_ids
 
 
-def _chunks(n: int, size: int = 10) -> list:
+def _chunks(n: int, size: int = 10) -> list[Chunk]:
     """``n`` ids as chunks of ``size``."""
     return list(chunked(((v, "f.txt", i + 1) for i, v in enumerate(make_ids(n))), size))
+
+
+def new_journal(path: Path, settings: dict[str, object] | None = None) -> Journal:
+    """A journal of a new run, claimed and started."""
+    journal = Journal.claim(path)
+    journal.start(settings or {}, ["f.txt"])
+    return journal
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 async def test_states_are_durable_in_order(tmp_path: Path) -> None:
     """sending then accepted are committed and readable by another connection."""
     path = tmp_path / "j.journal"
-    journal = Journal.create(path, {"chunk_size": 10}, ["f.txt"])
+    journal = new_journal(path, {"chunk_size": 10})
     first, second = _chunks(20)
     await journal.add(first)
     await journal.sending(second)
@@ -37,19 +57,33 @@ async def test_states_are_durable_in_order(tmp_path: Path) -> None:
     reopened = Journal.open(path)
     rows = list(reopened.rows())
     assert [(r.seq, r.state, r.ids, r.digest) for r in rows] == [
-        (1, "pending", 10, first.digest),
-        (2, "accepted", 10, second.digest),
+        (1, ChunkState.PENDING, 10, first.digest),
+        (2, ChunkState.ACCEPTED, 10, second.digest),
     ]
     assert reopened.counts() == {"pending": (1, 10), "accepted": (1, 10)}
-    assert reopened.meta("settings") == {"chunk_size": 10}
+    assert reopened.recorded_settings() == {"chunk_size": 10}
     reopened.close_sync()
+
+
+async def test_parked_chunk_keeps_what_its_proof_needs(tmp_path: Path) -> None:
+    """park() records the id set and hashes; accepted() with evidence clears the hashes."""
+    journal = new_journal(tmp_path / "j.journal")
+    (chunk,) = _chunks(10)
+    await journal.sending(chunk)
+    await journal.park(1, "abc", b"\x01" * 80, "no answer")
+    (row,) = journal.rows(ChunkState.UNKNOWN)
+    assert (row.id_set, row.last_error) == ("abc", "no answer")
+    assert journal.id_hashes(1) == b"\x01" * 80
+    await journal.accepted(1, "job-1", evidence="job job-1 holds exactly its ids")
+    (row,) = journal.rows()
+    assert (row.state, row.evidence) == (ChunkState.ACCEPTED, "job job-1 holds exactly its ids")
+    assert journal.id_hashes(1) is None
+    await journal.close()
 
 
 async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
     """Many writers at once are group-committed into fewer transactions than writes."""
-    import asyncio
-
-    journal = Journal.create(tmp_path / "j.journal", {}, [])
+    journal = new_journal(tmp_path / "j.journal")
     chunks = _chunks(2000, 10)
     await asyncio.gather(*(journal.sending(c) for c in chunks))
     assert journal.counts()["sending"] == (200, 2000)
@@ -58,20 +92,145 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
 
 
 async def test_refuses_to_overwrite_a_journal_with_chunks(tmp_path: Path) -> None:
-    """Creating over a journal that holds chunks is an error pointing at resume."""
+    """Claiming a path whose journal holds chunks is an error pointing at resume."""
     path = tmp_path / "j.journal"
-    journal = Journal.create(path, {}, [])
+    journal = new_journal(path)
     await journal.add(_chunks(10)[0])
     await journal.close()
     with pytest.raises(InputError, match="bulkjob resume"):
-        Journal.create(path, {}, [])
+        Journal.claim(path)
+    assert not lock_path(path).exists()
 
 
 def test_open_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
-    """A missing path or a file that is not a journal gives a clear error."""
-    with pytest.raises(InputError, match="no such journal"):
+    """A missing path or a file that is not a journal gives a clear error naming it."""
+    with pytest.raises(JournalError, match="no such journal"):
         Journal.open(tmp_path / "nope.journal")
     other = tmp_path / "other.db"
     other.write_text("definitely not sqlite" * 100)
-    with pytest.raises((InputError, ConfigError), match=r"other\.db"):
+    with pytest.raises(JournalError, match=r"other\.db.*not a bulkjob journal"):
         Journal.open(other)
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_an_unrelated_sqlite_file_is_never_modified(tmp_path: Path, readonly: bool) -> None:
+    """Opening an application's own SQLite database is refused with every byte unchanged."""
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO users(name) VALUES ('ada')")
+    db.close()
+    before = _digest(app)
+    with pytest.raises(JournalError, match="not a bulkjob journal"):
+        Journal.open(app, readonly=readonly)
+    with pytest.raises(JournalError, match="not a bulkjob journal"):
+        Journal.claim(app)
+    assert _digest(app) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal, -shm, .lock
+
+
+async def test_an_older_schema_is_migrated_under_the_lock(tmp_path: Path) -> None:
+    """A journal of schema 1, lacking today's columns, is brought up to date and resumable."""
+    path = tmp_path / "old.journal"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE chunks (seq INTEGER PRIMARY KEY, first TEXT NOT NULL,
+                last TEXT NOT NULL, ids INTEGER NOT NULL, digest TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'pending', job_id TEXT);
+            """
+        )
+        db.execute("INSERT INTO run VALUES ('version', '1')")
+        db.execute("INSERT INTO run VALUES ('settings', '{}')")
+        db.execute("INSERT INTO chunks VALUES (1, 'f:1', 'f:10', 10, 'd', 'accepted', 'job-1')")
+    db.close()
+    readonly = Journal.open(path, readonly=True)
+    assert [(r.seq, r.state, r.job_id, r.evidence) for r in readonly.rows()] == [
+        (1, ChunkState.ACCEPTED, "job-1", None)
+    ]
+    readonly.close_sync()
+    journal = Journal.open(path)
+    assert journal.meta("version") == SCHEMA_VERSION
+    (chunk,) = _chunks(10)
+    await journal.sending(chunk)
+    await journal.park(1, "set", b"h" * 8, "lost")
+    assert [r.state for r in journal.rows()] == [ChunkState.UNKNOWN]
+    await journal.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A journal written by a newer bulkjob is refused with a message, not a traceback."""
+    path = tmp_path / "new.journal"
+    new_journal(path).close_sync()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE run SET value = ? WHERE key = 'version'", (json.dumps(99),))
+    db.close()
+    with pytest.raises(JournalError, match="newer bulkjob"):
+        Journal.open(path)
+
+
+def test_second_opener_is_refused_with_the_holder(tmp_path: Path) -> None:
+    """While one handle holds the journal, another gets JournalLockedError naming the pid."""
+    path = tmp_path / "j.journal"
+    held = new_journal(path)
+    with pytest.raises(JournalLockedError, match=rf"pid {os.getpid()} on host"):
+        Journal.open(path, "bulkjob resume")
+    reader = Journal.open(path, readonly=True)  # status without --refresh works alongside
+    assert reader.counts() == {}
+    reader.close_sync()
+    held.close_sync()
+    Journal.open(path).close_sync()  # free again once released
+
+
+def test_lock_of_a_process_killed_with_9_is_taken_over(tmp_path: Path) -> None:
+    """A lock held by a process killed with SIGKILL is free at once for the next one."""
+    path = tmp_path / "j.journal"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from bulkjob._lock import JournalLock\n"
+            f"lock = JournalLock.acquire({str(path)!r}, 'holder')\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(JournalLockedError, match=rf"pid {holder.pid} .*holder"):
+            JournalLock.acquire(path)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert lock_path(path).exists()  # left behind, but nobody holds it
+    with JournalLock.acquire(path, "next") as lock:
+        assert lock.held
+    assert not lock_path(path).exists()
+
+
+async def test_a_failed_write_becomes_journal_error_for_every_writer(tmp_path: Path) -> None:
+    """A write the disk refuses is a JournalError naming the journal, now and for later writes."""
+    path = tmp_path / "j.journal"
+    journal = new_journal(path)
+    first, second = _chunks(20)
+    await journal.sending(first)
+    # A read-only file system, as a full disk would: SQLite cannot write any more.
+    os.chmod(path, 0o444)
+    os.chmod(path.with_name(path.name + "-wal"), 0o444)
+    if os.geteuid() == 0:  # root writes read-only files: stop the journal's connection instead
+        assert journal._conn is not None
+        journal._conn.execute("PRAGMA query_only=ON")
+    with pytest.raises(JournalError, match=r"j\.journal: cannot write"):
+        await journal.sending(second)
+    with pytest.raises(JournalError, match=r"j\.journal"):
+        await journal.accepted(1, "job-1")
+    journal.close_sync()
+    assert not lock_path(path).exists()

@@ -149,7 +149,7 @@ async def test_results_merge_holds_every_id_once(
     summary = await results(journal, settings, tmp_path / "results", merge=merged)
     with merged.open(newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][0] == "id"
+    assert rows[0][0] == "newContactId"
     assert [r for r in rows[1:] if r == rows[0]] == []
     assert [r[0] for r in rows[1:]] == IDS
     assert summary.rows_merged == len(IDS)

@@ -1,0 +1,612 @@
+"""One owner of a chunk's fate: write-ahead, send, verdict, proof, and resend or settle.
+
+Everything that keeps an id from being lost or paid twice happens in this module, in
+this order::
+
+    take(chunk)   the journal says accepted / rejected earlier  -> the report, as it was
+                  sending / unknown / ambiguous (a lost answer) -> park it
+                  anything else                                 -> send it
+    send          in a limiter slot: stop requested? -> journal 'sending' (durable) -> POST
+                  classify_submit(answer):
+                    accepted          -> journal 'accepted'                  -> report
+                    429 / 401         -> pause or new token, same request again
+                    not sent          -> backoff, again (bounded in attempts and time)
+                    quota, queue full -> journal 'pending', stop the run (or wait for room)
+                    rejected          -> journal 'rejected'                  -> report
+                    unknown           -> journal 'unknown' with its id set   -> park it
+    park          the run carries on; a proof settles the chunk later:
+    prove         list the account's jobs created around the send (server clock);
+                  read each candidate's results, the most likely first:
+                    exactly the chunk's ids       -> journal 'accepted' + evidence
+                    every candidate holds others  -> journal 'pending' + evidence -> send
+                      (believed only once ``reconcile_grace`` has passed since the send)
+                    only unreadable ones left     -> journal 'ambiguous' (exit 8)
+                    some still running            -> look again later
+
+Counts and creation times only *order* the candidates; what decides is content (see
+:mod:`bulkjob._evidence`). A chunk is never sent again while a job may hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from ._account import QueueRoom
+from ._answers import (
+    Accepted,
+    Refused,
+    Retry,
+    Throttled,
+    TokenRefused,
+    Unknown,
+    classify_submit,
+)
+from ._chunker import Chunk
+from ._client import ApiClient, Tries
+from ._errors import (
+    AuthError,
+    BulkJobError,
+    JobRejectedError,
+    JournalError,
+    QueueFullError,
+    RequestError,
+    StopReason,
+    StopRequested,
+    Transient,
+    TransportError,
+)
+from ._evidence import Candidate, Final, IdSet, JobContent, JobReader, Running, Unreadable
+from ._journal import UNSETTLED, ChunkRow, ChunkState, Journal
+from ._logging import get_logger, redact
+from ._report import RunReport
+from ._retry import retrying
+from ._settings import Settings
+
+__all__ = ["AmbiguousPolicy", "StopSignal", "Submitter"]
+
+log = get_logger()
+
+#: What to do with a chunk whose proof is impossible: stop (exit 8), resend, give up.
+AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
+
+
+class StopSignal:
+    """The run's one stop: the first reason given wins; nothing new starts after it."""
+
+    __slots__ = ("event", "listeners", "message", "reason")
+
+    def __init__(self) -> None:
+        self.reason: StopReason | None = None
+        self.message: str | None = None
+        self.event = asyncio.Event()
+        #: Called once, synchronously, when the stop is requested.
+        self.listeners: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<StopSignal {self.reason or 'running'}>"
+
+    @property
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self.reason is not None
+
+    def request(self, reason: StopReason, message: str | None = None) -> None:
+        """Stop starting new work; only the first call counts."""
+        if self.reason is None:
+            self.reason, self.message = reason, message
+            self.event.set()
+            log.warning("run.stopping", reason=reason, message=redact(message or ""))
+            for listener in self.listeners:
+                listener()
+
+
+# -- the proof's typed outcomes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Proven:
+    """A job's results hold exactly the chunk's ids: the chunk is that job."""
+
+    job_id: str
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotAccepted:
+    """No job holds the chunk: every candidate holds other ids, and the grace is over."""
+
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unprovable:
+    """Candidates are left that can never tell (aborted, failed without results)."""
+
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Candidates still running, or the grace not over yet: look again later."""
+
+    running: int
+
+
+Proof: TypeAlias = Proven | NotAccepted | Unprovable | Waiting
+
+
+@dataclass(slots=True)
+class _Parked:
+    """A chunk whose submit has an unknown outcome."""
+
+    seq: int
+    ids: IdSet
+    sent_at: float  # our clock: when its last request left (at the earliest)
+    latest: float  # ... and at the latest (the same, unless a crash hid it)
+    chunk: Chunk | None  # None when proven from the journal alone: it cannot be resent here
+    reason: str
+
+
+@dataclass(slots=True)
+class _Round:
+    """One look at the account: its jobs around the sends, and what each was seen holding."""
+
+    jobs: list[Candidate]
+    complete: bool
+    at: float  # our clock when the list was read
+    offset: float  # server clock minus ours
+    seen: dict[str, JobContent] = field(default_factory=dict)
+
+
+class Submitter:
+    """Owns every chunk of one command from read to settled (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ApiClient,
+        journal: Journal | None,
+        report: RunReport,
+        stop: StopSignal,
+        rows: Mapping[int, ChunkRow] | None = None,
+        *,
+        ambiguous: AmbiguousPolicy = "stop",
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._journal = journal
+        self._report = report
+        self._stop = stop
+        self._rows = dict(rows or {})
+        self._policy = ambiguous
+        #: Jobs known to hold one of this run's chunks: never a candidate for another.
+        self._known = {r.job_id for r in self._rows.values() if r.job_id}
+        self._reader = JobReader(settings, client)
+        self._room = QueueRoom(settings, journal, stop.event, client)
+        self._sends = asyncio.Semaphore(settings.concurrency)
+        self._parked: dict[int, _Parked] = {}
+        self._max_parked = max(8, 2 * settings.concurrency)
+        self._changed = asyncio.Event()  # a chunk parked or settled
+        self._new_park = asyncio.Event()  # wakes the prover early
+        self._lost: dict[int, int] = {}  # chunk -> submits in a row without a usable answer
+        self._prover: asyncio.Task[None] | None = None
+        self._resends: set[asyncio.Task[None]] = set()
+        self._to_send: dict[int, Chunk] = {}  # proven not accepted, being sent again
+        #: Chunks proven not accepted that this command cannot send (no input here).
+        self.to_resend: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<Submitter parked={len(self._parked)} resending={len(self._resends)}>"
+
+    @property
+    def awaiting_proof(self) -> int:
+        """Chunks parked right now."""
+        return len(self._parked)
+
+    # -- taking chunks ----------------------------------------------------------------------
+
+    async def take(self, chunk: Chunk) -> None:
+        """Decide ``chunk``'s fate as far as can be now; parked chunks are settled later."""
+        row = self._rows.pop(chunk.seq, None)
+        state = row.state if row is not None else None
+        if row is not None and state is ChunkState.ACCEPTED and row.job_id:
+            self._report.add_accepted(chunk, row.job_id, earlier=True)
+        elif row is not None and state in (ChunkState.REJECTED, ChunkState.ABANDONED):
+            self._report.add_rejected(chunk, row.last_error or str(state))
+        elif row is not None and state in UNSETTLED:
+            if self._stop.is_set:
+                ambiguous = state is ChunkState.AMBIGUOUS
+                self._report.add_pending(chunk, awaiting_proof=True, ambiguous=ambiguous)
+                return
+            reason = row.last_error or f"left {state} by an earlier command"
+            await self._park(chunk, row.sent_at, reason)
+        elif self._stop.is_set:
+            self._report.add_pending(chunk)
+        else:
+            try:
+                if self._journal is not None and row is None:
+                    await self._record(self._journal.add(chunk))
+                # Back-pressure: a full parking lot holds new sends (not resends) back.
+                while len(self._parked) >= self._max_parked and not self._stop.is_set:
+                    self._changed.clear()
+                    await self._changed.wait()
+            except asyncio.CancelledError:
+                self._report.add_pending(chunk)
+                raise
+            await self._send(chunk)
+
+    async def adopt_journal(self) -> None:
+        """Park every unsettled chunk of the journal that can be proven without the input
+        (``wait``): their id sets were journaled when they were parked."""
+        assert self._journal is not None
+        for row in self._journal.rows(*UNSETTLED):
+            hashes = self._journal.id_hashes(row.seq)
+            if row.id_set is None or hashes is None:
+                self.to_resend.append(row.seq)  # left 'sending' by a crash: resume proves it
+                continue
+            ids = IdSet.stored(row.id_set, hashes)
+            sent_at, latest = self._send_window(row.sent_at)
+            reason = row.last_error or "unknown outcome"
+            self._parked[row.seq] = _Parked(row.seq, ids, sent_at, latest, None, reason)
+        self._wake_prover()
+
+    async def finish(self, *, prove: bool = True) -> None:
+        """Wait until every parked chunk is proven and resent (unless the run stops), then
+        account for what is still parked as pending, awaiting proof."""
+        try:
+            while prove and not self._stop.is_set and (self._parked or self._to_send):
+                self._changed.clear()
+                signals = [
+                    asyncio.ensure_future(self._changed.wait()),
+                    asyncio.ensure_future(self._stop.event.wait()),
+                ]
+                try:
+                    await asyncio.wait(
+                        [*signals, *self._resends], return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for signal in signals:
+                        signal.cancel()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop proving and resending; what is parked counts as pending, awaiting proof."""
+        tasks = [t for t in (self._prover, *self._resends) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for chunk in self._to_send.values():  # a resend cancelled before it began
+            self._report.add_pending(chunk)
+        self._to_send.clear()
+        for parked in sorted(self._parked.values(), key=lambda p: p.seq):
+            if parked.chunk is not None:
+                self._report.add_pending(parked.chunk, awaiting_proof=True)
+            else:
+                self._report.awaiting_proof.append(parked.seq)
+        self._parked.clear()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _send(self, chunk: Chunk) -> None:
+        """Send ``chunk`` until it is accepted, refused or parked; every way out of here
+        puts it in exactly one of the report's buckets, or in the parking lot."""
+        try:
+            while True:
+                async with self._sends:
+                    verdict, sent_at = await self.post(chunk)
+                if (
+                    isinstance(verdict, Refused)
+                    and isinstance(verdict.error, QueueFullError)
+                    and self._settings.on_queue_full == "wait"
+                    and not self._stop.is_set
+                ):
+                    await self._room.wait()
+                    continue
+                break
+        except asyncio.CancelledError:
+            self._report.add_pending(chunk)  # the journal has it 'sending' if it may have left
+            raise
+        except StopRequested:
+            self._report.add_pending(chunk)
+            await self._settle(chunk.seq, ChunkState.PENDING, "stopped before sending")
+            return
+        except BulkJobError as exc:  # retries exhausted, credentials refused, journal failed
+            self._report.add_pending(chunk)
+            self._stop.request(exc.stop_reason, str(exc))
+            if exc.stop_reason != "journal":
+                await self._settle(chunk.seq, ChunkState.PENDING, str(exc))
+            return
+        if isinstance(verdict, Accepted):
+            self._lost.pop(chunk.seq, None)
+            self._accepted(chunk.seq, verdict.job_id, chunk)
+            if self._journal is not None:
+                write = self._journal.accepted(chunk.seq, verdict.job_id, status=verdict.status)
+                await self._record(write)
+        elif isinstance(verdict, Unknown):
+            log.warning("chunk.unknown_outcome", chunk=chunk.seq, reason=verdict.reason)
+            await self._park(chunk, sent_at, verdict.reason)
+        elif isinstance(verdict.error, JobRejectedError):
+            reason = redact(verdict.error.server_message or str(verdict.error))
+            err = verdict.error
+            self._report.add_rejected(chunk, reason, err.status, err.error_number)
+            await self._settle(chunk.seq, ChunkState.REJECTED, reason)
+        else:  # quota, queue full, auth, protocol: nothing was created, and the run stops
+            self._report.add_pending(chunk)
+            self._stop.request(verdict.error.stop_reason, str(verdict.error))
+            await self._settle(chunk.seq, ChunkState.PENDING, str(verdict.error))
+
+    async def post(self, chunk: Chunk) -> tuple[Accepted | Refused | Unknown, float]:
+        """Submit once as far as the outcome goes: a 429, a 401 or a connection that was
+        never made prove nothing was created, and only those are sent again here."""
+        s = self._settings
+        params = {"retrieveCompanyDetails": "true"} if s.retrieve_company_details else {}
+        if s.webhook:
+            params["webhook"] = s.webhook
+        body = chunk.body()
+        try:
+            async for attempt in retrying(s, self._client.on_retry):
+                with attempt:
+                    tries = Tries(chunk=chunk.seq)
+                    while True:
+                        token = await self._client.token()
+                        async with self._client.limiter:
+                            if self._stop.is_set:
+                                raise StopRequested(f"chunk {chunk.seq}: the run is stopping")
+                            if self._journal is not None:
+                                await self._journal.sending(chunk)  # write-ahead, durable
+                            sent_at = time.time()
+                            answer = await self._client.exchange(
+                                "POST", s.job_kind.path, token=token, params=params, body=body
+                            )
+                        verdict = classify_submit(answer, self._client.rules, chunk.seq)
+                        if not isinstance(verdict, Throttled | TokenRefused):
+                            break
+                        await self._client.recover(verdict, tries, token)
+                    if isinstance(verdict, Retry):
+                        raise Transient(verdict.reason, status=verdict.status)
+                    self._client.succeeded()
+                    return verdict, sent_at
+        except Transient as exc:
+            raise TransportError(
+                f"gave up after {s.max_attempts} attempts: {exc.reason}",
+                status=exc.status,
+                chunk=chunk.seq,
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    def _accepted(self, seq: int, job_id: str, chunk: Chunk | None) -> None:
+        self._known.add(job_id)  # before any await: a proof round may be reading candidates
+        self._room.open_jobs[job_id] = seq
+        if chunk is not None:
+            self._report.add_accepted(chunk, job_id)
+
+    async def _settle(
+        self, seq: int, state: ChunkState, error: str | None, evidence: str | None = None
+    ) -> None:
+        if self._journal is not None:
+            error = redact(error or "") or None
+            await self._record(self._journal.settle(seq, state, error, evidence=evidence))
+
+    async def _record(self, write: Awaitable[None]) -> bool:
+        """Await a journal write; a failing journal stops the run (what it could not
+        record stays as the journal last had it: resume proves what needs proof)."""
+        try:
+            await write
+        except JournalError as exc:
+            self._stop.request("journal", str(exc))
+            return False
+        return True
+
+    # -- parking and proving ----------------------------------------------------------------
+
+    async def _park(self, chunk: Chunk, sent_at: float | None, reason: str) -> None:
+        # Synchronous (~10 ms for 10,000 ids, and only for lost answers): the chunk is in
+        # the parking lot before any await, so a cancellation cannot leave it nowhere.
+        ids = IdSet.of(chunk.ids)
+        earliest, latest = self._send_window(sent_at)
+        reason = redact(reason)
+        self._parked[chunk.seq] = _Parked(chunk.seq, ids, earliest, latest, chunk, reason)
+        self._lost[chunk.seq] = self._lost.get(chunk.seq, 0) + 1
+        if self._journal is not None:
+            await self._record(self._journal.park(chunk.seq, ids.digest, ids.hashes, reason))
+        self._wake_prover()
+
+    def _send_window(self, sent_at: float | None) -> tuple[float, float]:
+        """(earliest, latest) time a journaled send may have left: exact when the journal
+        has it; else anywhere between the run's start and now."""
+        if sent_at is not None:
+            return sent_at, sent_at
+        assert self._journal is not None
+        created = self._journal.meta("created")
+        return float(created) if isinstance(created, int | float) else 0.0, time.time()
+
+    def _wake_prover(self) -> None:
+        self._changed.set()
+        self._new_park.set()
+        if self._parked and (self._prover is None or self._prover.done()):
+            self._prover = asyncio.create_task(self._prove_loop())
+
+    async def _prove_loop(self) -> None:
+        """Rounds of proof while chunks are parked: often while a grace runs out, then
+        backing off (x1.5 a round, up to 10x) while candidate jobs are still running."""
+        s = self._settings
+        delay = s.proof_poll_interval
+        failures = 0
+        while self._parked and not self._stop.is_set:
+            try:
+                settled = await self._prove_round()
+                failures = 0
+            except AuthError as exc:
+                self._stop.request("auth", str(exc))
+                return
+            except RequestError as exc:  # the list or a result could not be read: later
+                failures += 1
+                log.warning("proof.failed", error=str(exc), in_a_row=failures)
+                if failures >= s.max_attempts:
+                    self._stop.request("transport", f"cannot prove lost answers: {exc}")
+                    return
+                settled = False
+            except BulkJobError as exc:  # the journal
+                self._stop.request(exc.stop_reason, str(exc))
+                return
+            delay = (
+                s.proof_poll_interval if settled else min(delay * 1.5, 10 * s.proof_poll_interval)
+            )
+            now = time.time()
+            graces = [p.latest + s.reconcile_grace - now for p in self._parked.values()]
+            pending_grace = [g for g in graces if g > 0]
+            pause = min([delay, *(g + 0.01 for g in pending_grace)])
+            self._new_park.clear()
+            wakers = [
+                asyncio.ensure_future(self._stop.event.wait()),
+                asyncio.ensure_future(self._new_park.wait()),
+            ]
+            try:
+                await asyncio.wait(wakers, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waker in wakers:
+                    waker.cancel()
+
+    async def _prove_round(self) -> bool:
+        """One look at the account for every parked chunk; True if any was settled."""
+        s = self._settings
+        parked = sorted(self._parked.values(), key=lambda p: p.sent_at)
+        look = await self._look(parked)
+        known_offset = self._client.server_offset
+        if known_offset is not None and abs(known_offset - look.offset) > s.reconcile_skew / 2:
+            look = await self._look(parked)  # the first answer taught us the server's clock
+        settled = False
+        for p in parked:
+            if p.seq not in self._parked or self._stop.is_set:
+                continue
+            proof = await self._prove(p, look)
+            settled |= await self._apply(p, proof)
+        return settled
+
+    async def _look(self, parked: list[_Parked]) -> _Round:
+        s = self._settings
+        offset = self._client.server_offset or 0.0
+        at = time.time()
+        since = parked[0].sent_at + offset - s.reconcile_skew
+        until = max(p.latest for p in parked) + offset + s.request_timeout + s.reconcile_skew
+        jobs, complete = await self._reader.candidates(since, until)
+        return _Round(jobs, complete, at, offset)
+
+    async def _prove(self, p: _Parked, look: _Round) -> Proof:
+        """What the account's jobs say about ``p`` (typed: never an exception or a guess)."""
+        s = self._settings
+        sent = p.sent_at + look.offset  # on the server's clock
+        lo = sent - s.reconcile_skew
+        hi = p.latest + look.offset + s.request_timeout + s.reconcile_skew
+        candidates = [
+            j
+            for j in look.jobs
+            if j.job_id not in self._known and (j.created is None or lo <= j.created <= hi)
+        ]
+        # Heuristics only order the checks: same size first, then the nearest in time.
+        candidates.sort(key=lambda j: (j.ids != p.ids.count, abs((j.created or sent) - sent)))
+        ruled_out: list[str] = []
+        unclear: list[str] = []
+        running = 0
+        for job in candidates:
+            content = look.seen.get(job.job_id)
+            if content is None:
+                content = look.seen[job.job_id] = await self._reader.content(job)
+            if isinstance(content, Running):
+                running += 1
+            elif isinstance(content, Unreadable):
+                unclear.append(f"{job.job_id} ({content.status}: {content.reason})")
+            elif isinstance(content, Final):
+                relation = p.ids.relation(content.ids)
+                if relation == "same":
+                    return Proven(
+                        job.job_id,
+                        f"job {job.job_id} ({content.status}): its results hold exactly this "
+                        f"chunk's {p.ids.count:,} ids",
+                    )
+                if relation == "foreign":
+                    ruled_out.append(job.job_id)
+                else:
+                    unclear.append(
+                        f"{job.job_id} (its results hold {content.ids.count:,} of this "
+                        f"chunk's {p.ids.count:,} ids and no other)"
+                    )
+        if running or look.at < p.latest + s.reconcile_grace:
+            return Waiting(running)
+        if not look.complete:
+            return Unprovable("the account's job list ran past the page cap around the send")
+        if unclear:
+            return Unprovable("candidate job(s) that cannot tell: " + "; ".join(unclear[:5]))
+        if ruled_out:
+            shown = ", ".join(ruled_out[:10]) + (" ..." if len(ruled_out) > 10 else "")
+            return NotAccepted(
+                f"not accepted: {len(ruled_out)} job(s) created around the send hold other "
+                f"ids ({shown})"
+            )
+        return NotAccepted(
+            f"not accepted: no job was created around the send "
+            f"({s.reconcile_grace:g}s grace passed)"
+        )
+
+    async def _apply(self, p: _Parked, proof: Proof) -> bool:
+        """Act on a proof; True if the chunk left the parking lot."""
+        if isinstance(proof, Waiting):
+            return False
+        del self._parked[p.seq]
+        self._changed.set()
+        self._report.proven_chunks.append(p.seq)
+        log.info("chunk.proven", chunk=p.seq, outcome=type(proof).__name__, evidence=proof.evidence)
+        if isinstance(proof, Proven):
+            self._lost.pop(p.seq, None)
+            self._accepted(p.seq, proof.job_id, p.chunk)
+            if self._journal is not None:
+                await self._record(
+                    self._journal.accepted(p.seq, proof.job_id, evidence=proof.evidence)
+                )
+            return True
+        if isinstance(proof, Unprovable) and self._policy != "resubmit":
+            if self._policy == "abandon":
+                if p.chunk is not None:
+                    self._report.add_rejected(p.chunk, f"abandoned by request: {proof.evidence}")
+                await self._settle(
+                    p.seq, ChunkState.ABANDONED, "abandoned by request", proof.evidence
+                )
+            else:
+                if p.chunk is not None:
+                    self._report.add_pending(p.chunk, ambiguous=True)
+                else:
+                    self._report.ambiguous_chunks.append(p.seq)
+                await self._settle(p.seq, ChunkState.AMBIGUOUS, p.reason, proof.evidence)
+            return True
+        # Not accepted (or resubmitted by request): it goes again, from 'pending'. Where it
+        # goes is decided before the journal write: a chunk is never nowhere across an await.
+        resend = False
+        if p.chunk is None:
+            self.to_resend.append(p.seq)
+        elif (lost := self._lost.get(p.seq, 0)) >= self._settings.max_attempts:
+            self._report.add_pending(p.chunk)
+            self._stop.request(
+                "transport", f"chunk {p.seq}: {lost} submits in a row got no usable answer"
+            )
+        else:
+            self._to_send[p.seq] = p.chunk
+            resend = True
+        await self._settle(p.seq, ChunkState.PENDING, p.reason, proof.evidence)
+        if resend and p.seq in self._to_send:
+            task = asyncio.create_task(self._resend(p.seq))
+            self._resends.add(task)
+            task.add_done_callback(self._resends.discard)
+            self._changed.set()
+        return True
+
+    async def _resend(self, seq: int) -> None:
+        chunk = self._to_send[seq]
+        try:
+            await self._send(chunk)
+        finally:
+            self._to_send.pop(seq, None)
