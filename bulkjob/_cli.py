@@ -100,6 +100,7 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept", choices=["json", "xml"])
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("-v", "--verbose", action="store_true", help="log every job (info level)")
 
 
@@ -120,7 +121,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="refuse to start when the account has fewer credits than ids",
     )
     p.add_argument("--report", metavar="PATH", help="write the run report as JSON")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,7 +210,6 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("journal", metavar="JOURNAL")
     wait.add_argument("--poll", type=_number, metavar="SECONDS", help="first poll interval")
     wait.add_argument("--timeout", type=_number, metavar="SECONDS")
-    wait.add_argument("--no-progress", dest="progress", action="store_false")
     _add_api_options(wait)
     results = sub.add_parser("results", help="download the finished jobs' result CSVs")
     results.add_argument("journal", metavar="JOURNAL")

@@ -6,7 +6,8 @@ run reports when it ends on it::
     BulkJobError                                                           exit
     ├── ConfigError              bad setting, flag, env var or config file     2
     ├── InputError               unreadable / malformed input, with file:line  2
-    ├── JournalError             the journal cannot be read or written        11
+    ├── JournalError             the journal cannot be written (11), or the
+    │                            path is no usable journal (2)
     │   └── JournalLockedError   another process holds the journal            10
     ├── StopRequested            the run is stopping: a send was held back   130
     ├── WaitTimeoutError         ``wait`` ran out of time, jobs still open     9
@@ -144,10 +145,18 @@ class JournalError(BulkJobError):
 
     stop_reason = "journal"
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, *, usable: bool = True) -> None:
         self.path = path
         self.problem = problem
+        #: False when the file is not a journal bulkjob can use at all (missing, foreign,
+        #: newer): a usage error (exit 2), not a failing disk.
+        self.usable = usable
         super().__init__(f"journal {path}: {problem}" if path else problem)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Exit 11 for a journal that cannot be written; 2 for a path that is no journal."""
+        return ExitCode.JOURNAL if self.usable else ExitCode.USAGE
 
 
 class JournalLockedError(JournalError):

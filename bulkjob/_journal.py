@@ -262,13 +262,14 @@ class Journal:
         """
         path = Path(path)
         if not path.is_file():
-            raise JournalError(str(path), "no such journal")
+            raise JournalError(str(path), "no such journal", usable=False)
         version, columns = _inspect(path)
         if version > SCHEMA_VERSION:
             raise JournalError(
                 str(path),
                 f"written by a newer bulkjob (schema {version}, this one reads up to "
                 f"{SCHEMA_VERSION}): upgrade bulkjob",
+                usable=False,
             )
         journal = cls(path)
         journal._columns = columns
@@ -617,7 +618,9 @@ def _read_only(path: Path, sql: str) -> list[tuple[object, ...]]:
     try:
         return conn.execute(sql).fetchall()
     except sqlite3.Error as exc:
-        raise JournalError(str(path), f"not a bulkjob journal ({_cause(exc)})") from None
+        raise JournalError(
+            str(path), f"not a bulkjob journal ({_cause(exc)})", usable=False
+        ) from None
     finally:
         conn.close()
 
@@ -631,21 +634,25 @@ def _inspect(path: Path) -> tuple[int, frozenset[str]]:
     except OSError as exc:
         raise JournalError(str(path), f"cannot read: {exc.strerror}") from None
     if magic != _SQLITE_MAGIC:
-        raise JournalError(str(path), "not a bulkjob journal (not an SQLite file)")
+        raise JournalError(str(path), "not a bulkjob journal (not an SQLite file)", usable=False)
     tables = {str(r[0]) for r in _read_only(path, "SELECT name FROM sqlite_master")}
     if not {"run", "chunks"} <= tables:
-        raise JournalError(str(path), "not a bulkjob journal (an unrelated SQLite database)")
+        raise JournalError(
+            str(path), "not a bulkjob journal (an unrelated SQLite database)", usable=False
+        )
     columns = frozenset(str(r[1]) for r in _read_only(path, "PRAGMA table_info(chunks)"))
     missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise JournalError(str(path), f"not a bulkjob journal (no column {missing[0]!r})")
+        raise JournalError(
+            str(path), f"not a bulkjob journal (no column {missing[0]!r})", usable=False
+        )
     rows = _read_only(path, "SELECT value FROM run WHERE key = 'version'")
     try:
         version = int(json.loads(str(rows[0][0]))) if rows else 0
     except (ValueError, TypeError):
         version = 0
     if version < 1:
-        raise JournalError(str(path), "not a bulkjob journal (no schema version)")
+        raise JournalError(str(path), "not a bulkjob journal (no schema version)", usable=False)
     return version, columns
 
 

@@ -280,6 +280,18 @@ class Sandbox:
         form = await request.post()
         params.update((k, v) for k, v in form.items() if isinstance(v, str))
         config = self.config
+        self.ledger.token_requests += 1
+        if config.token_latency:
+            await asyncio.sleep(config.token_latency)
+        rng = self._state.faults_rng
+        if config.token_fault_rate and rng.random() < config.token_fault_rate:
+            kind = rng.choice(config.token_fault_kinds)
+            self.ledger.faults[f"token_{kind}"] += 1
+            if kind == "reset":
+                return await _drop(request)
+            if kind == "garbage":
+                return web.Response(text='{"accessTokenDetails": {"acc', content_type="text/html")
+            return self._server_fault(request, rng.choice(_FAULT_STATUSES))
         if (params.get("clientId"), params.get("clientSecret")) != (
             config.client_id,
             config.client_secret,

@@ -9,7 +9,7 @@ import sys
 
 from ._errors import ConfigError
 from ._sandbox import Sandbox
-from ._sandbox_config import GARBAGE_KINDS, SandboxConfig
+from ._sandbox_config import GARBAGE_KINDS, TOKEN_FAULT_KINDS, SandboxConfig
 
 __all__ = ["parse_args", "sandbox_main"]
 
@@ -180,6 +180,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K,K",
         help=f"from {','.join(GARBAGE_KINDS)} (default: all)",
     )
+    login = p.add_argument_group("the token endpoint (a login host of its own)")
+    login.add_argument("--token-latency", type=_seconds, default=0.0, metavar="S")
+    login.add_argument(
+        "--token-fault-rate",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help=f"token requests that fail, as one of: {', '.join(TOKEN_FAULT_KINDS)}",
+    )
     return p
 
 
@@ -215,6 +224,8 @@ def parse_args(argv: list[str]) -> tuple[SandboxConfig, str, int]:
             accept_then_5xx_rate=args.accept_then_5xx_rate,
             accept_then_garbage_rate=args.accept_then_garbage_rate,
             garbage_kinds=args.garbage_kinds,
+            token_latency=args.token_latency,
+            token_fault_rate=args.token_fault_rate,
             seed=args.seed,
         )
     except ConfigError as exc:

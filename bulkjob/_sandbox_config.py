@@ -17,11 +17,14 @@ from dataclasses import dataclass
 
 from ._errors import ConfigError
 
-__all__ = ["GARBAGE_KINDS", "SandboxConfig", "apply_changes"]
+__all__ = ["GARBAGE_KINDS", "TOKEN_FAULT_KINDS", "SandboxConfig", "apply_changes"]
 
 #: What a 200 answer to an accepted submit can be garbled into (``accept_then_garbage_rate``):
 #: a body cut off mid-way, a well-formed body without ``jobId``, an HTML page.
 GARBAGE_KINDS = ("truncated", "no_job_id", "html")
+#: How the token endpoint can fail (``token_fault_rate``): a 5xx page, a reset connection, or
+#: a 200 whose body holds no token.
+TOKEN_FAULT_KINDS = ("5xx", "reset", "garbage")
 
 _RATES = (
     "fault_5xx_rate",
@@ -31,8 +34,16 @@ _RATES = (
     "accept_then_garbage_rate",
     "job_fail_rate",
     "no_match_rate",
+    "token_fault_rate",
 )
-_DURATIONS = ("token_lifetime", "latency", "processing_after", "finished_after", "list_lag")
+_DURATIONS = (
+    "token_lifetime",
+    "token_latency",
+    "latency",
+    "processing_after",
+    "finished_after",
+    "list_lag",
+)
 # Fields POST /_sandbox/config may not change: the seed is consumed when the random generators
 # are built, so changing it afterwards would claim a reproducibility the server cannot give.
 _FIXED = frozenset({"seed"})
@@ -46,6 +57,11 @@ class SandboxConfig:
     client_id: str = "sandbox-client"
     client_secret: str = "sandbox-secret"
     token_lifetime: float = 3600.0
+    #: A slow login host: seconds before the token endpoint answers.
+    token_latency: float = 0.0
+    #: Share of token requests that fail, each in one of ``token_fault_kinds``.
+    token_fault_rate: float = 0.0
+    token_fault_kinds: tuple[str, ...] = TOKEN_FAULT_KINDS
     throttle_requests: int | None = None
     throttle_window: float = 300.0
     lockout: bool = True
@@ -111,6 +127,12 @@ class SandboxConfig:
             raise ConfigError(
                 f"garbage_kinds: must be one or more of {', '.join(GARBAGE_KINDS)}, "
                 f"got {', '.join(self.garbage_kinds) or 'none'}"
+            )
+        unknown = [k for k in self.token_fault_kinds if k not in TOKEN_FAULT_KINDS]
+        if unknown or not self.token_fault_kinds:
+            raise ConfigError(
+                f"token_fault_kinds: must be one or more of {', '.join(TOKEN_FAULT_KINDS)}, "
+                f"got {', '.join(self.token_fault_kinds) or 'none'}"
             )
         column = self.results_id_column
         # The column name is written into a CSV header as is: a comma, quote or line break

@@ -23,6 +23,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.requests = 0
+        #: Requests to the token endpoint (not counted in ``requests``: another host).
+        self.token_requests = 0
         self.request_times: list[float] = []
         self.throttled = 0
         self.lockouts = 0
@@ -65,6 +67,7 @@ class Ledger:
         """The ledger's counts, as ``GET /_sandbox/ledger`` serves them."""
         return {
             "requests": self.requests,
+            "token_requests": self.token_requests,
             "throttled": self.throttled,
             "lockouts": self.lockouts,
             "jobs": len(self.jobs),

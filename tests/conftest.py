@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +92,91 @@ def ids(tmp_path: Path) -> IdsWriter:
         return path
 
     return write
+
+
+#: Settings for CLI processes under test: short grace, polls and backoffs (env, as a user
+#: would set them).
+FAST_ENV = {
+    "BULKJOB_RECONCILE_GRACE": "0.3",
+    "BULKJOB_PROOF_POLL_INTERVAL": "0.05",
+    "BULKJOB_BACKOFF_INITIAL": "0.01",
+    "BULKJOB_BACKOFF_MAX": "0.05",
+    "BULKJOB_THROTTLE_INITIAL_DELAY": "0.05",
+    "BULKJOB_DRAIN_TIMEOUT": "2",
+    "BULKJOB_REQUEST_TIMEOUT": "5",
+    "BULKJOB_MAX_ATTEMPTS": "12",
+}
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI process: no stray settings, the sandbox token, FAST_ENV."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))}
+    env["INSIDEVIEW_ACCESS_TOKEN"] = TOKEN
+    env.update(FAST_ENV)
+    env.update(extra)
+    return env
+
+
+def cli_flags(
+    sb: Sandbox, *, max_requests: int = 1000, per: float = 1.0, concurrency: int = 4
+) -> list[str]:
+    """Flags aiming a CLI process at ``sb``."""
+    return [
+        "--base-url",
+        sb.base_url,
+        "--token-url",
+        sb.token_url,
+        "--max-requests",
+        str(max_requests),
+        "--per",
+        str(per),
+        "--concurrency",
+        str(concurrency),
+        "--no-progress",
+    ]
+
+
+async def start_cli(
+    *args: str, env: dict[str, str] | None = None, **kw: Any
+) -> asyncio.subprocess.Process:
+    """Start ``python -m bulkjob._cli ARGS`` as a real process (stderr piped)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bulkjob._cli",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or cli_env(),
+        **kw,
+    )
+
+
+async def finish_cli(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    """Wait for a CLI process (90 s at most); (exit code, stderr)."""
+    async with asyncio.timeout(90):
+        _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> tuple[int, str]:
+    """Run the CLI to its end; (exit code, stderr)."""
+    return await finish_cli(await start_cli(*args, env=env, **kw))
+
+
+def write_ids(path: Path, values: Iterable[str]) -> Path:
+    """An id file holding ``values``, one per line."""
+    path.write_text("".join(f"{v}\n" for v in values), encoding="utf-8")
+    return path
+
+
+def assert_paid_once(sb: Sandbox, values: Iterable[str]) -> None:
+    """The sandbox's own ledger: every id of ``values`` accepted exactly once, nothing else."""
+    wanted = list(values)
+    assert sb.ledger.duplicates == 0, f"{sb.ledger.duplicates} ids paid twice"
+    missing = set(wanted) - set(sb.ledger.accepted_ids)
+    assert not missing, f"{len(missing)} ids never paid"
+    assert set(sb.ledger.accepted_ids) == set(wanted)
+    assert sb.ledger.ids_accepted == len(wanted)

@@ -180,3 +180,42 @@ async def test_unreachable_token_endpoint_hides_the_secret(sandbox: SandboxFacto
             await tokens.get()
     assert secret not in str(info.value)
     assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize("kind", ["5xx", "reset", "garbage"])
+async def test_token_endpoint_faults_are_retried(sandbox: SandboxFactory, kind: str) -> None:
+    """A 5xx, a reset or an answer without a token from the login host is retried, not fatal."""
+    sb = await sandbox(token_fault_rate=0.6, token_fault_kinds=(kind,), seed=4)
+    settings = settings_for(sb, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, max_attempts=20)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenSource(settings, session)
+        for _ in range(5):
+            await tokens.refresh(await tokens.get())
+        assert await _accepted_by(sb, session, await tokens.get()) == 200
+    assert sb.ledger.faults[f"token_{kind}"] > 0
+    assert tokens.mints == 6
+
+
+async def test_token_endpoint_failing_for_good_is_transport_not_auth(
+    sandbox: SandboxFactory,
+) -> None:
+    """A login host that keeps failing is exit 7's TransportError, never a credentials refusal."""
+    sb = await sandbox(token_fault_rate=1.0, token_fault_kinds=("5xx",))
+    secret = "flaky-secret-Qm3v"
+    settings = settings_for(sb, client_id=CLIENT_ID, client_secret=secret, max_attempts=3)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenSource(settings, session)
+        with pytest.raises(TransportError, match="token endpoint kept failing") as info:
+            await tokens.get()
+    assert not isinstance(info.value, AuthError)
+    assert sb.ledger.token_requests == 3
+    assert secret not in str(info.value)
+
+
+async def test_slow_login_host_still_mints(sandbox: SandboxFactory) -> None:
+    """A login host slower than usual (but within the timeout) is simply waited for."""
+    sb = await sandbox(token_latency=0.3)
+    settings = settings_for(sb, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenSource(settings, session)
+        assert await _accepted_by(sb, session, await tokens.get()) == 200

@@ -679,6 +679,7 @@ async def test_control_ledger_reports_the_counts(
     assert status == 200
     assert counts == {
         "requests": 3,
+        "token_requests": 0,
         "throttled": 0,
         "lockouts": 0,
         "jobs": 3,
