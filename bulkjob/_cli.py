@@ -557,6 +557,8 @@ def finish(report: RunReport, report_path: str | None) -> int:
                 f"warning: cannot write the report {report_path}: {exc.strerror}", file=sys.stderr
             )
     print(report.summary(), file=sys.stderr)
+    if report.stop_reason == "journal":  # not the run's fault: a disk to look at
+        print(f"error: {redact(report.stop_message or '')}", file=sys.stderr)
     if report.journal and (report.stop_reason in _RESUMABLE or report.ids_pending):
         print(f"resume with: bulkjob resume {report.journal}", file=sys.stderr)
     code = EXIT_CODES.get(report.stop_reason, ExitCode.INTERNAL)
