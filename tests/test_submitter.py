@@ -1,0 +1,157 @@
+"""Tests for the Submitter's proof: what settles a lost answer, what waits, what cannot tell."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bulkjob._evidence import IdSet
+from bulkjob._journal import ChunkState, Journal
+from bulkjob._lifecycle import status, wait
+from bulkjob._runner import Runner
+from tests.conftest import (
+    SandboxFactory,
+    assert_paid_once,
+    make_ids,
+    settings_for,
+    write_ids,
+)
+
+ID = st.text("abcdefghij", min_size=1, max_size=6)
+
+
+@given(st.lists(ID, min_size=1, max_size=40), st.randoms())
+def test_id_set_ignores_order_and_repeats(ids: list[str], rnd: random.Random) -> None:
+    """A results file in another order, with repeated rows, is the same set."""
+    shuffled = ids + ids[: len(ids) // 2]
+    rnd.shuffle(shuffled)
+    assert IdSet.of(ids).relation(IdSet.of(shuffled)) == "same"
+
+
+@given(st.sets(ID, min_size=2, max_size=40), ID)
+def test_id_set_relations(ids: set[str], other: str) -> None:
+    """An extra id makes a job foreign; a strict subset is only a part, never a proof."""
+    chunk = IdSet.of(ids)
+    if other not in ids:
+        assert chunk.relation(IdSet.of([*ids, other])) == "foreign"
+    part = sorted(ids)[:-1]
+    assert chunk.relation(IdSet.of(part)) == "part"
+    stored = IdSet.stored(chunk.digest, chunk.hashes)
+    assert stored == chunk
+
+
+async def test_a_running_candidate_is_waited_for(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """A lost answer whose job is still running: awaiting proof, then proven once it finishes."""
+    sb = await sandbox(drop_after_accept_rate=0.5, finished_after=0.8, seed=1)
+    values = make_ids(600)
+    runner = Runner(settings_for(sb), [str(write_ids(tmp_path / "ids.txt", values))])
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(runner.snapshot().awaiting_proof)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    report = await runner.run()
+    watcher.cancel()
+    assert report.ok
+    assert max(seen) > 0
+    assert report.proven_chunks
+    assert_paid_once(sb, values)
+
+
+async def test_a_foreign_subset_cannot_rule_a_chunk_out(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A job of another client holding part of a never-accepted chunk: exit 8, no resend."""
+    sb = await sandbox(fault_5xx_rate=1.0)  # every submit lost before any job exists
+    values = make_ids(100)
+    path = write_ids(tmp_path / "ids.txt", values)
+    runner = Runner(settings_for(sb), [str(path)], journal=tmp_path / "j")
+
+    async def someone_submits_part_of_it() -> None:
+        while not runner.snapshot().awaiting_proof:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        sb.add_foreign_job(values[:60])
+        sb.config.fault_5xx_rate = 0.0  # the job list and results can be read again
+
+    helper = asyncio.create_task(someone_submits_part_of_it())
+    report = await runner.run()
+    await helper
+    assert report.stop_reason == "ambiguous"
+    assert report.ambiguous_chunks == [1]
+    assert sb.ledger.ids_accepted == 0  # never resent on a guess
+    rows = list(Journal.open(tmp_path / "j", readonly=True).rows())
+    assert rows[0].state is ChunkState.AMBIGUOUS
+    assert "60 of this chunk's 100 ids" in (rows[0].evidence or "")
+
+
+async def test_the_results_id_column_is_a_setting(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """With results_id_column naming the server's column, lost answers are proven."""
+    sb = await sandbox(results_id_column="contact_key", drop_after_accept_rate=0.4, seed=2)
+    values = make_ids(1000)
+    path = write_ids(tmp_path / "ids.txt", values)
+    report = await Runner(settings_for(sb, results_id_column="contact_key"), [str(path)]).run()
+    assert report.ok
+    assert report.proven_chunks
+    assert_paid_once(sb, values)
+
+
+async def test_a_wrong_results_column_is_unprovable_not_resent(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """Results without the configured id column prove nothing: exit 8 naming the setting."""
+    sb = await sandbox(drop_after_accept_rate=1.0)
+    values = make_ids(100)
+    path = write_ids(tmp_path / "ids.txt", values)
+    report = await Runner(settings_for(sb, results_id_column="nope"), [str(path)]).run()
+    assert report.stop_reason == "ambiguous"
+    assert "results_id_column" in (report.stop_message or "") or report.ambiguous_chunks == [1]
+    assert sb.ledger.ids_accepted == 100 and sb.ledger.duplicates == 0
+
+
+async def test_a_job_list_slower_than_the_grace_is_covered_by_a_longer_grace(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A list lagging 0.5 s behind submits, grace 0.8 s: lost answers are still proven."""
+    sb = await sandbox(list_lag=0.5, accept_then_5xx_rate=0.3, fault_5xx_rate=0.2, seed=3)
+    values = make_ids(1000)
+    path = write_ids(tmp_path / "ids.txt", values)
+    report = await Runner(settings_for(sb, reconcile_grace=0.8), [str(path)]).run()
+    assert report.ok, report.stop_message
+    assert_paid_once(sb, values)
+
+
+async def test_wait_proves_what_a_stopped_run_left_parked(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A run stopped with chunks awaiting proof; `wait` proves them from the journal alone."""
+    sb = await sandbox(drop_after_accept_rate=0.5, finished_after=1.0, seed=4)
+    values = make_ids(800)
+    path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
+    settings = settings_for(sb)
+    runner = Runner(settings, [str(path)], journal=journal)
+
+    async def stop_while_parked() -> None:
+        while not (sb.ledger.ids_accepted == 800 and runner.snapshot().awaiting_proof):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        runner.request_stop("interrupted", "test")
+
+    stopper = asyncio.create_task(stop_while_parked())
+    report = await runner.run()
+    await stopper
+    assert report.stop_reason == "interrupted"
+    assert report.awaiting_proof
+    assert report.accounted
+    done = await wait(journal, settings, poll_interval=0.05)
+    assert done.chunks == {"accepted": (8, 800)}
+    assert len(done.evidence) == len(report.awaiting_proof)
+    resumed = await Runner(settings, [str(path)], journal=journal, resume=True).run()
+    assert resumed.ok
+    assert_paid_once(sb, values)
+    assert (await status(journal, settings)).chunks == {"accepted": (8, 800)}
