@@ -1,4 +1,5 @@
-"""``python -m benchmarks [NAME...] [--quick]``: run the named benchmarks (default: all).
+"""``python -m benchmarks [NAME...] [--quick] [--base REV]``: run the named benchmarks
+(default: all).
 
 Prints one markdown section per benchmark, with how long it took. ``--quick`` runs a
 scaled-down version of each (a smoke test that finishes in well under a minute).
@@ -11,13 +12,19 @@ import importlib
 import sys
 import time
 
-NAMES = ("throttle", "throughput", "memory", "journal")
+NAMES = ("throttle", "throughput", "memory", "journal", "proof", "ab")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(NAMES)}")
     p.add_argument("--quick", action="store_true", help="scaled-down smoke-test sizes")
+    p.add_argument(
+        "--base",
+        default="HEAD",
+        metavar="REV",
+        help="ab: the commit to compare this checkout with (default HEAD: an A/A run)",
+    )
     args = p.parse_args(argv)
     unknown = [n for n in args.names if n not in NAMES]
     if unknown:
@@ -31,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
-            out = module.main(args.quick)
+            out = module.main(args.quick, args.base) if name == "ab" else module.main(args.quick)
         except Exception as exc:
             failed += 1
             out = f"### {name}\n\nFAILED: {type(exc).__name__}: {exc}"

@@ -254,7 +254,12 @@ class Sandbox:
         now = time.monotonic()
         ledger.requests += 1
         ledger.request_times.append(now)
-        if config.drop_rate and state.faults_rng.random() < config.drop_rate:
+        route = _route(request)
+        ledger.routes[route] += 1
+        # submit_faults_only: the plain faults hit job submits only, so that a test can lose
+        # submits before acceptance while the job list and results stay readable.
+        faulty = route == "submit" or not config.submit_faults_only
+        if faulty and config.drop_rate and state.faults_rng.random() < config.drop_rate:
             ledger.faults["drop"] += 1
             return await _drop(request)
         if not state.token_valid(request.headers.get("accessToken"), now):
@@ -268,7 +273,7 @@ class Sandbox:
             return self._error(request, 429, "429-101", "Request is throttled.", headers=headers)
         if config.latency:
             await asyncio.sleep(config.latency)
-        if config.fault_5xx_rate and state.faults_rng.random() < config.fault_5xx_rate:
+        if faulty and config.fault_5xx_rate and state.faults_rng.random() < config.fault_5xx_rate:
             ledger.faults["5xx"] += 1
             return self._server_fault(request, state.faults_rng.choice(_FAULT_STATUSES))
         return await handler(request)
@@ -478,6 +483,18 @@ def _status_body(job: JobRecord, status: str) -> dict[str, object]:
     if status == FINISHED:
         data["totalProcessed"] = job.ids
     return data
+
+
+def _route(request: web.Request) -> str:
+    """What an API request is, for the ledger's per-route counts."""
+    path = request.path.removeprefix(API_PREFIX + "/")
+    if path.startswith("admin/"):
+        return path.removeprefix("admin/")
+    if request.method == "POST":
+        return "submit"
+    if request.method == "DELETE":
+        return "cancel"
+    return "results" if path.endswith("/results") else "status"
 
 
 async def _drop(request: web.Request) -> web.StreamResponse:

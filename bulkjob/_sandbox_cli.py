@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument(
         "--fault-html", action="store_true", help="simulated 5xx are a gateway's HTML page"
     )
+    faults.add_argument(
+        "--submit-faults-only",
+        action="store_true",
+        help="--fault-5xx and --drop-rate hit job submits only",
+    )
     faults.add_argument("--latency", type=_seconds, default=0.0, metavar="S")
     faults.add_argument(
         "--drop-rate",
@@ -218,6 +223,7 @@ def parse_args(argv: list[str]) -> tuple[SandboxConfig, str, int]:
             clock_skew=args.clock_skew,
             fault_5xx_rate=args.fault_5xx,
             fault_html=args.fault_html,
+            submit_faults_only=args.submit_faults_only,
             latency=args.latency,
             drop_rate=args.drop_rate,
             drop_after_accept_rate=args.drop_after_accept_rate,

@@ -87,6 +87,8 @@ class SandboxConfig:
     max_ids_per_job: int = 10_000
     id_pattern: str | None = r"[A-Za-z0-9_-]{64}"
     fault_5xx_rate: float = 0.0
+    #: fault_5xx_rate and drop_rate hit job submits only (default: every API request).
+    submit_faults_only: bool = False
     #: Simulated 5xx answers are a gateway's HTML page instead of the API's error body.
     fault_html: bool = False
     latency: float = 0.0

@@ -29,6 +29,8 @@ class Ledger:
         self.throttled = 0
         self.lockouts = 0
         self.faults: collections.Counter[str] = collections.Counter()
+        #: API requests by what they were: submit, status, results, cancel, jobs, usage.
+        self.routes: collections.Counter[str] = collections.Counter()
         self.rejected: collections.Counter[str] = collections.Counter()
         self.jobs: dict[str, JobRecord] = {}
         self.accepted_ids: collections.Counter[str] = collections.Counter()
@@ -77,6 +79,7 @@ class Ledger:
             "largest_job": self.largest_job,
             "foreign_ids": self.foreign_ids,
             "faults": dict(self.faults),
+            "routes": dict(self.routes),
             "rejected": dict(self.rejected),
         }
 

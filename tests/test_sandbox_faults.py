@@ -689,6 +689,7 @@ async def test_control_ledger_reports_the_counts(
         "largest_job": 3,
         "foreign_ids": 2,
         "faults": {},
+        "routes": {"submit": 3},
         "rejected": {"validation": 1},
     }
 
@@ -781,3 +782,36 @@ def test_config_refuses_out_of_range_values(field: str, value: object) -> None:
 def test_config_accepts_a_negative_clock_skew() -> None:
     """clock_skew may put the server behind the client."""
     assert SandboxConfig(clock_skew=-90.0).clock_skew == -90.0
+
+
+async def test_submit_faults_only_spares_other_requests(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """With submit_faults_only, every submit fails 5xx while the job list stays readable."""
+    sandbox.config.fault_5xx_rate = 1.0
+    sandbox.config.submit_faults_only = True
+    status, _, _ = await post_job(session, sandbox, make_ids(2))
+    assert status in (500, 502, 503)
+    assert await listed(session, sandbox) == []
+    assert sandbox.ledger.routes == {"submit": 1, "jobs": 1}
+    assert sandbox.ledger.faults["5xx"] == 1
+
+
+async def test_token_endpoint_faults(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    """token_fault_rate makes the login host fail as configured; each is counted."""
+    sandbox.config.token_fault_rate = 1.0
+    sandbox.config.token_fault_kinds = ("5xx", "garbage")
+    statuses = []
+    for _ in range(6):
+        params = {
+            "clientId": "sandbox-client",
+            "clientSecret": "sandbox-secret",
+            "grantType": "cred",
+        }
+        async with session.post(sandbox.token_url, params=params) as resp:
+            body = await resp.text()
+            statuses.append(resp.status)
+            assert 'accessToken": "' not in body
+    assert set(statuses) <= {200, 500, 502, 503}
+    faults = sandbox.ledger.faults
+    assert faults["token_5xx"] + faults["token_garbage"] == 6 == sandbox.ledger.token_requests
