@@ -11,9 +11,10 @@ from ._errors import BulkJobError, QuotaExhaustedError
 from ._evidence import FINAL_STATUSES
 from ._journal import Journal
 from ._logging import get_logger
+from ._report import RunReport, StopSignal
 from ._settings import Settings
 
-__all__ = ["FINAL_STATUSES", "QueueRoom", "remaining_credits"]
+__all__ = ["FINAL_STATUSES", "CreditCheck", "QueueRoom", "remaining_credits"]
 
 log = get_logger()
 
@@ -43,6 +44,47 @@ async def remaining_credits(client: ApiClient, settings: Settings, need: int) ->
         raise QuotaExhaustedError(message)
     log.warning("quota.short", remaining=remaining, ids=need, message=message)
     return remaining
+
+
+class CreditCheck:
+    """The credit preflight, once per run, just before its first send.
+
+    Not before: an input that turns out to hold no valid id causes no request at all. The
+    other workers wait for the verdict: ``require_quota`` may stop the run before any send.
+    """
+
+    def __init__(self, client: ApiClient, settings: Settings, lines: int) -> None:
+        self._client = client
+        self._settings = settings
+        self._lines = lines  # an upper bound of the ids: lines, not valid ids
+        self._lock = asyncio.Lock()
+        self._done = asyncio.Event()  # set once the verdict is in
+
+    def __repr__(self) -> str:
+        return f"<CreditCheck done={self._done.is_set()}>"
+
+    async def once(self, report: RunReport, stop: StopSignal) -> None:
+        """Run the check unless it ran; a refusal stops the run, a shortfall warns."""
+        if self._done.is_set():
+            return
+        async with self._lock:  # the others wait here for the verdict
+            if self._done.is_set():
+                return
+            try:
+                await self._check(report, stop)
+            finally:
+                self._done.set()
+
+    async def _check(self, report: RunReport, stop: StopSignal) -> None:
+        need = max(self._lines - report.ids_submitted, 0)
+        try:
+            remaining = await remaining_credits(self._client, self._settings, need)
+        except BulkJobError as exc:
+            stop.request(exc.stop_reason, str(exc))
+            return
+        report.credits_remaining = remaining
+        if remaining is not None and remaining < need:
+            report.warnings.append(f"only {remaining:,} credits left for up to {need:,} ids")
 
 
 class QueueRoom:

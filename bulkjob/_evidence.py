@@ -19,6 +19,10 @@ results and a chunk there are three relations:
 - **foreign** — the results hold an id the chunk does not: it is not that chunk;
 - **part** — the results hold only ids of the chunk, but not all of them: a job that
   lost rows, or another client's job of a subset. It proves nothing either way.
+
+:meth:`JobReader.prove` turns one look at the account into a typed :data:`Proof` for one
+chunk: :class:`Proven`, :class:`NotAccepted`, :class:`Unprovable` or :class:`Waiting`.
+What happens to the chunk then is :class:`~bulkjob._submitter.Submitter`'s business.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import bisect
 import csv
 import hashlib
 import tempfile
+import time
 from array import array
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -46,8 +51,14 @@ __all__ = [
     "IdSet",
     "JobContent",
     "JobReader",
+    "Look",
+    "NotAccepted",
+    "Proof",
+    "Proven",
     "Running",
+    "Unprovable",
     "Unreadable",
+    "Waiting",
 ]
 
 log = get_logger()
@@ -139,6 +150,49 @@ class Unreadable:
 JobContent: TypeAlias = Final | Running | Unreadable
 
 
+@dataclass(frozen=True, slots=True)
+class Proven:
+    """A job's results hold exactly the chunk's ids: the chunk is that job."""
+
+    job_id: str
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotAccepted:
+    """No job holds the chunk: every candidate holds other ids, and the grace is over."""
+
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unprovable:
+    """Candidates are left that can never tell (aborted, failed without results)."""
+
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Candidates still running, or the grace not over yet: look again later."""
+
+    running: int
+
+
+Proof: TypeAlias = Proven | NotAccepted | Unprovable | Waiting
+
+
+@dataclass(slots=True)
+class Look:
+    """One look at the account: its jobs around some sends, and what each was seen holding."""
+
+    jobs: list[Candidate]
+    complete: bool
+    at: float  # our clock when the list was read
+    offset: float  # server clock minus ours
+    seen: dict[str, JobContent] = field(default_factory=dict)
+
+
 class JobReader:
     """Reads the account's job list and jobs' results for proofs; caches final answers."""
 
@@ -152,6 +206,84 @@ class JobReader:
 
     def __repr__(self) -> str:
         return f"<JobReader cached={len(self._cache)}>"
+
+    async def look(self, earliest: float, latest: float) -> Look:
+        """The account's jobs created around sends made between ``earliest`` and ``latest``
+        (our clock): on the server's clock, widened by ``reconcile_skew`` and the longest a
+        request may take."""
+        s = self._settings
+        offset = self._client.server_offset or 0.0
+        for _ in range(2):
+            at = time.time()
+            since = earliest + offset - s.reconcile_skew
+            until = latest + offset + max(s.request_timeout, s.reconcile_grace) + s.reconcile_skew
+            jobs, complete = await self.candidates(since, until)
+            learned = self._client.server_offset
+            if learned is None or abs(learned - offset) <= s.reconcile_skew / 2:
+                break
+            offset = learned  # the first answer taught us the server's clock: look again
+        return Look(jobs, complete, at, offset)
+
+    async def prove(
+        self, ids: IdSet, sent_at: float, latest: float, look: Look, known: Collection[str]
+    ) -> Proof:
+        """What ``look`` says about a chunk of ``ids`` sent between ``sent_at`` and ``latest``.
+
+        ``known``: jobs already known to hold other chunks of the run. Counts and times only
+        order the candidates; content decides. Never an exception or a guess.
+        """
+        s = self._settings
+        sent = sent_at + look.offset  # on the server's clock
+        lo = sent - s.reconcile_skew
+        hi = latest + look.offset + max(s.request_timeout, s.reconcile_grace) + s.reconcile_skew
+        candidates = [
+            j
+            for j in look.jobs
+            if j.job_id not in known and (j.created is None or lo <= j.created <= hi)
+        ]
+        candidates.sort(key=lambda j: (j.ids != ids.count, abs((j.created or sent) - sent)))
+        ruled_out: list[str] = []
+        unclear: list[str] = []
+        running = 0
+        for job in candidates:
+            content = look.seen.get(job.job_id)
+            if content is None:
+                content = look.seen[job.job_id] = await self.content(job)
+            if isinstance(content, Running):
+                running += 1
+            elif isinstance(content, Unreadable):
+                unclear.append(f"{job.job_id} ({content.status}: {content.reason})")
+            else:
+                relation = ids.relation(content.ids)
+                if relation == "same":
+                    return Proven(
+                        job.job_id,
+                        f"job {job.job_id} ({content.status}): its results hold exactly this "
+                        f"chunk's {ids.count:,} ids",
+                    )
+                if relation == "foreign":
+                    ruled_out.append(job.job_id)
+                else:
+                    unclear.append(
+                        f"{job.job_id} (its results hold {content.ids.count:,} of this "
+                        f"chunk's {ids.count:,} ids and no other)"
+                    )
+        if running or look.at < latest + s.reconcile_grace:
+            return Waiting(running)
+        if not look.complete:
+            return Unprovable("the account's job list ran past the page cap around the send")
+        if unclear:
+            return Unprovable("candidate job(s) that cannot tell: " + "; ".join(unclear[:5]))
+        if ruled_out:
+            shown = ", ".join(ruled_out[:10]) + (" ..." if len(ruled_out) > 10 else "")
+            return NotAccepted(
+                f"not accepted: {len(ruled_out)} job(s) created around the send hold other "
+                f"ids ({shown})"
+            )
+        return NotAccepted(
+            f"not accepted: no job was created around the send "
+            f"({s.reconcile_grace:g}s grace passed)"
+        )
 
     async def candidates(self, since: float, until: float) -> tuple[list[Candidate], bool]:
         """Jobs of this kind created in [since, until] (server clock); and whether the

@@ -36,9 +36,9 @@ from ._errors import (
 from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
-from ._report import RunReport
+from ._report import RunReport, StopSignal
 from ._settings import Settings
-from ._submitter import StopSignal, Submitter
+from ._submitter import Submitter
 
 __all__ = [
     "CancelSummary",

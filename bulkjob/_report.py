@@ -7,19 +7,63 @@ Invariant (checked by :meth:`RunReport.accounted` and by the tests)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._chunker import Chunk
-from ._errors import StopReason, stop_reason_for
+from ._errors import InputError, StopReason, stop_reason_for
 from ._logging import get_logger, redact
 
-__all__ = ["JobInfo", "RejectedChunk", "RunReport", "StopReason", "stop_reason_for"]
+if TYPE_CHECKING:  # for annotations only: the client and the source never import the report
+    from ._client import ClientStats
+    from ._records import SourceStats
+
+__all__ = [
+    "JobInfo",
+    "RejectedChunk",
+    "RunReport",
+    "StopReason",
+    "StopSignal",
+    "stop_reason_for",
+]
 
 log = get_logger()
+
+
+class StopSignal:
+    """The run's one stop: the first reason given wins; nothing new starts after it."""
+
+    __slots__ = ("event", "listeners", "message", "reason")
+
+    def __init__(self) -> None:
+        self.reason: StopReason | None = None
+        self.message: str | None = None
+        self.event = asyncio.Event()
+        #: Called once, synchronously, when the stop is requested.
+        self.listeners: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<StopSignal {self.reason or 'running'}>"
+
+    @property
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self.reason is not None
+
+    def request(self, reason: StopReason, message: str | None = None) -> None:
+        """Stop starting new work; only the first call counts."""
+        if self.reason is None:
+            self.reason, self.message = reason, message
+            self.event.set()
+            log.warning("run.stopping", reason=reason, message=redact(message or ""))
+            for listener in self.listeners:
+                listener()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +199,49 @@ class RunReport:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def finish(self, stats: SourceStats, stop: StopSignal, elapsed: float, files: str) -> None:
+        """Close the books once the run ended: counts from the source, the stop reason,
+        and whatever was read but never reached a worker, as pending."""
+        self.ids_read, self.ids_invalid = stats.ids_read, stats.ids_invalid
+        self.ids_duplicate = stats.ids_duplicate
+        self.stop_reason, self.stop_message = stop.reason, stop.message
+        if self.ambiguous_chunks and self.stop_reason is None:
+            shown = ", ".join(map(str, sorted(self.ambiguous_chunks)[:10]))
+            self.stop_reason = "ambiguous"
+            self.stop_message = (
+                f"{len(self.ambiguous_chunks)} chunk(s) may or may not have been accepted and "
+                f"no job can prove which: {shown}. Resume with --resubmit-ambiguous to send "
+                "them again (may pay twice) or --abandon-ambiguous to give them up"
+            )
+        for bucket in (self.pending_chunks, self.ambiguous_chunks, self.awaiting_proof):
+            bucket.sort()
+        self.proven_chunks.sort()
+        self.jobs.sort(key=lambda j: j.chunk)
+        self.rejected.sort(key=lambda j: j.chunk)
+        self.invalid_samples = [
+            f"{x.origin}: {x.value!r}: {x.reason}" for x in stats.invalid_samples
+        ]
+        self.elapsed_s = round(elapsed, 3)
+        if not self.input_complete:
+            # Ids read into chunks that never reached a worker are pending too.
+            self.ids_pending += (
+                stats.ids_valid - self.ids_submitted - self.ids_rejected - self.ids_pending
+            )
+        if stats.ids_valid == 0 and self.stop_reason is None:
+            first = f" (first: {self.invalid_samples[0]})" if self.invalid_samples else ""
+            raise InputError(files, 0, f"no valid ids: {stats.ids_invalid:,} invalid{first}")
+        log.info(
+            "run.finished" if self.stop_reason is None else "run.stopped",
+            reason=self.stop_reason,
+            submitted=self.ids_submitted,
+            pending=self.ids_pending,
+            jobs=len(self.jobs),
+        )
+
+    def count_requests(self, stats: ClientStats) -> None:
+        """The client's request counters."""
+        self.requests, self.throttled, self.retries = stats.requests, stats.throttled, stats.retries
 
     def summary(self) -> str:
         """A few human lines for the end of a CLI run."""

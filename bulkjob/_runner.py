@@ -6,7 +6,7 @@ the source streams, the queue holds at most ``concurrency`` chunks, and only per
 summaries are kept for the report.
 
 A stop (quota exhausted, queue full, auth failure, retries exhausted, a signal, a
-failing journal) is one :class:`~bulkjob._submitter.StopSignal`: no new submission
+failing journal) is one :class:`~bulkjob._report.StopSignal`: no new submission
 starts, requests in flight get ``drain_timeout`` seconds to finish, and the rest of the
 input is still read, only to be counted as pending (a signal stops the reading too), so
 the report accounts for every id.
@@ -24,17 +24,17 @@ from typing import BinaryIO
 
 import aiohttp
 
-from ._account import remaining_credits
+from ._account import CreditCheck
 from ._chunker import Chunk, chunked, read_ahead
 from ._client import ApiClient, new_session
-from ._errors import BulkJobError, InputError, JournalError, first_error
+from ._errors import InputError, JournalError, first_error
 from ._journal import ChunkRow, Journal, verify_chunks
 from ._logging import get_logger
 from ._progress import Progress, ProgressSink
-from ._report import RunReport, StopReason
+from ._report import RunReport, StopReason, StopSignal
 from ._settings import Settings
 from ._source import IdSource, InputSummary
-from ._submitter import AmbiguousPolicy, StopSignal, Submitter
+from ._submitter import AmbiguousPolicy, Submitter
 
 __all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]  # the sinks, re-exported
 
@@ -78,8 +78,7 @@ class Runner:
         self._client: ApiClient | None = None
         self._submitter: Submitter | None = None
         self._deadlines: set[asyncio.Timeout] = set()
-        self._preflight = asyncio.Lock()
-        self._preflight_done = False
+        self._credits: CreditCheck | None = None
         self._started = 0.0
 
     def __repr__(self) -> str:
@@ -132,7 +131,10 @@ class Runner:
                 self._progress.close()
             if journal is not None:
                 await self._close_journal(journal, owned)
-        self._finish(source)
+        files = ", ".join(self.summary.files) if self.summary else "input"
+        self.report.finish(source.stats, self.stop, time.monotonic() - self._started, files)
+        if self._client is not None:
+            self.report.count_requests(self._client.stats)
         return self.report
 
     def _open_journal(self, source: IdSource) -> tuple[Journal | None, dict[int, ChunkRow]]:
@@ -189,6 +191,8 @@ class Runner:
         s = self.settings
         history = journal.recent_requests() if journal is not None else []
         self._client = ApiClient.for_settings(s, session, history)
+        assert self.summary is not None
+        self._credits = CreditCheck(self._client, s, self.summary.lines)
         submitter = Submitter(
             s, self._client, journal, self.report, self.stop, rows, ambiguous=self._ambiguous
         )
@@ -230,8 +234,8 @@ class Runner:
 
     async def _work(self, queue: asyncio.Queue[Chunk | None], submitter: Submitter) -> None:
         while (chunk := await queue.get()) is not None:
-            if not self._preflight_done and not self.stop.is_set:
-                await self._check_credits()
+            if self._credits is not None and not self.stop.is_set:
+                await self._credits.once(self.report, self.stop)
             try:
                 # No deadline while running; a stop gives what is in flight drain_timeout.
                 async with asyncio.timeout(None) as deadline:
@@ -242,31 +246,6 @@ class Runner:
                         self._deadlines.discard(deadline)
             except TimeoutError:
                 log.warning("run.drain_timeout", chunk=chunk.seq, s=self.settings.drain_timeout)
-
-    async def _check_credits(self) -> None:
-        """Compare the account's credits with the ids to send, once, before the first send.
-
-        Not before: an input that turns out to hold no valid id causes no request at all.
-        """
-        async with self._preflight:  # the other workers wait for its verdict
-            if self._preflight_done:
-                return
-            try:
-                await self._preflight_credits()
-            finally:
-                self._preflight_done = True
-
-    async def _preflight_credits(self) -> None:
-        assert self._client is not None and self.summary is not None
-        need = max(self.summary.lines - self.report.ids_submitted, 0)  # lines: an upper bound
-        try:
-            remaining = await remaining_credits(self._client, self.settings, need)
-        except BulkJobError as exc:
-            self.request_stop(exc.stop_reason, str(exc))
-            return
-        self.report.credits_remaining = remaining
-        if remaining is not None and remaining < need:
-            self.report.warnings.append(f"only {remaining:,} credits left for up to {need:,} ids")
 
     async def _tick(self) -> None:
         while self._progress is not None:
@@ -286,42 +265,6 @@ class Runner:
             elapsed_s=time.monotonic() - self._started,
             stopping=self.stop.reason,
             awaiting_proof=self._submitter.awaiting_proof if self._submitter else 0,
-        )
-
-    def _finish(self, source: IdSource) -> None:
-        r, st = self.report, source.stats
-        r.ids_read, r.ids_invalid, r.ids_duplicate = st.ids_read, st.ids_invalid, st.ids_duplicate
-        r.stop_reason, r.stop_message = self.stop.reason, self.stop.message
-        if r.ambiguous_chunks and r.stop_reason is None:
-            r.stop_reason = "ambiguous"
-            r.stop_message = (
-                f"{len(r.ambiguous_chunks)} chunk(s) may or may not have been accepted and no "
-                f"job can prove which: {', '.join(map(str, sorted(r.ambiguous_chunks)[:10]))}. "
-                "Resume with --resubmit-ambiguous to send them again (may pay twice) or "
-                "--abandon-ambiguous to give them up"
-            )
-        for bucket in (r.pending_chunks, r.ambiguous_chunks, r.awaiting_proof, r.proven_chunks):
-            bucket.sort()
-        r.jobs.sort(key=lambda j: j.chunk)
-        r.rejected.sort(key=lambda j: j.chunk)
-        r.invalid_samples = [f"{x.origin}: {x.value!r}: {x.reason}" for x in st.invalid_samples]
-        if self._client is not None:
-            stats = self._client.stats
-            r.requests, r.throttled, r.retries = stats.requests, stats.throttled, stats.retries
-        r.elapsed_s = round(time.monotonic() - self._started, 3)
-        if not r.input_complete:
-            # Ids read into chunks that never reached a worker are pending too.
-            r.ids_pending += st.ids_valid - r.ids_submitted - r.ids_rejected - r.ids_pending
-        if st.ids_valid == 0 and r.stop_reason is None:
-            first = f" (first: {r.invalid_samples[0]})" if r.invalid_samples else ""
-            files = ", ".join(self.summary.files) if self.summary else "input"
-            raise InputError(files, 0, f"no valid ids: {st.ids_invalid:,} invalid{first}")
-        log.info(
-            "run.finished" if r.stop_reason is None else "run.stopped",
-            reason=r.stop_reason,
-            submitted=r.ids_submitted,
-            pending=r.ids_pending,
-            jobs=len(r.jobs),
         )
 
 

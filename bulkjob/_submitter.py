@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from ._account import QueueRoom
 from ._answers import (
@@ -54,89 +54,23 @@ from ._errors import (
     JournalError,
     QueueFullError,
     RequestError,
-    StopReason,
     StopRequested,
     Transient,
     TransportError,
 )
-from ._evidence import Candidate, Final, IdSet, JobContent, JobReader, Running, Unreadable
+from ._evidence import IdSet, JobReader, Proof, Proven, Unprovable, Waiting
 from ._journal import UNSETTLED, ChunkRow, ChunkState, Journal
 from ._logging import get_logger, redact
-from ._report import RunReport
+from ._report import RunReport, StopSignal
 from ._retry import retrying
 from ._settings import Settings
 
-__all__ = ["AmbiguousPolicy", "StopSignal", "Submitter"]
+__all__ = ["AmbiguousPolicy", "Submitter"]
 
 log = get_logger()
 
 #: What to do with a chunk whose proof is impossible: stop (exit 8), resend, give up.
 AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
-
-
-class StopSignal:
-    """The run's one stop: the first reason given wins; nothing new starts after it."""
-
-    __slots__ = ("event", "listeners", "message", "reason")
-
-    def __init__(self) -> None:
-        self.reason: StopReason | None = None
-        self.message: str | None = None
-        self.event = asyncio.Event()
-        #: Called once, synchronously, when the stop is requested.
-        self.listeners: list[Callable[[], None]] = []
-
-    def __repr__(self) -> str:
-        return f"<StopSignal {self.reason or 'running'}>"
-
-    @property
-    def is_set(self) -> bool:
-        """Whether a stop was requested."""
-        return self.reason is not None
-
-    def request(self, reason: StopReason, message: str | None = None) -> None:
-        """Stop starting new work; only the first call counts."""
-        if self.reason is None:
-            self.reason, self.message = reason, message
-            self.event.set()
-            log.warning("run.stopping", reason=reason, message=redact(message or ""))
-            for listener in self.listeners:
-                listener()
-
-
-# -- the proof's typed outcomes ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Proven:
-    """A job's results hold exactly the chunk's ids: the chunk is that job."""
-
-    job_id: str
-    evidence: str
-
-
-@dataclass(frozen=True, slots=True)
-class NotAccepted:
-    """No job holds the chunk: every candidate holds other ids, and the grace is over."""
-
-    evidence: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unprovable:
-    """Candidates are left that can never tell (aborted, failed without results)."""
-
-    evidence: str
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """Candidates still running, or the grace not over yet: look again later."""
-
-    running: int
-
-
-Proof: TypeAlias = Proven | NotAccepted | Unprovable | Waiting
 
 
 @dataclass(slots=True)
@@ -149,17 +83,6 @@ class _Parked:
     latest: float  # ... and at the latest (the same, unless a crash hid it)
     chunk: Chunk | None  # None when proven from the journal alone: it cannot be resent here
     reason: str
-
-
-@dataclass(slots=True)
-class _Round:
-    """One look at the account: its jobs around the sends, and what each was seen holding."""
-
-    jobs: list[Candidate]
-    complete: bool
-    at: float  # our clock when the list was read
-    offset: float  # server clock minus ours
-    seen: dict[str, JobContent] = field(default_factory=dict)
 
 
 class Submitter:
@@ -474,84 +397,16 @@ class Submitter:
 
     async def _prove_round(self) -> bool:
         """One look at the account for every parked chunk; True if any was settled."""
-        s = self._settings
         parked = sorted(self._parked.values(), key=lambda p: p.sent_at)
-        look = await self._look(parked)
-        known_offset = self._client.server_offset
-        if known_offset is not None and abs(known_offset - look.offset) > s.reconcile_skew / 2:
-            look = await self._look(parked)  # the first answer taught us the server's clock
+        since, until = parked[0].sent_at, max(p.latest for p in parked)
+        look = await self._reader.look(since, until)
         settled = False
         for p in parked:
             if p.seq not in self._parked or self._stop.is_set:
                 continue
-            proof = await self._prove(p, look)
+            proof = await self._reader.prove(p.ids, p.sent_at, p.latest, look, self._known)
             settled |= await self._apply(p, proof)
         return settled
-
-    async def _look(self, parked: list[_Parked]) -> _Round:
-        s = self._settings
-        offset = self._client.server_offset or 0.0
-        at = time.time()
-        since = parked[0].sent_at + offset - s.reconcile_skew
-        until = max(p.latest for p in parked) + offset + s.request_timeout + s.reconcile_skew
-        jobs, complete = await self._reader.candidates(since, until)
-        return _Round(jobs, complete, at, offset)
-
-    async def _prove(self, p: _Parked, look: _Round) -> Proof:
-        """What the account's jobs say about ``p`` (typed: never an exception or a guess)."""
-        s = self._settings
-        sent = p.sent_at + look.offset  # on the server's clock
-        lo = sent - s.reconcile_skew
-        hi = p.latest + look.offset + s.request_timeout + s.reconcile_skew
-        candidates = [
-            j
-            for j in look.jobs
-            if j.job_id not in self._known and (j.created is None or lo <= j.created <= hi)
-        ]
-        # Heuristics only order the checks: same size first, then the nearest in time.
-        candidates.sort(key=lambda j: (j.ids != p.ids.count, abs((j.created or sent) - sent)))
-        ruled_out: list[str] = []
-        unclear: list[str] = []
-        running = 0
-        for job in candidates:
-            content = look.seen.get(job.job_id)
-            if content is None:
-                content = look.seen[job.job_id] = await self._reader.content(job)
-            if isinstance(content, Running):
-                running += 1
-            elif isinstance(content, Unreadable):
-                unclear.append(f"{job.job_id} ({content.status}: {content.reason})")
-            elif isinstance(content, Final):
-                relation = p.ids.relation(content.ids)
-                if relation == "same":
-                    return Proven(
-                        job.job_id,
-                        f"job {job.job_id} ({content.status}): its results hold exactly this "
-                        f"chunk's {p.ids.count:,} ids",
-                    )
-                if relation == "foreign":
-                    ruled_out.append(job.job_id)
-                else:
-                    unclear.append(
-                        f"{job.job_id} (its results hold {content.ids.count:,} of this "
-                        f"chunk's {p.ids.count:,} ids and no other)"
-                    )
-        if running or look.at < p.latest + s.reconcile_grace:
-            return Waiting(running)
-        if not look.complete:
-            return Unprovable("the account's job list ran past the page cap around the send")
-        if unclear:
-            return Unprovable("candidate job(s) that cannot tell: " + "; ".join(unclear[:5]))
-        if ruled_out:
-            shown = ", ".join(ruled_out[:10]) + (" ..." if len(ruled_out) > 10 else "")
-            return NotAccepted(
-                f"not accepted: {len(ruled_out)} job(s) created around the send hold other "
-                f"ids ({shown})"
-            )
-        return NotAccepted(
-            f"not accepted: no job was created around the send "
-            f"({s.reconcile_grace:g}s grace passed)"
-        )
 
     async def _apply(self, p: _Parked, proof: Proof) -> bool:
         """Act on a proof; True if the chunk left the parking lot."""

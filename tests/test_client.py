@@ -22,11 +22,11 @@ from bulkjob._errors import (
     TransportError,
 )
 from bulkjob._limiter import WindowLimiter
-from bulkjob._report import RunReport
+from bulkjob._report import RunReport, StopSignal
 from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
 from bulkjob._source import Origin
-from bulkjob._submitter import StopSignal, Submitter
+from bulkjob._submitter import Submitter
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, SandboxFactory, make_ids, settings_for
 
 ClientFactory = Callable[..., Awaitable["Api"]]

@@ -194,7 +194,7 @@ async def test_two_backfills_at_once_on_one_account(
 
 async def test_two_resumes_at_once(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """A second `resume` of the same journal exits 10 naming the first; nothing paid twice."""
-    sb = await sandbox(quota=1500, latency=0.02)
+    sb = await sandbox(quota=1500, latency=0.1)  # the first resume outlives the second
     values = make_ids(5000)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
     code, _ = await run_cli(
@@ -215,10 +215,11 @@ async def test_two_resumes_at_once(sandbox: SandboxFactory, tmp_path: Path) -> N
 
 async def test_resume_while_the_submit_still_runs(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """`resume` during the original `submit` (cron overlap) exits 10; the submit finishes once."""
-    sb = await sandbox(throttle_requests=20, throttle_window=1.0, latency=0.01)
-    values = make_ids(3000)
+    # 60 jobs at 10 a second: the submit outlives the three overlapping commands.
+    sb = await sandbox(throttle_requests=10, throttle_window=1.0, latency=0.01)
+    values = make_ids(6000)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
-    flags = cli_flags(sb, max_requests=20)
+    flags = cli_flags(sb, max_requests=10)
     submit = await start_cli(
         "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *flags
     )
@@ -237,8 +238,8 @@ async def test_status_reads_alongside_a_running_submit(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
     """`status` without --refresh takes no lock: it works while a submit holds the journal."""
-    sb = await sandbox(throttle_requests=20, throttle_window=1.0)
-    path, journal = write_ids(tmp_path / "ids.txt", make_ids(2000)), tmp_path / "j.journal"
+    sb = await sandbox(throttle_requests=10, throttle_window=1.0)
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(4000)), tmp_path / "j.journal"
     submit = await start_cli(
         "submit",
         str(path),
@@ -246,7 +247,7 @@ async def test_status_reads_alongside_a_running_submit(
         str(journal),
         "--chunk-size",
         "100",
-        *cli_flags(sb, max_requests=20),
+        *cli_flags(sb, max_requests=10),
     )
     await wait_for_lock(journal)
     code, err = await run_cli("status", str(journal))
