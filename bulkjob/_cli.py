@@ -10,14 +10,12 @@ out with jobs still open · 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import shutil
-import signal
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -28,9 +26,10 @@ from ._errors import STOP_EXIT_CODES, BulkJobError, ExitCode, JournalError, Wait
 from ._journal import Journal
 from ._logging import configure_logging, redact, register_secret
 from ._progress import ProgressLine
-from ._report import RunReport
+from ._report import RunReport, RunStatus
 from ._runner import Runner
 from ._settings import Settings
+from ._signals import run_command
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -329,7 +328,9 @@ def _submit(args: argparse.Namespace) -> int:
         runner = Runner(settings, inputs, progress=progress, journal=journal)
         code = finish(run_with_signals(runner), args.report)
         if args.wait_jobs and code in (ExitCode.OK, ExitCode.REJECTED):
-            final = _run(lambda: lifecycle.wait(journal, settings, progress=_wait_line(args)))
+            final = run_command(
+                lambda: lifecycle.wait(journal, settings, progress=_wait_line(args))
+            )
             print(final.render(), file=sys.stderr)
         return code
     finally:
@@ -373,7 +374,7 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args, journal.recorded_settings())
         _configure(args, settings)
-        return _lifecycle_run(args, journal, settings)
+        return _lifecyclerun_command(args, journal, settings)
     except KeyboardInterrupt:
         print(
             f"error: interrupted; the journal is consistent: run `bulkjob {args.command} "
@@ -385,12 +386,14 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
         journal.close_sync()
 
 
-def _lifecycle_run(args: argparse.Namespace, journal: Journal, settings: Settings) -> int:
+def _lifecyclerun_command(args: argparse.Namespace, journal: Journal, settings: Settings) -> int:
     name = args.journal
     if args.command == "status":
-        print(_run(lambda: lifecycle.status(journal, settings, refresh=args.refresh)).render())
+        print(
+            run_command(lambda: lifecycle.status(journal, settings, refresh=args.refresh)).render()
+        )
     elif args.command == "wait":
-        done = _run(
+        done = run_command(
             lambda: lifecycle.wait(
                 journal,
                 settings,
@@ -402,7 +405,7 @@ def _lifecycle_run(args: argparse.Namespace, journal: Journal, settings: Setting
         print(done.render())
     elif args.command == "results":
         merge = Path(args.merge) if args.merge else None
-        got = _run(lambda: lifecycle.results(journal, settings, Path(args.out), merge=merge))
+        got = run_command(lambda: lifecycle.results(journal, settings, Path(args.out), merge=merge))
         print(
             f"downloaded {got.downloaded:,} result file(s), {got.already_present:,} already "
             f"present, in {args.out}"
@@ -418,7 +421,7 @@ def _lifecycle_run(args: argparse.Namespace, journal: Journal, settings: Setting
         if got.failed:
             print(f"{len(got.failed):,} job(s) failed: chunks {_seqs(got.failed)}", file=sys.stderr)
     else:
-        gone = _run(lambda: lifecycle.cancel(journal, settings))
+        gone = run_command(lambda: lifecycle.cancel(journal, settings))
         print(
             f"cancelled {len(gone.cancelled):,} job(s) ({gone.ids_cancelled:,} ids); "
             f"{len(gone.not_cancellable):,} already processing; "
@@ -432,10 +435,10 @@ def _seqs(seqs: Sequence[int]) -> str:
     return shown + (f" and {len(seqs) - 20:,} more" if len(seqs) > 20 else "")
 
 
-def _wait_line(args: argparse.Namespace) -> Callable[[lifecycle.RunStatus], None]:
+def _wait_line(args: argparse.Namespace) -> Callable[[RunStatus], None]:
     line = ProgressLine(enabled=None if getattr(args, "progress", True) else False)
 
-    def show(st: lifecycle.RunStatus) -> None:
+    def show(st: RunStatus) -> None:
         if line.enabled:
             sys.stderr.write(
                 f"\rjobs: {st.total_jobs - st.open_jobs:,}/{st.total_jobs:,} final\x1b[K"
@@ -466,69 +469,6 @@ def _progress(args: argparse.Namespace) -> ProgressLine:
     return ProgressLine(enabled=None if args.progress else False)
 
 
-def _run(make: Callable[[], Awaitable[_T]], on_first: Callable[[], None] | None = None) -> _T:
-    """Run a command's coroutine with SIGINT/SIGTERM handled.
-
-    With ``on_first`` the first signal calls it (a run stops cleanly) and a second one
-    cancels; without, the first signal cancels. Cancellation ends in KeyboardInterrupt,
-    which the CLI turns into exit 130 with a message.
-    """
-
-    async def main() -> _T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        seen = 0
-
-        def on_signal() -> None:
-            nonlocal seen
-            seen += 1
-            if seen == 1 and on_first is not None:
-                on_first()
-            elif task is not None:
-                task.cancel()
-
-        installed = _install_signals(loop, on_signal)
-        try:
-            return await make()
-        except asyncio.CancelledError:
-            raise KeyboardInterrupt from None
-        finally:
-            _remove_signals(loop, installed)
-
-    return asyncio.run(main())
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _install_signals(
-    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
-) -> list[tuple[signal.Signals, object]]:
-    """Route SIGINT/SIGTERM to ``handler`` on the loop; returns what to restore.
-
-    Where the loop cannot (Windows), ``signal.signal`` hands the signal to the loop.
-    """
-    installed: list[tuple[signal.Signals, object]] = []
-    for sig in _SIGNALS:
-        try:
-            loop.add_signal_handler(sig, handler)
-            installed.append((sig, None))
-        except (NotImplementedError, RuntimeError):
-            previous = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(handler))
-            installed.append((sig, previous))
-    return installed
-
-
-def _remove_signals(
-    loop: asyncio.AbstractEventLoop, installed: list[tuple[signal.Signals, object]]
-) -> None:
-    for sig, previous in installed:
-        if previous is None:
-            loop.remove_signal_handler(sig)
-        else:
-            signal.signal(sig, previous)  # type: ignore[arg-type]
-
-
 def run_with_signals(runner: Runner) -> RunReport:
     """Run; the first SIGINT/SIGTERM stops cleanly, a second one stops at once."""
 
@@ -540,7 +480,7 @@ def run_with_signals(runner: Runner) -> RunReport:
         runner.request_stop("interrupted", "interrupted by signal")
 
     try:
-        return _run(runner.run, first)
+        return run_command(runner.run, first)
     except KeyboardInterrupt:
         if runner.report.journal:
             print(f"resume with: bulkjob resume {runner.report.journal}", file=sys.stderr)

@@ -37,131 +37,42 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 from ._chunker import Chunk
 from ._errors import InputError, JournalError
+from ._journal_schema import (
+    ADDED_COLUMNS,
+    ROW_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UNSETTLED,
+    ChunkRow,
+    ChunkState,
+    InputIdentity,
+    cause,
+    inspect,
+    read_only,
+    state_of,
+    verify_chunks,
+)
 from ._lock import JournalLock
 
-__all__ = ["ChunkRow", "ChunkState", "InputIdentity", "Journal", "verify_chunks"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "UNSETTLED",
+    "ChunkRow",
+    "ChunkState",
+    "InputIdentity",
+    "Journal",
+    "verify_chunks",
+]
 
 _T = TypeVar("_T")
-SCHEMA_VERSION = 2
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks (
-    seq INTEGER PRIMARY KEY,
-    first TEXT NOT NULL,
-    last TEXT NOT NULL,
-    ids INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    job_id TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    sent_at REAL,
-    updated_at REAL NOT NULL DEFAULT 0,
-    job_status TEXT,
-    results_path TEXT,
-    id_set TEXT,
-    id_hashes BLOB,
-    evidence TEXT
-);
-CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
-"""
-#: Columns an older journal may lack, with what they are added as when it is migrated.
-_ADDED_COLUMNS = {
-    "job_id": "TEXT",
-    "attempts": "INTEGER NOT NULL DEFAULT 0",
-    "last_error": "TEXT",
-    "sent_at": "REAL",
-    "updated_at": "REAL NOT NULL DEFAULT 0",
-    "job_status": "TEXT",
-    "results_path": "TEXT",
-    "id_set": "TEXT",
-    "id_hashes": "BLOB",
-    "evidence": "TEXT",
-}
-_REQUIRED_COLUMNS = ("seq", "first", "last", "ids", "digest", "state")
-_ROW_COLUMNS = [
-    "seq",
-    "first",
-    "last",
-    "ids",
-    "digest",
-    "state",
-    "job_id",
-    "attempts",
-    "last_error",
-    "sent_at",
-    "job_status",
-    "results_path",
-    "id_set",
-    "evidence",
-]
 _Op = tuple[str, tuple[object, ...], "asyncio.Future[None] | None"]
-
-
-class ChunkState(StrEnum):
-    """Where a chunk stands (see the module docstring for the transitions)."""
-
-    PENDING = "pending"
-    SENDING = "sending"
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    UNKNOWN = "unknown"
-    AMBIGUOUS = "ambiguous"
-    ABANDONED = "abandoned"
-
-
-#: States whose submit may have created a job that nobody has proven yet.
-UNSETTLED = frozenset({ChunkState.SENDING, ChunkState.UNKNOWN, ChunkState.AMBIGUOUS})
-
-
-@dataclass(frozen=True, slots=True)
-class InputIdentity:
-    """Which file an input was: resume refuses a different one."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: str) -> InputIdentity:
-        """Stat ``path`` now."""
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise InputError(path, 0, f"cannot read input: {exc.strerror}") from None
-        return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRow:
-    """One chunk as the journal knows it."""
-
-    seq: int
-    first: str
-    last: str
-    ids: int
-    digest: str
-    state: ChunkState
-    job_id: str | None = None
-    attempts: int = 0
-    last_error: str | None = None
-    sent_at: float | None = None
-    job_status: str | None = None
-    results_path: str | None = None
-    #: SHA-256 of the chunk's distinct ids, sorted: what a job's results must match.
-    id_set: str | None = None
-    #: Which job proved what, or which candidates were ruled out (for ``status``).
-    evidence: str | None = None
 
 
 class Journal:
@@ -172,7 +83,7 @@ class Journal:
         self._lock = lock
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._columns = frozenset(_ROW_COLUMNS) | frozenset(_ADDED_COLUMNS)
+        self._columns = frozenset(ROW_COLUMNS) | frozenset(ADDED_COLUMNS)
         self._ops: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: JournalError | None = None
@@ -218,8 +129,8 @@ class Journal:
         never recorded a chunk. Reads only."""
         if not (os.path.exists(path) and os.path.getsize(path) > 0):
             return
-        _inspect(Path(path))
-        if _read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0][0]:
+        inspect(Path(path))
+        if read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0][0]:
             raise InputError(
                 str(path),
                 0,
@@ -263,7 +174,7 @@ class Journal:
         path = Path(path)
         if not path.is_file():
             raise JournalError(str(path), "no such journal", usable=False)
-        version, columns = _inspect(path)
+        version, columns = inspect(path)
         if version > SCHEMA_VERSION:
             raise JournalError(
                 str(path),
@@ -280,7 +191,7 @@ class Journal:
         journal._lock = JournalLock.acquire(path, command)
         try:
             journal._connect()
-            if version < SCHEMA_VERSION or any(c not in columns for c in _ADDED_COLUMNS):
+            if version < SCHEMA_VERSION or any(c not in columns for c in ADDED_COLUMNS):
                 journal._migrate(columns)
         except BaseException:
             journal.close_sync()
@@ -289,9 +200,9 @@ class Journal:
 
     def _migrate(self, columns: frozenset[str]) -> None:
         """Bring an older journal to this schema: add what it lacks, in one transaction."""
-        missing = [c for c in _ADDED_COLUMNS if c not in columns]
+        missing = [c for c in ADDED_COLUMNS if c not in columns]
         ops: list[tuple[str, tuple[object, ...]]] = [
-            (f"ALTER TABLE chunks ADD COLUMN {c} {_ADDED_COLUMNS[c]}", ()) for c in missing
+            (f"ALTER TABLE chunks ADD COLUMN {c} {ADDED_COLUMNS[c]}", ()) for c in missing
         ]
         ops.append(("CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state)", ()))
         ops.append(
@@ -301,7 +212,7 @@ class Journal:
             )
         )
         self._run_sync(ops)
-        self._columns = columns | frozenset(_ADDED_COLUMNS)
+        self._columns = columns | frozenset(ADDED_COLUMNS)
 
     def _connect(self) -> None:
         path = self.path
@@ -319,7 +230,7 @@ class Journal:
             # FULL: a committed "sending"/"accepted" survives power loss, not just kill -9.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             return conn
 
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
@@ -345,7 +256,7 @@ class Journal:
         try:
             return work()
         except sqlite3.Error as exc:
-            raise JournalError(str(self.path), _cause(exc)) from None
+            raise JournalError(str(self.path), cause(exc)) from None
 
     def meta(self, key: str) -> object:
         """A run-level value (settings, inputs, identity, created, version)."""
@@ -386,13 +297,13 @@ class Journal:
     def rows(self, *states: ChunkState) -> Iterator[ChunkRow]:
         """Chunk rows in sequence order, optionally of some states only."""
         # An older journal read without migrating (read-only) lacks some columns.
-        cols = ", ".join(c if c in self._columns else f"NULL AS {c}" for c in _ROW_COLUMNS)
+        cols = ", ".join(c if c in self._columns else f"NULL AS {c}" for c in ROW_COLUMNS)
         sql = f"SELECT {cols} FROM chunks"
         if states:
             sql += f" WHERE state IN ({', '.join('?' * len(states))})"
         for row in self._query(sql + " ORDER BY seq", tuple(str(s) for s in states)):
             values = list(row)
-            values[5] = _state(str(values[5]))
+            values[5] = state_of(str(values[5]))
             values[7] = int(str(values[7] or 0))
             yield ChunkRow(*values)  # type: ignore[arg-type]
 
@@ -517,7 +428,7 @@ class Journal:
             try:
                 await loop.run_in_executor(pool, self._apply, [(s, p) for s, p, _ in batch])
             except (sqlite3.Error, OSError) as exc:
-                self._failure = JournalError(str(self.path), f"cannot write: {_cause(exc)}")
+                self._failure = JournalError(str(self.path), f"cannot write: {cause(exc)}")
                 for _, _, fut in batch + self._ops:
                     if fut is not None and not fut.done():
                         fut.set_exception(self._failure)
@@ -539,7 +450,7 @@ class Journal:
         try:
             pool.submit(self._apply, ops).result()
         except (sqlite3.Error, OSError) as exc:
-            raise JournalError(str(self.path), f"cannot write: {_cause(exc)}") from None
+            raise JournalError(str(self.path), f"cannot write: {cause(exc)}") from None
 
     def _apply(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
         """One transaction; runs on the journal's thread."""
@@ -593,92 +504,3 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close_sync()
-
-
-def _state(value: str) -> ChunkState:
-    try:
-        return ChunkState(value)
-    except ValueError:
-        return ChunkState.AMBIGUOUS  # a state this version does not know: never guessed
-
-
-def _cause(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    return text
-
-
-def _read_only(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """One query through a read-only connection: nothing about the file can change."""
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise JournalError(str(path), f"cannot open: {_cause(exc)}") from None
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.Error as exc:
-        raise JournalError(
-            str(path), f"not a bulkjob journal ({_cause(exc)})", usable=False
-        ) from None
-    finally:
-        conn.close()
-
-
-def _inspect(path: Path) -> tuple[int, frozenset[str]]:
-    """(schema version, chunk columns) of a journal, read without changing a byte;
-    raises JournalError for anything that is not a bulkjob journal."""
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(len(_SQLITE_MAGIC))
-    except OSError as exc:
-        raise JournalError(str(path), f"cannot read: {exc.strerror}") from None
-    if magic != _SQLITE_MAGIC:
-        raise JournalError(str(path), "not a bulkjob journal (not an SQLite file)", usable=False)
-    tables = {str(r[0]) for r in _read_only(path, "SELECT name FROM sqlite_master")}
-    if not {"run", "chunks"} <= tables:
-        raise JournalError(
-            str(path), "not a bulkjob journal (an unrelated SQLite database)", usable=False
-        )
-    columns = frozenset(str(r[1]) for r in _read_only(path, "PRAGMA table_info(chunks)"))
-    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise JournalError(
-            str(path), f"not a bulkjob journal (no column {missing[0]!r})", usable=False
-        )
-    rows = _read_only(path, "SELECT value FROM run WHERE key = 'version'")
-    try:
-        version = int(json.loads(str(rows[0][0]))) if rows else 0
-    except (ValueError, TypeError):
-        version = 0
-    if version < 1:
-        raise JournalError(str(path), "not a bulkjob journal (no schema version)", usable=False)
-    return version, columns
-
-
-def verify_chunks(rows: dict[int, ChunkRow], chunks: Iterable[Chunk], inputs: list[str]) -> None:
-    """Prove that ``chunks`` (the input re-read) are the chunks ``rows`` describe.
-
-    Reads only as far as the last journaled chunk. Raises InputError on the first chunk
-    whose hash differs, or when the input ends before it.
-    """
-    if not rows:
-        return
-    last = max(rows)
-    for chunk in chunks:
-        row = rows.get(chunk.seq)
-        if row is not None and row.digest != chunk.digest:
-            raise InputError(
-                chunk.first.path,
-                chunk.first.line,
-                f"input changed since the journal was written: chunk {chunk.seq} "
-                f"({row.first}..{row.last}) now holds other ids; nothing was sent",
-            )
-        if chunk.seq >= last:
-            return
-    raise InputError(
-        ", ".join(inputs),
-        0,
-        f"input is shorter than when the journal was written (chunk {last} is gone); "
-        "nothing was sent",
-    )

@@ -36,7 +36,7 @@ from ._errors import (
 from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
-from ._report import RunReport, StopSignal
+from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings
 from ._submitter import Submitter
 
@@ -58,8 +58,6 @@ JournalArg = str | os.PathLike[str] | Journal
 log = get_logger()
 _T = TypeVar("_T")
 #: Display order; anything else the server or a newer journal says comes after, sorted.
-_STATE_ORDER = tuple(str(state) for state in ChunkState)
-_STATUS_ORDER = ("accepted", "processing", "finished", "failed", "aborted")
 #: ``wait`` backs off by this factor per round, up to this multiple of the first interval.
 _BACKOFF_FACTOR = 1.5
 _BACKOFF_CAP = 10.0
@@ -81,51 +79,6 @@ def settings_from_journal(journal: JournalArg, **overrides: object) -> Settings:
 
 
 # -- results of the commands ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatus:
-    """Where a run's chunks and jobs stand, as the journal knows it (after any refresh)."""
-
-    #: Journal state (pending, accepted, rejected, ...) -> (chunks, ids).
-    chunks: Mapping[str, tuple[int, int]]
-    #: Last known server status of accepted jobs (accepted, processing, ...) -> (jobs, ids).
-    jobs: Mapping[str, tuple[int, int]]
-    total_chunks: int
-    total_ids: int
-    total_jobs: int
-    #: Jobs whose last known status is not final (finished, failed, aborted).
-    open_jobs: int
-    #: Jobs whose status was asked of the server by the call that made this snapshot.
-    refreshed: int = 0
-    #: What settled each chunk whose answer was lost: (chunk, state, evidence).
-    evidence: tuple[tuple[int, str, str], ...] = ()
-
-    @property
-    def all_final(self) -> bool:
-        """True when no job is still queued or processing."""
-        return self.open_jobs == 0
-
-    def render(self) -> str:
-        """A plain-text table: chunks by journal state, then jobs by server status."""
-        lines = [f"{'chunk state':<16}{'chunks':>10}{'ids':>14}"]
-        lines += [f"  {k:<14}{c:>10,}{i:>14,}" for k, (c, i) in _ordered(self.chunks, _STATE_ORDER)]
-        lines.append(f"  {'total':<14}{self.total_chunks:>10,}{self.total_ids:>14,}")
-        lines.append("")
-        lines.append(f"{'job status':<16}{'jobs':>10}{'ids':>14}")
-        lines += [f"  {k:<14}{c:>10,}{i:>14,}" for k, (c, i) in _ordered(self.jobs, _STATUS_ORDER)]
-        job_ids = sum(i for _, i in self.jobs.values())
-        lines.append(f"  {'total':<14}{self.total_jobs:>10,}{job_ids:>14,}")
-        if self.open_jobs:
-            lines.append(f"{self.open_jobs:,} job(s) not finished yet")
-        if self.evidence:
-            lines.append("")
-            lines.append("lost answers and their proof")
-            lines += [f"  chunk {seq:,} -> {state}: {why}" for seq, state, why in self.evidence]
-        unsettled = [k for k in ("pending", "sending", "unknown", "ambiguous") if k in self.chunks]
-        if unsettled:
-            lines.append(f"chunks {', '.join(unsettled)}: `bulkjob resume` takes them on")
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,13 +440,6 @@ def _status_in(data: Mapping[str, object], default: str | None = None) -> str:
     if default is not None:
         return default
     raise ProtocolError("job status answer without a status", server_message=str(data)[:200])
-
-
-def _ordered(
-    counts: Mapping[str, tuple[int, int]], order: tuple[str, ...]
-) -> list[tuple[str, tuple[int, int]]]:
-    rank = {k: n for n, k in enumerate(order)}
-    return sorted(counts.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0]))
 
 
 def _merge(files: Iterable[Path], dest: Path) -> int:

@@ -33,20 +33,24 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from types import TracebackType
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ._sandbox_bodies import (
+    API_PREFIX,
     TOKEN_PATH,
+    comma_list,
+    drop,
     format_expiration,
     format_iso,
     garbage,
     gateway_page,
     http_date,
     render,
+    route,
+    timestamp,
 )
 from ._sandbox_control import control_routes
 from ._sandbox_state import (
@@ -66,7 +70,6 @@ from ._sandbox_state import (
 
 __all__ = ["JobRecord", "Ledger", "Sandbox", "SandboxConfig"]
 
-API_PREFIX = "/api/v1"
 _ERROR_TYPES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -254,14 +257,14 @@ class Sandbox:
         now = time.monotonic()
         ledger.requests += 1
         ledger.request_times.append(now)
-        route = _route(request)
-        ledger.routes[route] += 1
+        what = route(request)
+        ledger.routes[what] += 1
         # submit_faults_only: the plain faults hit job submits only, so that a test can lose
         # submits before acceptance while the job list and results stay readable.
-        faulty = route == "submit" or not config.submit_faults_only
+        faulty = what == "submit" or not config.submit_faults_only
         if faulty and config.drop_rate and state.faults_rng.random() < config.drop_rate:
             ledger.faults["drop"] += 1
-            return await _drop(request)
+            return await drop(request)
         if not state.token_valid(request.headers.get("accessToken"), now):
             raise SandboxRefusal(401, "401-101", _UNAUTHORIZED)
         verdict = state.throttle(now)
@@ -293,7 +296,7 @@ class Sandbox:
             kind = rng.choice(config.token_fault_kinds)
             self.ledger.faults[f"token_{kind}"] += 1
             if kind == "reset":
-                return await _drop(request)
+                return await drop(request)
             if kind == "garbage":
                 return web.Response(text='{"accessTokenDetails": {"acc', content_type="text/html")
             return self._server_fault(request, rng.choice(_FAULT_STATUSES))
@@ -347,7 +350,7 @@ class Sandbox:
         config, rng, faults = self.config, self._state.faults_rng, self.ledger.faults
         if config.drop_after_accept_rate and rng.random() < config.drop_after_accept_rate:
             faults["drop_after_accept"] += 1
-            return await _drop(request)
+            return await drop(request)
         if config.accept_then_5xx_rate and rng.random() < config.accept_then_5xx_rate:
             faults["accept_then_5xx"] += 1
             return self._server_fault(request, rng.choice(_FAULT_STATUSES))
@@ -392,15 +395,15 @@ class Sandbox:
     async def _jobs(self, request: web.Request) -> web.StreamResponse:
         query = request.query
         invalid = self._state.invalid
-        types = _comma_list(query.get("jobTypes"))
+        types = comma_list(query.get("jobTypes"))
         if types is not None and not types <= set(JOB_KINDS.values()):
             raise invalid(f"Unknown jobTypes: {', '.join(sorted(types - set(JOB_KINDS.values())))}")
-        statuses = _comma_list(query.get("jobStatuses"))
+        statuses = comma_list(query.get("jobStatuses"))
         if statuses is not None and not statuses <= set(STATUSES):
             raise invalid(f"Unknown jobStatuses: {', '.join(sorted(statuses - set(STATUSES)))}")
         try:
-            start = _timestamp(query.get("start"))
-            end = _timestamp(query.get("end"))
+            start = timestamp(query.get("start"))
+            end = timestamp(query.get("end"))
             page = int(query.get("page", "1"))
             per_page = int(query.get("resultsPerPage", str(_MAX_RESULTS_PER_PAGE)))
         except ValueError as exc:
@@ -483,41 +486,3 @@ def _status_body(job: JobRecord, status: str) -> dict[str, object]:
     if status == FINISHED:
         data["totalProcessed"] = job.ids
     return data
-
-
-def _route(request: web.Request) -> str:
-    """What an API request is, for the ledger's per-route counts."""
-    path = request.path.removeprefix(API_PREFIX + "/")
-    if path.startswith("admin/"):
-        return path.removeprefix("admin/")
-    if request.method == "POST":
-        return "submit"
-    if request.method == "DELETE":
-        return "cancel"
-    return "results" if path.endswith("/results") else "status"
-
-
-async def _drop(request: web.Request) -> web.StreamResponse:
-    """Close the connection without an answer; the client sees a server disconnect."""
-    # Drain the body first: closing while the client is still uploading can surface as a
-    # broken pipe on its side instead of the disconnect this fault is meant to simulate.
-    await request.read()
-    if request.transport is not None:
-        request.transport.close()
-    # Nothing can be written to a closed transport; aiohttp discards this quietly.
-    return web.Response(status=204)
-
-
-def _timestamp(value: str | None) -> float | None:
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)  # the API's times are UTC
-    return parsed.timestamp()
-
-
-def _comma_list(value: str | None) -> set[str] | None:
-    if value is None:
-        return None
-    return {part.strip() for part in value.split(",") if part.strip()}

@@ -18,16 +18,23 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 __all__ = [
+    "API_PREFIX",
+    "TOKEN_PATH",
+    "comma_list",
+    "drop",
     "format_expiration",
     "format_iso",
     "garbage",
     "gateway_page",
     "http_date",
     "render",
+    "route",
+    "timestamp",
     "to_xml",
     "wants_json",
 ]
 
+API_PREFIX = "/api/v1"
 TOKEN_PATH = "/Auth/login/v1/token"
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -140,3 +147,41 @@ def format_iso(timestamp: float) -> str:
 def http_date(timestamp: float) -> str:
     """RFC 7231 IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), as the Date header wants."""
     return formatdate(timestamp, usegmt=True)
+
+
+def route(request: web.Request) -> str:
+    """What an API request is, for the ledger's per-route counts."""
+    path = request.path.removeprefix(API_PREFIX + "/")
+    if path.startswith("admin/"):
+        return path.removeprefix("admin/")
+    if request.method == "POST":
+        return "submit"
+    if request.method == "DELETE":
+        return "cancel"
+    return "results" if path.endswith("/results") else "status"
+
+
+async def drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer; the client sees a server disconnect."""
+    # Drain the body first: closing while the client is still uploading can surface as a
+    # broken pipe on its side instead of the disconnect this fault is meant to simulate.
+    await request.read()
+    if request.transport is not None:
+        request.transport.close()
+    # Nothing can be written to a closed transport; aiohttp discards this quietly.
+    return web.Response(status=204)
+
+
+def timestamp(value: str | None) -> float | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # the API's times are UTC
+    return parsed.timestamp()
+
+
+def comma_list(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
