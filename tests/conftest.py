@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bulkjob._journal import ChunkRow, Journal
 from bulkjob._sandbox import Sandbox, SandboxConfig
 from bulkjob._settings import Settings
 
@@ -180,3 +182,22 @@ def assert_paid_once(sb: Sandbox, values: Iterable[str]) -> None:
     assert not missing, f"{len(missing)} ids never paid"
     assert set(sb.ledger.accepted_ids) == set(wanted)
     assert sb.ledger.ids_accepted == len(wanted)
+
+
+def journal_rows(path: Path) -> dict[int, ChunkRow]:
+    """seq -> row, read through a read-only handle that is closed again."""
+    with Journal.open(path, readonly=True) as journal:
+        return {row.seq: row for row in journal.rows()}
+
+
+def edit_journal(path: Path, *statements: str) -> list[tuple[object, ...]]:
+    """Run SQL on a journal file directly (a test's crash or tampering); the last result."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            rows: list[tuple[object, ...]] = []
+            for sql in statements:
+                rows = db.execute(sql).fetchall()
+        return rows
+    finally:
+        db.close()

@@ -9,7 +9,6 @@ import json
 import os
 import resource
 import signal
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.conftest import (
     assert_paid_once,
     cli_env,
     cli_flags,
+    edit_journal,
     finish_cli,
     make_ids,
     run_cli,
@@ -256,11 +256,11 @@ async def test_older_journal_schema_is_read_and_migrated(
     values = make_ids(300)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
     await Runner(settings_for(sb), [str(path)], journal=journal).run()
-    with sqlite3.connect(journal) as db:  # what a schema-1 journal lacks
-        for column in ("id_set", "id_hashes", "evidence"):
-            db.execute(f"ALTER TABLE chunks DROP COLUMN {column}")
-        db.execute("UPDATE run SET value = '1' WHERE key = 'version'")
-    db.close()
+    edit_journal(  # what a schema-1 journal lacks
+        journal,
+        *(f"ALTER TABLE chunks DROP COLUMN {c}" for c in ("id_set", "id_hashes", "evidence")),
+        "UPDATE run SET value = '1' WHERE key = 'version'",
+    )
     code, err = await run_cli("status", str(journal))
     assert code == 0, err
     code, err = await run_cli("resume", str(journal), *cli_flags(sb))
@@ -274,9 +274,7 @@ async def test_an_unrelated_sqlite_file_is_refused_untouched(
 ) -> None:
     """`bulkjob status app.db` on an application's database: exit 2, not a byte changed."""
     app = tmp_path / "app.db"
-    with sqlite3.connect(app) as db:
-        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
-    db.close()
+    edit_journal(app, "CREATE TABLE orders (id INTEGER PRIMARY KEY)")
     before = hashlib.sha256(app.read_bytes()).hexdigest()
     code, err = await run_cli(command[0], str(app), *command[1:], cwd=tmp_path)
     assert code == 2, err

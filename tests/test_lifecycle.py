@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from bulkjob._journal import Journal
 from bulkjob._lifecycle import (
     RunStatus,
     WaitTimeoutError,
@@ -21,7 +20,7 @@ from bulkjob._runner import Runner
 from bulkjob._sandbox import Sandbox
 from bulkjob._sandbox_state import ACCEPTED, PROCESSING, JobRecord
 from bulkjob._settings import Settings
-from tests.conftest import TOKEN, IdsWriter, SandboxFactory, make_ids, settings_for
+from tests.conftest import TOKEN, IdsWriter, SandboxFactory, journal_rows, make_ids, settings_for
 
 IDS = make_ids(250)  # three jobs of 100, 100 and 50 ids
 
@@ -36,20 +35,12 @@ async def submitted(sb: Sandbox, ids: IdsWriter, tmp_path: Path) -> tuple[Path, 
 
 def journal_statuses(journal: Path) -> dict[int, str | None]:
     """seq -> job status as the journal has it."""
-    opened = Journal.open(journal)
-    try:
-        return {row.seq: row.job_status for row in opened.rows()}
-    finally:
-        opened.close_sync()
+    return {seq: row.job_status for seq, row in journal_rows(journal).items()}
 
 
 def job_of(sb: Sandbox, journal: Path, seq: int) -> JobRecord:
     """The sandbox's record of the job chunk ``seq`` became."""
-    opened = Journal.open(journal)
-    try:
-        job_id = next(row.job_id for row in opened.rows() if row.seq == seq)
-    finally:
-        opened.close_sync()
+    job_id = journal_rows(journal)[seq].job_id
     assert job_id is not None
     return sb.ledger.jobs[job_id]
 

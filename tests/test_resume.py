@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -14,12 +13,19 @@ import pytest
 
 from bulkjob._config import settings_for_resume
 from bulkjob._errors import ConfigError, InputError
-from bulkjob._journal import Journal
 from bulkjob._report import RunReport
 from bulkjob._runner import Runner
 from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
-from tests.conftest import TOKEN, IdsWriter, SandboxFactory, make_ids, settings_for
+from tests.conftest import (
+    TOKEN,
+    IdsWriter,
+    SandboxFactory,
+    edit_journal,
+    journal_rows,
+    make_ids,
+    settings_for,
+)
 
 
 async def run(settings: Settings, path: Path, journal: Path, **kw: object) -> RunReport:
@@ -95,18 +101,16 @@ async def test_unanswered_sending_chunk_is_reconciled_not_resent(
     path, journal = ids(values), tmp_path / "run.journal"
     await run(settings_for(sb, max_requests=20, per_seconds=1.0), path, journal)
     # Simulate a crash between the server accepting chunk 3 and the journal recording it.
-    with sqlite3.connect(journal) as db:
-        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 3")
+    edit_journal(journal, "UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 3")
     # ...and a crash after journaling 'sending' for chunk 5, before its request left.
-    with sqlite3.connect(journal) as db:
-        row = db.execute("SELECT job_id FROM chunks WHERE seq = 5").fetchone()
-        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 5")
-    forget_job(sb, row[0], values[400:500])
+    ((job_5,),) = edit_journal(journal, "SELECT job_id FROM chunks WHERE seq = 5")
+    edit_journal(journal, "UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq = 5")
+    forget_job(sb, str(job_5), values[400:500])
     report = await run(settings_for(sb), path, journal, resume=True)
     assert report.stop_reason is None
     assert report.ids_submitted == 500
     assert_exactly_once(sb, values)
-    states = {r.seq: (r.state, r.job_id) for r in Journal.open(journal, readonly=True).rows()}
+    states = {seq: (r.state, r.job_id) for seq, r in journal_rows(journal).items()}
     assert states[3][0] == "accepted"
     assert states[3][1] in sb.ledger.jobs
 
@@ -119,10 +123,8 @@ async def test_unprovable_chunks_stop_then_follow_the_users_choice(
     values = make_ids(300)
     path, journal = ids(values), tmp_path / "run.journal"
     await run(settings_for(sb), path, journal)
-    with sqlite3.connect(journal) as db:
-        jobs = dict(db.execute("SELECT seq, job_id FROM chunks WHERE seq IN (1, 2)").fetchall())
-        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (1, 2)")
-    db.close()
+    jobs = dict(edit_journal(journal, "SELECT seq, job_id FROM chunks WHERE seq IN (1, 2)"))
+    edit_journal(journal, "UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (1, 2)")
     # Chunk 2's request never arrived; chunk 1's job failed and left no results to read.
     forget_job(sb, jobs[2], values[100:200])
     sb.ledger.jobs[jobs[1]].fails = True
@@ -131,7 +133,7 @@ async def test_unprovable_chunks_stop_then_follow_the_users_choice(
     assert stopped.ambiguous_chunks == [1, 2]  # job 1 can be neither chunk's proof nor ruled out
     assert stopped.accounted
     assert sb.ledger.ids_accepted == 200  # nothing was sent on a guess
-    rows = {r.seq: r for r in Journal.open(journal, readonly=True).rows()}
+    rows = journal_rows(journal)
     assert rows[1].state == "ambiguous"
     assert jobs[1] in (rows[1].evidence or "")
     abandoned = await run(settings_for(sb), path, journal, resume=True, ambiguous="abandon")
@@ -255,14 +257,12 @@ async def test_content_tells_which_of_two_sends_became_the_job(
     values = make_ids(500)
     path, journal = ids(values), tmp_path / "run.journal"
     await run(settings_for(sb), path, journal)
-    with sqlite3.connect(journal) as db:
-        jobs = dict(db.execute("SELECT seq, job_id FROM chunks WHERE seq IN (2, 3)").fetchall())
-        db.execute("UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (2, 3)")
+    jobs = dict(edit_journal(journal, "SELECT seq, job_id FROM chunks WHERE seq IN (2, 3)"))
+    edit_journal(journal, "UPDATE chunks SET state = 'sending', job_id = NULL WHERE seq IN (2, 3)")
     job_of_2 = jobs[2]
     # Chunk 3's request never arrived: forget its job on the server side.
     forget_job(sb, jobs[3], values[200:300])
     report = await run(settings_for(sb), path, journal, resume=True)
     assert report.stop_reason is None
     assert_exactly_once(sb, values)
-    rows = {r.seq: r.job_id for r in Journal.open(journal, readonly=True).rows()}
-    assert rows[2] == job_of_2
+    assert journal_rows(journal)[2].job_id == job_of_2

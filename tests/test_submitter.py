@@ -10,12 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkjob._evidence import IdSet
-from bulkjob._journal import ChunkState, Journal
+from bulkjob._journal import ChunkState
 from bulkjob._lifecycle import status, wait
 from bulkjob._runner import Runner
 from tests.conftest import (
     SandboxFactory,
     assert_paid_once,
+    journal_rows,
     make_ids,
     settings_for,
     write_ids,
@@ -86,9 +87,9 @@ async def test_a_foreign_subset_cannot_rule_a_chunk_out(
     assert report.stop_reason == "ambiguous"
     assert report.ambiguous_chunks == [1]
     assert sb.ledger.ids_accepted == 0  # never resent on a guess
-    rows = list(Journal.open(tmp_path / "j", readonly=True).rows())
-    assert rows[0].state is ChunkState.AMBIGUOUS
-    assert "60 of this chunk's 100 ids" in (rows[0].evidence or "")
+    row = journal_rows(tmp_path / "j")[1]
+    assert row.state is ChunkState.AMBIGUOUS
+    assert "60 of this chunk's 100 ids" in (row.evidence or "")
 
 
 async def test_the_results_id_column_is_a_setting(sandbox: SandboxFactory, tmp_path: Path) -> None:
