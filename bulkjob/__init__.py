@@ -16,14 +16,18 @@ from ._errors import (
     ConfigError,
     InputError,
     JobRejectedError,
+    JournalError,
+    JournalLockedError,
     ProtocolError,
     QueueFullError,
     QuotaExhaustedError,
+    RequestError,
     ThrottledError,
     TransportError,
+    WaitTimeoutError,
 )
-from ._lifecycle import ResultsSummary, RunStatus
-from ._report import JobInfo, RejectedChunk, RunReport
+from ._lifecycle import ResultsSummary
+from ._report import JobInfo, RejectedChunk, RunReport, RunStatus
 from ._runner import Progress, Runner
 from ._sandbox import Sandbox, SandboxConfig
 from ._settings import Settings
@@ -51,11 +55,14 @@ __all__ = [
     "InputError",
     "JobInfo",
     "JobRejectedError",
+    "JournalError",
+    "JournalLockedError",
     "Progress",
     "ProtocolError",
     "QueueFullError",
     "QuotaExhaustedError",
     "RejectedChunk",
+    "RequestError",
     "ResultsSummary",
     "RunReport",
     "RunStatus",
@@ -65,6 +72,7 @@ __all__ = [
     "Settings",
     "ThrottledError",
     "TransportError",
+    "WaitTimeoutError",
     "__version__",
     "results",
     "results_async",

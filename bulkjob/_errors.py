@@ -46,6 +46,7 @@ __all__ = [
     "QueueFullError",
     "QuotaExhaustedError",
     "RequestError",
+    "SandboxRefusal",
     "StopReason",
     "StopRequested",
     "ThrottledError",
@@ -275,6 +276,17 @@ class Transient(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class SandboxRefusal(Exception):
+    """The sandbox server's own: a request it answers with an error body (status,
+    errorNumber, message). Never raised to a client of bulkjob; not a BulkJobError."""
+
+    def __init__(self, status: int, error_number: str, message: str) -> None:
+        self.status = status
+        self.error_number = error_number
+        self.message = message
+        super().__init__(f"{status} {error_number}: {message}")
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -38,6 +38,7 @@ from types import TracebackType
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from ._errors import SandboxRefusal
 from ._sandbox_bodies import (
     API_PREFIX,
     TOKEN_PATH,
@@ -65,7 +66,6 @@ from ._sandbox_state import (
     JobRecord,
     Ledger,
     SandboxConfig,
-    SandboxRefusal,
 )
 
 __all__ = ["JobRecord", "Ledger", "Sandbox", "SandboxConfig"]

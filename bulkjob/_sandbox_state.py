@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ._errors import SandboxRefusal
 from ._sandbox_config import SandboxConfig
 from ._sandbox_ledger import Ledger
 from ._sandbox_results import results_csv
@@ -123,16 +124,6 @@ class JobRecord:
             no_match_rate=self.no_match_rate,
             failed=self.fails,
         )
-
-
-class SandboxRefusal(Exception):
-    """A request the sandbox answers with an error body: status, errorNumber and message."""
-
-    def __init__(self, status: int, error_number: str, message: str) -> None:
-        self.status = status
-        self.error_number = error_number
-        self.message = message
-        super().__init__(f"{status} {error_number}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,3 +21,16 @@ def test_error_tree_has_one_root() -> None:
     """Every exported error derives from BulkJobError."""
     errors = [getattr(bulkjob, n) for n in bulkjob.__all__ if n.endswith("Error")]
     assert all(issubclass(e, bulkjob.BulkJobError) for e in errors)
+
+
+def test_readme_exit_codes_are_the_table() -> None:
+    """The README's exit-code table lists exactly the codes of ExitCode, in order."""
+    from pathlib import Path
+
+    from bulkjob._errors import ExitCode
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("|")]
+    codes = [int(cell) for cell in cells if cell.isdigit()]
+    assert codes == [int(c) for c in ExitCode]
