@@ -121,13 +121,16 @@ class QueueRoom:
                     await asyncio.wait_for(self._stopped.wait(), s.queue_poll_interval)
                 if not self.open_jobs:
                     return  # the queue is full of other jobs: just try again
+                freed = 0
+                # The oldest first: queues run in order, and long-finished jobs are pruned.
                 for job_id in list(self.open_jobs)[: s.concurrency]:
                     data = await self.client.get_json(f"{s.job_kind.path}/{job_id}")
                     status = str(data.get("status") or "")
                     if status in FINAL_STATUSES:
+                        freed += 1
                         seq = self.open_jobs.pop(job_id)
                         if self._journal is not None:
                             await self._journal.job_update(seq, status=status)
-                if len(self.open_jobs) < s.concurrency:
-                    log.info("queue.room", open_jobs=len(self.open_jobs))
+                if freed:  # a slot came free: try again now
+                    log.info("queue.room", freed=freed, open_jobs=len(self.open_jobs))
                     return

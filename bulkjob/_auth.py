@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import time
 from datetime import UTC, datetime
 
@@ -40,6 +41,16 @@ def parse_expiration(text: str) -> float | None:
         except ValueError:
             continue
     return None
+
+
+def _clock_offset(date_header: str | None, now: float) -> float:
+    """The login host's clock minus ours, from its Date header (0 without one)."""
+    if not date_header:
+        return 0.0
+    try:
+        return email.utils.parsedate_to_datetime(date_header).timestamp() + 0.5 - now
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
 
 
 class TokenSource:
@@ -134,6 +145,7 @@ class TokenSource:
                 ) as resp:
                     text = await resp.text(errors="replace")
                     status, ctype = resp.status, resp.content_type
+                    server_date = resp.headers.get("Date")
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Never the exception's text: it would hold the URL, and with it the secret.
             log.warning("token.unreachable", error=type(exc).__name__)
@@ -161,6 +173,9 @@ class TokenSource:
         expiry_text = details.get("expirationTime") if isinstance(details, dict) else None
         expires = parse_expiration(expiry_text) if isinstance(expiry_text, str) else None
         now = time.time()
+        if expires is not None:
+            # expirationTime is on the login host's clock: move it onto ours.
+            expires -= _clock_offset(server_date, now)
         self._token, self._expires = token, expires
         if expires is None:
             self._refresh_at = float("inf")  # unknown lifetime: refresh on a 401 only

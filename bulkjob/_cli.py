@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -22,7 +23,15 @@ from typing import NoReturn, TypeVar
 from . import __version__
 from . import _lifecycle as lifecycle
 from ._config import load_settings, settings_for_resume
-from ._errors import STOP_EXIT_CODES, BulkJobError, ExitCode, JournalError, WaitTimeoutError
+from ._errors import (
+    STOP_EXIT_CODES,
+    BulkJobError,
+    ConfigError,
+    ExitCode,
+    IncompleteError,
+    JournalError,
+    WaitTimeoutError,
+)
 from ._journal import Journal
 from ._logging import configure_logging, redact, register_secret
 from ._progress import ProgressLine
@@ -278,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BulkJobError as exc:
         _traceback(exc, debug)
         print(f"error: {redact(str(exc))}", file=sys.stderr)
-        if isinstance(exc, WaitTimeoutError):
+        if isinstance(exc, WaitTimeoutError | IncompleteError):
             print(exc.status.render(), file=sys.stderr)  # type: ignore[attr-defined]
         return int(exc.exit_code)
     except KeyboardInterrupt:
@@ -320,6 +329,7 @@ def _submit(args: argparse.Namespace) -> int:
     _configure(args, settings, progress)
     inputs = list(args.inputs) or ["-"]
     path = Path(args.journal) if args.journal else default_journal(args.report)
+    _distinct(path, args.report)
     journal = Journal.claim(path, "bulkjob submit")  # locked before anything is written
     try:
         if "-" in inputs:
@@ -337,6 +347,15 @@ def _submit(args: argparse.Namespace) -> int:
         journal.close_sync()
 
 
+def _distinct(journal: str | Path, report: str | None) -> None:
+    """The report must not overwrite the journal (or its lock, its stdin copy...)."""
+    if report is None:
+        return
+    real = os.path.realpath(journal)
+    if os.path.realpath(report) in {real, *(real + s for s in (".lock", ".stdin", "-wal", "-shm"))}:
+        raise ConfigError(f"--report {report}: that is the journal's own file; choose another")
+
+
 def _copy_stdin(journal: Path) -> Path:
     """Standard input can't be read twice: keep a copy beside the journal for resume."""
     copy = journal.with_name(journal.name + ".stdin")
@@ -349,6 +368,7 @@ def _copy_stdin(journal: Path) -> Path:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    _distinct(args.journal, args.report)
     journal = Journal.open(args.journal, "bulkjob resume")
     try:
         settings = _settings(args, journal.recorded_settings())
@@ -452,7 +472,9 @@ def default_journal(report: str | None) -> Path:
     """Beside the report when there is one, else a timestamped file here."""
     if report:
         path = Path(report)
-        return path.with_name(path.stem + ".journal")
+        journal = path.with_name(path.stem + ".journal")
+        # --report run.journal must not name the journal itself: keep both.
+        return journal if journal != path else path.with_name(path.name + ".run")
     return Path(f"bulkjob-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.journal")
 
 

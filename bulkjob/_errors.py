@@ -11,6 +11,7 @@ run reports when it ends on it::
     │   └── JournalLockedError   another process holds the journal            10
     ├── StopRequested            the run is stopping: a send was held back   130
     ├── WaitTimeoutError         ``wait`` ran out of time, jobs still open     9
+    ├── IncompleteError          ``wait``: every job final, chunks not sent   12
     └── RequestError             one HTTP exchange with the API went wrong
         ├── AuthError            credentials refused (401 twice, 403, 405)     5
         ├── QuotaExhaustedError  400: not enough transaction credits left      3
@@ -38,6 +39,7 @@ __all__ = [
     "BulkJobError",
     "ConfigError",
     "ExitCode",
+    "IncompleteError",
     "InputError",
     "JobRejectedError",
     "JournalError",
@@ -74,6 +76,7 @@ class ExitCode(IntEnum):
     WAIT_TIMEOUT = 9
     JOURNAL_LOCKED = 10
     JOURNAL = 11
+    INCOMPLETE = 12
     INTERRUPTED = 130
 
 
@@ -190,6 +193,20 @@ class WaitTimeoutError(BulkJobError, TimeoutError):
     def exit_code(self) -> ExitCode:
         """Exit 9: the jobs are fine, only the waiting stopped."""
         return ExitCode.WAIT_TIMEOUT
+
+
+class IncompleteError(BulkJobError):
+    """``wait`` found every job final but chunks of the run not accepted yet (stopped
+    before sending, or proven never accepted): ``resume`` sends them."""
+
+    def __init__(self, message: str, status: object) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Exit 12: the jobs are done, the run is not."""
+        return ExitCode.INCOMPLETE
 
 
 class RequestError(BulkJobError):

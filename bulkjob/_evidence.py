@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 from ._client import ApiClient
-from ._errors import ProtocolError, RequestError
+from ._errors import AuthError, ProtocolError, RequestError
 from ._logging import get_logger
 from ._settings import Settings
 
@@ -189,7 +189,6 @@ class Look:
     jobs: list[Candidate]
     complete: bool
     at: float  # our clock when the list was read
-    offset: float  # server clock minus ours
     seen: dict[str, JobContent] = field(default_factory=dict)
 
 
@@ -207,39 +206,34 @@ class JobReader:
     def __repr__(self) -> str:
         return f"<JobReader cached={len(self._cache)}>"
 
-    async def look(self, earliest: float, latest: float) -> Look:
-        """The account's jobs created around sends made between ``earliest`` and ``latest``
-        (our clock): on the server's clock, widened by ``reconcile_skew`` and the longest a
-        request may take."""
-        s = self._settings
-        offset = self._client.server_offset or 0.0
-        for _ in range(2):
-            at = time.time()
-            since = earliest + offset - s.reconcile_skew
-            until = latest + offset + max(s.request_timeout, s.reconcile_grace) + s.reconcile_skew
-            jobs, complete = await self.candidates(since, until)
-            learned = self._client.server_offset
-            if learned is None or abs(learned - offset) <= s.reconcile_skew / 2:
-                break
-            offset = learned  # the first answer taught us the server's clock: look again
-        return Look(jobs, complete, at, offset)
+    async def look(self, since: float, until: float) -> Look:
+        """The account's jobs created between ``since`` and ``until`` (server clock)."""
+        at = time.time()
+        jobs, complete = await self.candidates(since, until)
+        return Look(jobs, complete, at)
 
     async def prove(
-        self, ids: IdSet, sent_at: float, latest: float, look: Look, known: Collection[str]
+        self,
+        ids: IdSet,
+        since: float,
+        until: float,
+        ready_at: float,
+        look: Look,
+        known: Collection[str],
     ) -> Proof:
-        """What ``look`` says about a chunk of ``ids`` sent between ``sent_at`` and ``latest``.
+        """What ``look`` says about a chunk of ``ids`` whose job, if any, was created between
+        ``since`` and ``until`` (server clock). "No job holds it" is believed only from
+        ``ready_at`` on (our clock: the grace after its answer was lost).
 
-        ``known``: jobs already known to hold other chunks of the run. Counts and times only
-        order the candidates; content decides. Never an exception or a guess.
+        ``known``: jobs already known to hold other chunks of the run. The period selects
+        the candidates; within it counts and times only order them, content decides.
+        Never an exception or a guess.
         """
-        s = self._settings
-        sent = sent_at + look.offset  # on the server's clock
-        lo = sent - s.reconcile_skew
-        hi = latest + look.offset + max(s.request_timeout, s.reconcile_grace) + s.reconcile_skew
+        sent = since + self._settings.reconcile_skew  # roughly when it left, server clock
         candidates = [
             j
             for j in look.jobs
-            if j.job_id not in known and (j.created is None or lo <= j.created <= hi)
+            if j.job_id not in known and (j.created is None or since <= j.created <= until)
         ]
         candidates.sort(key=lambda j: (j.ids != ids.count, abs((j.created or sent) - sent)))
         ruled_out: list[str] = []
@@ -268,7 +262,7 @@ class JobReader:
                         f"{job.job_id} (its results hold {content.ids.count:,} of this "
                         f"chunk's {ids.count:,} ids and no other)"
                     )
-        if running or look.at < latest + s.reconcile_grace:
+        if running or look.at < ready_at:
             return Waiting(running)
         if not look.complete:
             return Unprovable("the account's job list ran past the page cap around the send")
@@ -282,14 +276,19 @@ class JobReader:
             )
         return NotAccepted(
             f"not accepted: no job was created around the send "
-            f"({s.reconcile_grace:g}s grace passed)"
+            f"({self._settings.reconcile_grace:g}s grace passed)"
         )
 
     async def candidates(self, since: float, until: float) -> tuple[list[Candidate], bool]:
         """Jobs of this kind created in [since, until] (server clock); and whether the
-        list is complete (False when it ran past the page cap)."""
+        list is complete for that period (False when it ran past the page cap first).
+
+        A list that proves itself newest first (every creation time seen so far in
+        order) is complete as soon as it reaches a job older than ``since``.
+        """
         kind = self._settings.job_kind
         found: list[Candidate] = []
+        newest_first, previous = True, float("inf")
         for page in range(1, _MAX_PAGES + 1):
             params = {
                 "jobTypes": kind.job_type,
@@ -309,12 +308,17 @@ class JobReader:
                     return await self.candidates(since, until)
                 raise
             items = _items(data)
+            older = False
             for item in items:
                 if isinstance(item, dict) and (job := _candidate(item)) is not None:
-                    inside = job.created is None or since <= job.created <= until
-                    if inside:
+                    if job.created is None or since <= job.created <= until:
                         found.append(job)
-            if len(items) < _PAGE_SIZE:
+                    if job.created is None or job.created > previous:
+                        newest_first = False
+                    else:
+                        previous = job.created
+                        older |= job.created < since
+            if len(items) < _PAGE_SIZE or (newest_first and older):
                 return found, True
         return found, False
 
@@ -344,14 +348,16 @@ class JobReader:
             try:
                 await self._client.download(path, dest)
             except RequestError as exc:
-                if exc.status is None or exc.status >= 500:
-                    raise
+                if isinstance(exc, AuthError) or exc.status is None or exc.status >= 500:
+                    raise  # the server, not the job: the next round tries again
                 return Unreadable(status, f"its results could not be read ({exc})")
             column = self._settings.id_column
             try:
                 ids = await asyncio.to_thread(lambda: IdSet.of(_column_values(dest, column)))
             except ProtocolError as exc:
                 return Unreadable(status, str(exc))
+            except (csv.Error, UnicodeError) as exc:  # e.g. a field past the csv module's limit
+                return Unreadable(status, f"its results are not readable CSV ({exc})")
         return Final(status, ids)
 
 

@@ -130,7 +130,8 @@ class Journal:
         if not (os.path.exists(path) and os.path.getsize(path) > 0):
             return
         inspect(Path(path))
-        if read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0][0]:
+        ((count,),) = read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0]
+        if count:
             raise InputError(
                 str(path),
                 0,
@@ -353,13 +354,23 @@ class Journal:
             (job_id, status, evidence, time.time(), seq),
         )
 
-    async def park(self, seq: int, id_set: str, id_hashes: bytes, reason: str) -> None:
+    async def park(
+        self,
+        seq: int,
+        id_set: str,
+        id_hashes: bytes,
+        reason: str,
+        *,
+        lost_at: float,
+        server_offset: float | None,
+    ) -> None:
         """Durably record that a chunk's submit has an unknown outcome, with what its
-        proof needs: the digest of its id set and the sorted hashes of its ids."""
+        proof needs: the digest of its id set, the sorted hashes of its ids, when its
+        answer was lost and the server's clock difference when it was sent."""
         await self._write(
             "UPDATE chunks SET state = 'unknown', id_set = ?, id_hashes = ?, last_error = ?, "
-            "updated_at = ? WHERE seq = ?",
-            (id_set, id_hashes, reason, time.time(), seq),
+            "lost_at = ?, server_offset = ?, updated_at = ? WHERE seq = ?",
+            (id_set, id_hashes, reason, lost_at, server_offset, time.time(), seq),
         )
 
     async def settle(

@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     results_path TEXT,
     id_set TEXT,
     id_hashes BLOB,
-    evidence TEXT
+    evidence TEXT,
+    lost_at REAL,
+    server_offset REAL
 );
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
 """
@@ -72,6 +74,8 @@ ADDED_COLUMNS = {
     "id_set": "TEXT",
     "id_hashes": "BLOB",
     "evidence": "TEXT",
+    "lost_at": "REAL",
+    "server_offset": "REAL",
 }
 REQUIRED_COLUMNS = ("seq", "first", "last", "ids", "digest", "state")
 ROW_COLUMNS = [
@@ -89,6 +93,8 @@ ROW_COLUMNS = [
     "results_path",
     "id_set",
     "evidence",
+    "lost_at",
+    "server_offset",
 ]
 
 
@@ -146,6 +152,9 @@ class ChunkRow:
     id_set: str | None = None
     #: Which job proved what, or which candidates were ruled out (for ``status``).
     evidence: str | None = None
+    #: When its answer was lost (our clock), and the server's clock difference then.
+    lost_at: float | None = None
+    server_offset: float | None = None
 
 
 def state_of(value: str) -> ChunkState:
@@ -162,14 +171,19 @@ def cause(exc: BaseException) -> str:
     return text
 
 
-def read_only(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """One query through a read-only connection: nothing about the file can change."""
+def read_only(path: Path, *queries: str, immutable: bool = False) -> list[list[tuple[object, ...]]]:
+    """Queries through one read-only connection: nothing about the file can change.
+
+    ``immutable`` reads the main file alone, as SQLite's ``immutable=1`` does: no lock, no
+    ``-shm``, and no look at a ``-wal`` either.
+    """
+    mode = "mode=ro&immutable=1" if immutable else "mode=ro"
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
     except sqlite3.Error as exc:
         raise JournalError(str(path), f"cannot open: {cause(exc)}") from None
     try:
-        return conn.execute(sql).fetchall()
+        return [conn.execute(sql).fetchall() for sql in queries]
     except sqlite3.Error as exc:
         raise JournalError(
             str(path), f"not a bulkjob journal ({cause(exc)})", usable=False
@@ -180,7 +194,13 @@ def read_only(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 def inspect(path: Path) -> tuple[int, frozenset[str]]:
     """(schema version, chunk columns) of a journal, read without changing a byte;
-    raises JournalError for anything that is not a bulkjob journal."""
+    raises JournalError for anything that is not a bulkjob journal.
+
+    The main file is read as immutable first, so that even another program's WAL-mode
+    database gets no ``-shm`` beside it. Only if that does not show a journal and a
+    ``-wal`` is there (a journal written a moment ago, or left by a crash, has its tables
+    in the WAL) is it read again as SQLite readers do, WAL included.
+    """
     try:
         with path.open("rb") as fh:
             magic = fh.read(len(SQLITE_MAGIC))
@@ -188,20 +208,35 @@ def inspect(path: Path) -> tuple[int, frozenset[str]]:
         raise JournalError(str(path), f"cannot read: {exc.strerror}") from None
     if magic != SQLITE_MAGIC:
         raise JournalError(str(path), "not a bulkjob journal (not an SQLite file)", usable=False)
-    tables = {str(r[0]) for r in read_only(path, "SELECT name FROM sqlite_master")}
-    if not {"run", "chunks"} <= tables:
+    real = Path(os.path.realpath(path))  # SQLite keeps the -wal beside the real file
+    try:
+        return _schema_of(path, immutable=True)
+    except JournalError:
+        if not real.with_name(real.name + "-wal").exists():
+            raise
+    return _schema_of(path, immutable=False)
+
+
+def _schema_of(path: Path, *, immutable: bool) -> tuple[int, frozenset[str]]:
+    (names,) = read_only(path, "SELECT name FROM sqlite_master", immutable=immutable)
+    if not {"run", "chunks"} <= {str(r[0]) for r in names}:
         raise JournalError(
             str(path), "not a bulkjob journal (an unrelated SQLite database)", usable=False
         )
-    columns = frozenset(str(r[1]) for r in read_only(path, "PRAGMA table_info(chunks)"))
+    column_rows, version_rows = read_only(
+        path,
+        "PRAGMA table_info(chunks)",
+        "SELECT value FROM run WHERE key = 'version'",
+        immutable=immutable,
+    )
+    columns = frozenset(str(r[1]) for r in column_rows)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise JournalError(
             str(path), f"not a bulkjob journal (no column {missing[0]!r})", usable=False
         )
-    rows = read_only(path, "SELECT value FROM run WHERE key = 'version'")
     try:
-        version = int(json.loads(str(rows[0][0]))) if rows else 0
+        version = int(json.loads(str(version_rows[0][0]))) if version_rows else 0
     except (ValueError, TypeError):
         version = 0
     if version < 1:

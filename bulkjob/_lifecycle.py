@@ -26,7 +26,9 @@ from typing import TypeVar
 from ._client import ApiClient, new_session
 from ._config import settings_for_resume
 from ._errors import (
+    AmbiguousError,
     ConfigError,
+    IncompleteError,
     ProtocolError,
     RequestError,
     WaitTimeoutError,
@@ -58,6 +60,8 @@ JournalArg = str | os.PathLike[str] | Journal
 log = get_logger()
 _T = TypeVar("_T")
 #: Display order; anything else the server or a newer journal says comes after, sorted.
+#: Chunks that are not jobs yet and not given up: ``wait`` cannot complete them.
+_NOT_SENT = (ChunkState.PENDING, ChunkState.SENDING, ChunkState.UNKNOWN)
 #: ``wait`` backs off by this factor per round, up to this multiple of the first interval.
 _BACKOFF_FACTOR = 1.5
 _BACKOFF_CAP = 10.0
@@ -158,7 +162,7 @@ async def wait(
                 progress(snapshot)
             if snapshot.all_final and not snapshot.chunks.get(str(ChunkState.UNKNOWN)):
                 log.info("wait.done", jobs=snapshot.total_jobs)
-                return snapshot
+                return _complete(snapshot, cmd.journal.path)
             pause = delay
             if deadline is not None:
                 remaining = deadline - loop.time()
@@ -191,7 +195,9 @@ async def results(
     every results file is then streamed into that one CSV, header once, in chunk order.
     """
     out_dir = Path(out_dir)
-    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(_make_dir, out_dir, "--out")
+    if merge is not None:
+        await asyncio.to_thread(_make_dir, Path(merge).parent, "--merge")
     async with _Command(journal, settings, online=True, command="results") as cmd:
         if refresh:
             await cmd.refresh()
@@ -440,6 +446,34 @@ def _status_in(data: Mapping[str, object], default: str | None = None) -> str:
     if default is not None:
         return default
     raise ProtocolError("job status answer without a status", server_message=str(data)[:200])
+
+
+def _complete(snapshot: RunStatus, journal: Path) -> RunStatus:
+    """``snapshot`` if the run is complete; else the error that says what is left."""
+    ambiguous = snapshot.chunks.get(str(ChunkState.AMBIGUOUS))
+    if ambiguous:
+        raise AmbiguousError(
+            f"{ambiguous[0]:,} chunk(s) ({ambiguous[1]:,} ids) may or may not have been "
+            f"accepted and no job can prove which: `bulkjob resume {journal}` with "
+            "--resubmit-ambiguous (may pay twice) or --abandon-ambiguous"
+        )
+    left = [snapshot.chunks.get(str(s), (0, 0)) for s in _NOT_SENT]
+    chunks, ids = sum(c for c, _ in left), sum(i for _, i in left)
+    if chunks:
+        raise IncompleteError(
+            f"every job is final, but {chunks:,} chunk(s) ({ids:,} ids) are not accepted "
+            f"yet: `bulkjob resume {journal}` sends them",
+            snapshot,
+        )
+    return snapshot
+
+
+def _make_dir(path: Path, flag: str) -> None:
+    """``path`` as a directory (made if missing); a usage error if it cannot be one."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot be a directory: {exc.strerror}") from None
 
 
 def _merge(files: Iterable[Path], dest: Path) -> int:

@@ -1,14 +1,17 @@
-"""One writer per journal: an exclusive, non-blocking lock on a file beside it.
+"""One writer per journal: an exclusive, non-blocking lock on the journal file itself.
 
-``JOURNAL.lock`` is locked with ``flock`` (``msvcrt.locking`` on Windows) for the whole
-of a command that may change the journal or send for it. The kernel drops the lock when
-its process dies, ``kill -9`` included, so a lock left by a dead process is simply free:
-there is no pid to check and no stale file to judge. The holder writes its pid, host,
-command and start time into the file, for the one-line error a second process gets.
+The journal file is locked with ``flock`` (``msvcrt.locking`` on Windows) for the whole
+of a command that may change it or send for it. Locking the file, not a name beside it,
+means a symlink or a hard link to the same journal meets the same lock. The kernel
+drops the lock when its process dies, ``kill -9`` included, so a lock left by a dead
+process is simply free: there is no pid to check and no stale file to judge.
 
-Removing the file on release races with a process that opened it just before: that one
-would lock an unlinked inode while a third creates a fresh file. So after locking, the
-holder checks that the path still names the inode it locked, and starts over if not.
+``flock`` and SQLite's own POSIX locks do not interact. The descriptor that holds the
+lock is closed only after SQLite's connection is: closing any descriptor of a file drops
+the process's POSIX locks on it, SQLite's included.
+
+Beside the journal, ``JOURNAL.lock`` (named after the journal's real path) says who holds
+it: pid, host, command and start time, for the one-line error a second process gets.
 """
 
 from __future__ import annotations
@@ -28,23 +31,25 @@ __all__ = ["JournalLock", "lock_path"]
 
 
 def lock_path(journal: str | os.PathLike[str]) -> Path:
-    """Where the lock of ``journal`` lives."""
-    path = Path(journal)
-    return path.with_name(path.name + ".lock")
+    """Where the holder of ``journal`` is named: beside its real path."""
+    real = Path(os.path.realpath(journal))
+    return real.with_name(real.name + ".lock")
 
 
 class JournalLock:
     """An exclusive lock on one journal, held until :meth:`release`."""
 
-    __slots__ = ("_fd", "command", "path")
+    __slots__ = ("_created", "_fd", "command", "journal", "path")
 
     def __init__(self, journal: str | os.PathLike[str], command: str = "bulkjob") -> None:
+        self.journal = Path(journal)
         self.path = lock_path(journal)
         self.command = command
         self._fd: int | None = None
+        self._created = False
 
     def __repr__(self) -> str:
-        return f"<JournalLock {self.path} {'held' if self.held else 'free'}>"
+        return f"<JournalLock {self.journal} {'held' if self.held else 'free'}>"
 
     @property
     def held(self) -> bool:
@@ -53,7 +58,11 @@ class JournalLock:
 
     @classmethod
     def acquire(cls, journal: str | os.PathLike[str], command: str = "bulkjob") -> JournalLock:
-        """Take the lock of ``journal`` or raise :class:`JournalLockedError` at once."""
+        """Take the lock of ``journal`` or raise :class:`JournalLockedError` at once.
+
+        A journal that does not exist yet is created empty, to hold the lock; it is
+        removed again on release if nothing was ever written to it.
+        """
         lock = cls(journal, command)
         lock.take()
         return lock
@@ -62,39 +71,50 @@ class JournalLock:
         """Lock now, or raise JournalLockedError naming the holder (nothing is changed)."""
         if self._fd is not None:
             return
-        journal = str(self.path)[: -len(".lock")]
-        for _ in range(100):  # only a release racing with us makes this loop
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise JournalError(
-                    journal, f"cannot create its lock file: {exc.strerror}"
-                ) from None
+        name = str(self.journal)
+        for _ in range(100):  # only a journal replaced under us makes this loop
+            fd, created = self._open(name)
             if not _try_lock(fd):
-                holder = _describe(fd)
                 os.close(fd)
-                raise JournalLockedError(journal, holder)
+                raise JournalLockedError(name, _describe(self.path))
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                same = os.path.samestat(os.fstat(fd), os.stat(self.journal))
             except FileNotFoundError:
                 same = False
             if not same:
-                os.close(fd)  # the file was removed by the previous holder: try its successor
+                os.close(fd)  # removed or replaced since we opened it: lock its successor
                 continue
-            self._fd = fd
+            self._fd, self._created = fd, created
             self._write_holder()
             return
-        raise JournalError(journal, "its lock file keeps changing under us")
+        raise JournalError(name, "the file keeps changing under us")
+
+    def _open(self, name: str) -> tuple[int, bool]:
+        try:
+            return os.open(self.journal, os.O_RDONLY), False  # flock needs no write access
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise JournalError(name, f"cannot open to lock: {exc.strerror}") from None
+        try:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.journal, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:  # created by someone else a moment ago
+            return self._open(name)
+        except OSError as exc:
+            raise JournalError(name, f"cannot create: {exc.strerror}") from None
 
     def release(self) -> None:
-        """Unlock and remove the lock file; safe to call twice."""
+        """Unlock (and tidy up); safe to call twice."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        # In a read-only directory the file stays, unlocked, and that is harmless.
+        # In a read-only directory these stay; that is harmless.
         with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if self._created and os.fstat(fd).st_size == 0:
+                self.journal.unlink()  # ours, and never written: as if never claimed
         os.close(fd)  # closing drops the lock
 
     def __enter__(self) -> JournalLock:
@@ -110,26 +130,20 @@ class JournalLock:
         self.release()
 
     def _write_holder(self) -> None:
-        assert self._fd is not None
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "command": self.command,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        data = json.dumps(info).encode()
-        try:
-            os.ftruncate(self._fd, 0)
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            os.write(self._fd, data)
-        except OSError:
-            pass  # a full disk: the lock still holds, only the holder's name is missing
+        # A full disk: the lock still holds, only the holder's name is missing.
+        with contextlib.suppress(OSError):
+            self.path.write_text(json.dumps(info), encoding="utf-8")
 
 
-def _describe(fd: int) -> str:
+def _describe(info_file: Path) -> str:
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        info = json.loads(os.read(fd, 4096) or b"{}")
+        info = json.loads(info_file.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
         info = {}
     if not isinstance(info, dict) or "pid" not in info:

@@ -228,9 +228,10 @@ class Runner:
                     self.report.input_complete = True
         except InputError as exc:  # the input changed after the pre-pass found it fine
             self.request_stop("input", str(exc))
-        finally:
-            for _ in range(self.settings.concurrency):
-                await queue.put(None)
+        # Not in a finally: when the reader is cancelled, so are the workers, and a full
+        # queue nobody reads any more would hold this put forever.
+        for _ in range(self.settings.concurrency):
+            await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[Chunk | None], submitter: Submitter) -> None:
         while (chunk := await queue.get()) is not None:

@@ -401,6 +401,8 @@ class Sandbox:
         statuses = comma_list(query.get("jobStatuses"))
         if statuses is not None and not statuses <= set(STATUSES):
             raise invalid(f"Unknown jobStatuses: {', '.join(sorted(statuses - set(STATUSES)))}")
+        if not self.config.time_filters and ("start" in query or "end" in query):
+            raise invalid("start and end must be dates in the form MM/DD/YYYY.")
         try:
             start = timestamp(query.get("start"))
             end = timestamp(query.get("end"))

@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         help="age a job needs to appear in /admin/jobs (default %(default)s)",
     )
     jobs.add_argument(
+        "--no-time-filters",
+        dest="time_filters",
+        action="store_false",
+        help="/admin/jobs refuses start/end (400): the list is the whole history",
+    )
+    jobs.add_argument(
         "--job-fail-rate",
         type=_rate,
         default=0.0,
@@ -216,6 +222,7 @@ def parse_args(argv: list[str]) -> tuple[SandboxConfig, str, int]:
             finished_after=args.finished_after,
             lockout_seconds=args.lockout_seconds,
             list_lag=args.list_lag,
+            time_filters=args.time_filters,
             job_fail_rate=args.job_fail_rate,
             failed_results=args.failed_results,
             no_match_rate=args.no_match_rate,

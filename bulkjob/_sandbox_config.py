@@ -82,6 +82,9 @@ class SandboxConfig:
     results_id_column: str | None = None
     #: Seconds a job waits after acceptance before ``GET /admin/jobs`` lists it.
     list_lag: float = 0.05
+    #: False: /admin/jobs refuses ``start``/``end`` (400), as a server taking another date
+    #: format would; the list is then the whole history, newest first.
+    time_filters: bool = True
     #: Seconds added to the server's wall clock (Date header, created times, token expiry).
     clock_skew: float = 0.0
     max_ids_per_job: int = 10_000

@@ -73,6 +73,16 @@ log = get_logger()
 AmbiguousPolicy = Literal["stop", "resubmit", "abandon"]
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """When a submit's last request left and ended, on our clock, and the server's clock
+    difference known when it left (None before any answer)."""
+
+    at: float
+    lost_at: float
+    offset: float | None
+
+
 @dataclass(slots=True)
 class _Parked:
     """A chunk whose submit has an unknown outcome."""
@@ -80,7 +90,8 @@ class _Parked:
     seq: int
     ids: IdSet
     sent_at: float  # our clock: when its last request left (at the earliest)
-    latest: float  # ... and at the latest (the same, unless a crash hid it)
+    lost_at: float  # our clock: when its outcome became unknown (or a crash was found)
+    offset: float | None  # the server's clock minus ours when it was sent, if known
     chunk: Chunk | None  # None when proven from the journal alone: it cannot be resent here
     reason: str
 
@@ -106,6 +117,8 @@ class Submitter:
         self._stop = stop
         self._rows = dict(rows or {})
         self._policy = ambiguous
+        #: The policy is for what the user was told about: chunks ambiguous at the start.
+        self._told = {r.seq for r in self._rows.values() if r.state is ChunkState.AMBIGUOUS}
         #: Jobs known to hold one of this run's chunks: never a candidate for another.
         self._known = {r.job_id for r in self._rows.values() if r.job_id}
         self._reader = JobReader(settings, client)
@@ -146,7 +159,7 @@ class Submitter:
                 self._report.add_pending(chunk, awaiting_proof=True, ambiguous=ambiguous)
                 return
             reason = row.last_error or f"left {state} by an earlier command"
-            await self._park(chunk, row.sent_at, reason)
+            await self._park(chunk, row, reason)
         elif self._stop.is_set:
             self._report.add_pending(chunk)
         else:
@@ -172,9 +185,13 @@ class Submitter:
                 self.to_resend.append(row.seq)  # left 'sending' by a crash: resume proves it
                 continue
             ids = IdSet.stored(row.id_set, hashes)
-            sent_at, latest = self._send_window(row.sent_at)
+            sent_at, lost_at = self._send_window(row)
             reason = row.last_error or "unknown outcome"
-            self._parked[row.seq] = _Parked(row.seq, ids, sent_at, latest, None, reason)
+            if row.state is ChunkState.AMBIGUOUS:
+                self._told.add(row.seq)
+            self._parked[row.seq] = _Parked(
+                row.seq, ids, sent_at, lost_at, row.server_offset, None, reason
+            )
         self._wake_prover()
 
     async def finish(self, *, prove: bool = True) -> None:
@@ -182,14 +199,17 @@ class Submitter:
         account for what is still parked as pending, awaiting proof."""
         try:
             while prove and not self._stop.is_set and (self._parked or self._to_send):
+                if self._parked and (self._prover is None or self._prover.done()):
+                    self._wake_prover()  # a prover that ended with chunks left is restarted
                 self._changed.clear()
                 signals = [
                     asyncio.ensure_future(self._changed.wait()),
                     asyncio.ensure_future(self._stop.event.wait()),
                 ]
+                prover = [self._prover] if self._prover is not None else []
                 try:
                     await asyncio.wait(
-                        [*signals, *self._resends], return_when=asyncio.FIRST_COMPLETED
+                        [*signals, *self._resends, *prover], return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     for signal in signals:
@@ -221,7 +241,7 @@ class Submitter:
         try:
             while True:
                 async with self._sends:
-                    verdict, sent_at = await self.post(chunk)
+                    verdict, sent = await self.post(chunk)
                 if (
                     isinstance(verdict, Refused)
                     and isinstance(verdict.error, QueueFullError)
@@ -252,7 +272,7 @@ class Submitter:
                 await self._record(write)
         elif isinstance(verdict, Unknown):
             log.warning("chunk.unknown_outcome", chunk=chunk.seq, reason=verdict.reason)
-            await self._park(chunk, sent_at, verdict.reason)
+            await self._park(chunk, sent, verdict.reason)
         elif isinstance(verdict.error, JobRejectedError):
             reason = redact(verdict.error.server_message or str(verdict.error))
             err = verdict.error
@@ -263,7 +283,7 @@ class Submitter:
             self._stop.request(verdict.error.stop_reason, str(verdict.error))
             await self._settle(chunk.seq, ChunkState.PENDING, str(verdict.error))
 
-    async def post(self, chunk: Chunk) -> tuple[Accepted | Refused | Unknown, float]:
+    async def post(self, chunk: Chunk) -> tuple[Accepted | Refused | Unknown, Sent]:
         """Submit once as far as the outcome goes: a 429, a 401 or a connection that was
         never made prove nothing was created, and only those are sent again here."""
         s = self._settings
@@ -282,10 +302,11 @@ class Submitter:
                                 raise StopRequested(f"chunk {chunk.seq}: the run is stopping")
                             if self._journal is not None:
                                 await self._journal.sending(chunk)  # write-ahead, durable
-                            sent_at = time.time()
+                            offset, sent_at = self._client.server_offset, time.time()
                             answer = await self._client.exchange(
                                 "POST", s.job_kind.path, token=token, params=params, body=body
                             )
+                        sent = Sent(sent_at, time.time(), offset)
                         verdict = classify_submit(answer, self._client.rules, chunk.seq)
                         if not isinstance(verdict, Throttled | TokenRefused):
                             break
@@ -293,7 +314,7 @@ class Submitter:
                     if isinstance(verdict, Retry):
                         raise Transient(verdict.reason, status=verdict.status)
                     self._client.succeeded()
-                    return verdict, sent_at
+                    return verdict, sent
         except Transient as exc:
             raise TransportError(
                 f"gave up after {s.max_attempts} attempts: {exc.reason}",
@@ -327,26 +348,39 @@ class Submitter:
 
     # -- parking and proving ----------------------------------------------------------------
 
-    async def _park(self, chunk: Chunk, sent_at: float | None, reason: str) -> None:
+    async def _park(self, chunk: Chunk, sent: Sent | ChunkRow, reason: str) -> None:
         # Synchronous (~10 ms for 10,000 ids, and only for lost answers): the chunk is in
         # the parking lot before any await, so a cancellation cannot leave it nowhere.
         ids = IdSet.of(chunk.ids)
-        earliest, latest = self._send_window(sent_at)
+        if isinstance(sent, Sent):
+            sent_at, lost_at, offset = sent.at, sent.lost_at, sent.offset
+        else:  # a journal row: its send as journaled, or anywhere since the run began
+            sent_at, lost_at = self._send_window(sent)
+            offset = sent.server_offset
+            if sent.state is ChunkState.AMBIGUOUS:
+                self._told.add(sent.seq)
         reason = redact(reason)
-        self._parked[chunk.seq] = _Parked(chunk.seq, ids, earliest, latest, chunk, reason)
+        parked = _Parked(chunk.seq, ids, sent_at, lost_at, offset, chunk, reason)
+        self._parked[chunk.seq] = parked
         self._lost[chunk.seq] = self._lost.get(chunk.seq, 0) + 1
         if self._journal is not None:
-            await self._record(self._journal.park(chunk.seq, ids.digest, ids.hashes, reason))
+            write = self._journal.park(
+                chunk.seq, ids.digest, ids.hashes, reason, lost_at=lost_at, server_offset=offset
+            )
+            await self._record(write)
         self._wake_prover()
 
-    def _send_window(self, sent_at: float | None) -> tuple[float, float]:
-        """(earliest, latest) time a journaled send may have left: exact when the journal
-        has it; else anywhere between the run's start and now."""
-        if sent_at is not None:
-            return sent_at, sent_at
+    def _send_window(self, row: ChunkRow) -> tuple[float, float]:
+        """(sent, lost) times of a journaled chunk. A row a crash left ``sending`` lost its
+        answer when the crash was found: now. One without a send time may have been sent
+        any time since the run began."""
+        lost_at = row.lost_at if row.state is not ChunkState.SENDING and row.lost_at else None
+        lost_at = lost_at or time.time()
+        if row.sent_at is not None:
+            return row.sent_at, lost_at
         assert self._journal is not None
         created = self._journal.meta("created")
-        return float(created) if isinstance(created, int | float) else 0.0, time.time()
+        return (float(created) if isinstance(created, int | float) else 0.0), lost_at
 
     def _wake_prover(self) -> None:
         self._changed.set()
@@ -377,11 +411,15 @@ class Submitter:
             except BulkJobError as exc:  # the journal
                 self._stop.request(exc.stop_reason, str(exc))
                 return
+            except Exception as exc:  # a bug or an answer nobody foresaw: stop, never hang
+                log.error("proof.crashed", error=f"{type(exc).__name__}: {exc}")
+                self._stop.request("protocol", f"cannot prove lost answers: {exc!r}")
+                return
             delay = (
                 s.proof_poll_interval if settled else min(delay * 1.5, 10 * s.proof_poll_interval)
             )
             now = time.time()
-            graces = [p.latest + s.reconcile_grace - now for p in self._parked.values()]
+            graces = [p.lost_at + s.reconcile_grace - now for p in self._parked.values()]
             pending_grace = [g for g in graces if g > 0]
             pause = min([delay, *(g + 0.01 for g in pending_grace)])
             self._new_park.clear()
@@ -397,16 +435,35 @@ class Submitter:
 
     async def _prove_round(self) -> bool:
         """One look at the account for every parked chunk; True if any was settled."""
+        s = self._settings
         parked = sorted(self._parked.values(), key=lambda p: p.sent_at)
-        since, until = parked[0].sent_at, max(p.latest for p in parked)
-        look = await self._reader.look(since, until)
+        known_offset = self._client.server_offset
+        look = await self._reader.look(*self._period(parked))
+        if known_offset is None and self._client.server_offset is not None:
+            look = await self._reader.look(*self._period(parked))  # now on the server's clock
         settled = False
         for p in parked:
             if p.seq not in self._parked or self._stop.is_set:
                 continue
-            proof = await self._reader.prove(p.ids, p.sent_at, p.latest, look, self._known)
+            since, until = self._period([p])
+            ready_at = p.lost_at + s.reconcile_grace
+            proof = await self._reader.prove(p.ids, since, until, ready_at, look, self._known)
             settled |= await self._apply(p, proof)
         return settled
+
+    def _period(self, parked: list[_Parked]) -> tuple[float, float]:
+        """When, on the server's clock, the jobs of these sends can have been created: from
+        the earliest send (less ``reconcile_skew``) to the latest loss plus the grace (and
+        ``reconcile_skew``). The clock difference is the one known when each was sent."""
+        s = self._settings
+        now_offset = self._client.server_offset or 0.0
+
+        def offset(p: _Parked) -> float:
+            return p.offset if p.offset is not None else now_offset
+
+        since = min(p.sent_at + offset(p) for p in parked) - s.reconcile_skew
+        until = max(p.lost_at + offset(p) for p in parked) + s.reconcile_grace
+        return since, until + s.reconcile_skew
 
     async def _apply(self, p: _Parked, proof: Proof) -> bool:
         """Act on a proof; True if the chunk left the parking lot."""
@@ -424,8 +481,9 @@ class Submitter:
                     self._journal.accepted(p.seq, proof.job_id, evidence=proof.evidence)
                 )
             return True
-        if isinstance(proof, Unprovable) and self._policy != "resubmit":
-            if self._policy == "abandon":
+        policy = self._policy if p.seq in self._told else "stop"
+        if isinstance(proof, Unprovable) and policy != "resubmit":
+            if policy == "abandon":
                 if p.chunk is not None:
                     self._report.add_rejected(p.chunk, f"abandoned by request: {proof.evidence}")
                 await self._settle(

@@ -311,3 +311,58 @@ async def test_report_names_every_lost_answer_settled(
     data = json.loads(report.read_text())
     assert len(data["proven_chunks"]) == sb.ledger.faults["drop_after_accept"] > 0
     assert f"{len(data['proven_chunks'])} lost answer(s) settled by proof" in err
+
+
+async def test_wait_exit_codes_say_what_is_left(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """`wait` exits 12 when chunks are still to send, 8 when some are ambiguous, 0 when done."""
+    sb = await sandbox(quota=150)
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(300)), tmp_path / "j.journal"
+    code, _ = await run_cli(
+        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *cli_flags(sb)
+    )
+    assert code == 3
+    code, err = await run_cli("wait", str(journal), "--poll", "0.05")
+    assert code == 12, err
+    assert f"bulkjob resume {journal}" in err
+    edit_journal(journal, "UPDATE chunks SET state = 'ambiguous' WHERE seq = 2")
+    code, err = await run_cli("wait", str(journal), "--poll", "0.05")
+    assert code == 8, err
+    edit_journal(journal, "UPDATE chunks SET state = 'abandoned' WHERE seq > 1")
+    code, err = await run_cli("wait", str(journal), "--poll", "0.05")
+    assert code == 0, err
+
+
+async def test_report_and_journal_never_share_a_file(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """`--report run.journal` keeps the journal apart; `--report` naming it is refused."""
+    sb = await sandbox(quota=150)
+    path = write_ids(tmp_path / "ids.txt", make_ids(300))
+    report = tmp_path / "run.journal"
+    code, err = await run_cli(
+        "submit", str(path), "--report", str(report), "--chunk-size", "100", *cli_flags(sb)
+    )
+    assert code == 3, err
+    assert json.loads(report.read_text())["stop_reason"] == "quota"
+    code, err = await run_cli("status", str(tmp_path / "run.journal.run"))
+    assert code == 0, err
+    code, err = await run_cli(
+        "resume", str(tmp_path / "run.journal.run"), "--report", str(tmp_path / "run.journal.run")
+    )
+    assert code == 2, err
+
+
+async def test_results_usage_errors_exit_2(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """`--out` naming a file is a usage error (exit 2); `--merge` into a new folder works."""
+    sb = await sandbox()
+    journal = await a_journal(sb, tmp_path)
+    a_file = write_ids(tmp_path / "not-a-dir", ["x"])
+    code, err = await run_cli("results", str(journal), "--out", str(a_file))
+    assert code == 2, err
+    assert len(error_lines(err)) == 1
+    merged = tmp_path / "new" / "dir" / "all.csv"
+    code, err = await run_cli(
+        "results", str(journal), "--out", str(tmp_path / "out"), "--merge", str(merged)
+    )
+    assert code == 0, err
+    assert len(merged.read_text().splitlines()) == 301

@@ -70,9 +70,14 @@ async def test_parked_chunk_keeps_what_its_proof_needs(tmp_path: Path) -> None:
     journal = new_journal(tmp_path / "j.journal")
     (chunk,) = _chunks(10)
     await journal.sending(chunk)
-    await journal.park(1, "abc", b"\x01" * 80, "no answer")
+    await journal.park(1, "abc", b"\x01" * 80, "no answer", lost_at=5.0, server_offset=1.5)
     (row,) = journal.rows(ChunkState.UNKNOWN)
-    assert (row.id_set, row.last_error) == ("abc", "no answer")
+    assert (row.id_set, row.last_error, row.lost_at, row.server_offset) == (
+        "abc",
+        "no answer",
+        5.0,
+        1.5,
+    )
     assert journal.id_hashes(1) == b"\x01" * 80
     await journal.accepted(1, "job-1", evidence="job job-1 holds exactly its ids")
     (row,) = journal.rows()
@@ -154,7 +159,7 @@ async def test_an_older_schema_is_migrated_under_the_lock(tmp_path: Path) -> Non
     assert journal.meta("version") == SCHEMA_VERSION
     (chunk,) = _chunks(10)
     await journal.sending(chunk)
-    await journal.park(1, "set", b"h" * 8, "lost")
+    await journal.park(1, "set", b"h" * 8, "lost", lost_at=5.0, server_offset=None)
     assert [r.state for r in journal.rows()] == [ChunkState.UNKNOWN]
     await journal.close()
 
@@ -234,3 +239,35 @@ async def test_a_failed_write_becomes_journal_error_for_every_writer(tmp_path: P
         await journal.accepted(1, "job-1")
     journal.close_sync()
     assert not lock_path(path).exists()
+
+
+@pytest.mark.parametrize("alias", ["symlink", "hardlink"])
+def test_a_link_to_the_journal_meets_the_same_lock(tmp_path: Path, alias: str) -> None:
+    """The lock is on the file itself: a symlink or a hard link to it is refused too."""
+    path = tmp_path / "j.journal"
+    held = new_journal(path)
+    other = tmp_path / "other-name.journal"
+    if alias == "symlink":
+        other.symlink_to(path)
+    else:
+        os.link(path, other)
+    # Through a symlink the lock is met; through a hard link SQLite cannot even see the
+    # holder's uncommitted WAL, and the file is refused as it looks: either way, refused.
+    expected = JournalLockedError if alias == "symlink" else JournalError
+    with pytest.raises(expected):
+        Journal.open(other, "bulkjob resume")
+    held.close_sync()
+    Journal.open(other).close_sync()
+
+
+def test_a_wal_mode_foreign_database_gets_no_side_files(tmp_path: Path) -> None:
+    """An application's WAL-mode database is refused without a -wal or -shm appearing."""
+    app = tmp_path / "app.db"
+    db = sqlite3.connect(app)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="not a bulkjob journal"):
+        Journal.open(app, readonly=True)
+    assert sorted(os.listdir(tmp_path)) == ["app.db"]

@@ -156,3 +156,31 @@ async def test_wait_proves_what_a_stopped_run_left_parked(
     assert resumed.ok
     assert_paid_once(sb, values)
     assert (await status(journal, settings)).chunks == {"accepted": (8, 800)}
+
+
+async def test_a_long_history_without_time_filters_is_read_only_as_far_as_needed(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A server refusing start/end lists 2,500 old jobs newest first: the proof stops at
+    the first job older than the send and resends, rather than call the list too long."""
+    sb = await sandbox(time_filters=False, clock_skew=-7200.0)
+    for n in range(2500):  # the account's history: two hours old on the server's clock
+        sb.add_foreign_job([f"{'h' * 50}{n:014d}"])
+    sb.config.clock_skew = 0.0
+    sb.config.fault_5xx_rate = 1.0
+    sb.config.submit_faults_only = True
+    values = make_ids(100)
+    runner = Runner(settings_for(sb), [str(write_ids(tmp_path / "ids.txt", values))])
+
+    async def heal() -> None:
+        while not runner.snapshot().awaiting_proof:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        sb.config.fault_5xx_rate = 0.0
+
+    healer = asyncio.create_task(heal())
+    report = await runner.run()
+    await healer
+    assert report.ok, report.stop_message
+    assert report.proven_chunks == [1]
+    assert sb.ledger.routes["jobs"] <= 6  # a page or two per round, never the whole history
+    assert_paid_once(sb, values)
