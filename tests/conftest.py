@@ -156,9 +156,14 @@ async def start_cli(
 
 
 async def finish_cli(proc: asyncio.subprocess.Process) -> tuple[int, str]:
-    """Wait for a CLI process (90 s at most); (exit code, stderr)."""
-    async with asyncio.timeout(90):
-        _, err = await proc.communicate()
+    """Wait for a CLI process (90 s at most, then it is killed); (exit code, stderr)."""
+    try:
+        async with asyncio.timeout(90):
+            _, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     assert proc.returncode is not None
     return proc.returncode, err.decode()
 
@@ -201,3 +206,10 @@ def edit_journal(path: Path, *statements: str) -> list[tuple[object, ...]]:
         return rows
     finally:
         db.close()
+
+
+async def wait_for_lock(journal: Path) -> None:
+    """Until a process holds ``journal`` (its lock file names it)."""
+    lock = journal.with_name(journal.name + ".lock")
+    while not (lock.exists() and b"pid" in lock.read_bytes()):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)

@@ -26,6 +26,7 @@ from tests.conftest import (
     run_cli,
     settings_for,
     start_cli,
+    wait_for_lock,
     write_ids,
 )
 
@@ -60,13 +61,6 @@ def journal_jobs(journal: Path) -> set[str]:
         return {r[0] for r in db.execute("SELECT job_id FROM chunks WHERE job_id IS NOT NULL")}
     finally:
         db.close()
-
-
-async def wait_for_lock(journal: Path) -> None:
-    """Until a process holds ``journal`` (its lock file names it)."""
-    lock = journal.with_name(journal.name + ".lock")
-    while not (lock.exists() and b"pid" in lock.read_bytes()):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
 
 
 # -- lost answers ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from tests.conftest import (
     run_cli,
     settings_for,
     start_cli,
+    wait_for_lock,
     write_ids,
 )
 
@@ -366,3 +367,22 @@ async def test_results_usage_errors_exit_2(sandbox: SandboxFactory, tmp_path: Pa
     )
     assert code == 0, err
     assert len(merged.read_text().splitlines()) == 301
+
+
+async def test_a_second_signal_stops_at_once(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """Two SIGINTs against a slow server: the second ends the submit now, exit 130."""
+    sb = await sandbox(latency=1.0)
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(2000)), tmp_path / "j.journal"
+    proc = await start_cli(
+        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *cli_flags(sb)
+    )
+    await wait_for_lock(journal)
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(15):  # a hang would take the 1 s requests' drain and forever
+        code, err = await finish_cli(proc)
+    assert code == 130, err
+    assert f"bulkjob resume {journal}" in err
+    assert "Traceback" not in err

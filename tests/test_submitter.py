@@ -6,6 +6,7 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -184,3 +185,81 @@ async def test_a_long_history_without_time_filters_is_read_only_as_far_as_needed
     assert report.proven_chunks == [1]
     assert sb.ledger.routes["jobs"] <= 6  # a page or two per round, never the whole history
     assert_paid_once(sb, values)
+
+
+async def test_the_grace_counts_from_the_lost_answer(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A job created 1.5 s into a slow submit, listed 0.5 s later, grace 1 s: still proven."""
+    sb = await sandbox(drop_after_accept_rate=1.0, list_lag=0.5)
+    values = make_ids(50)
+    settings = settings_for(sb, chunk_size=50, concurrency=1, reconcile_grace=1.0)
+    runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))])
+
+    async def slow_submit_only() -> None:
+        while sb.ledger.routes["usage"] < 1:  # noqa: ASYNC110 - the preflight is answered at once
+            await asyncio.sleep(0.001)
+        sb.config.latency = 1.5
+        while sb.ledger.routes["submit"] < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        sb.config.latency = 0.0
+        while not sb.ledger.ids_accepted:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        sb.config.drop_after_accept_rate = 0.0
+
+    helper = asyncio.create_task(slow_submit_only())
+    report = await runner.run()
+    await helper
+    assert report.ok and report.proven_chunks == [1]
+    assert_paid_once(sb, values)
+
+
+@pytest.mark.parametrize("step", [300.0, -300.0])
+async def test_a_server_clock_step_after_the_send(
+    sandbox: SandboxFactory, tmp_path: Path, step: float
+) -> None:
+    """The server's clock steps by 5 minutes after a lost answer: its send time still holds."""
+    sb = await sandbox(drop_after_accept_rate=1.0, list_lag=0.0)
+    values = make_ids(50)
+    settings = settings_for(sb, chunk_size=50, concurrency=1, reconcile_grace=1.0)
+    runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))])
+
+    async def step_the_clock() -> None:
+        while not sb.ledger.ids_accepted:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        sb.config.drop_after_accept_rate = 0.0
+        sb.config.clock_skew = step
+
+    helper = asyncio.create_task(step_the_clock())
+    report = await runner.run()
+    await helper
+    assert report.ok and report.proven_chunks == [1]
+    assert_paid_once(sb, values)
+
+
+async def test_results_the_csv_module_cannot_read_end_the_run(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A results field past the csv module's limit: the chunk is unprovable; no hang."""
+    sb = await sandbox(id_pattern=None, accept_then_garbage_rate=1.0, garbage_kinds=("no_job_id",))
+    values = ["x" * 140_000]
+    settings = settings_for(sb, chunk_size=10, concurrency=1, id_pattern=r"\S+")
+    report = await asyncio.wait_for(
+        Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))]).run(), 30
+    )
+    assert report.stop_reason == "ambiguous"
+    assert sb.ledger.ids_accepted == 1 and sb.ledger.duplicates == 0
+
+
+async def test_a_token_on_a_login_host_two_hours_behind_is_minted_once(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """expirationTime is read on the login host's clock: one token, not one per request."""
+    sb = await sandbox(clock_skew=-7200.0, token_lifetime=3600.0)
+    values = make_ids(500)
+    settings = settings_for(
+        sb, client_id="sandbox-client", client_secret="sandbox-secret", concurrency=2
+    ).replace(access_token=None)
+    report = await Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))]).run()
+    assert report.ok
+    assert sb.ledger.token_requests == 1
