@@ -119,6 +119,11 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def submit_args(path: Path, journal: Path, *more: str, chunk_size: int = 100) -> list[str]:
+    """``submit PATH --journal JOURNAL --chunk-size N MORE...``."""
+    return ["submit", str(path), "--journal", str(journal), "--chunk-size", str(chunk_size), *more]
+
+
 def cli_flags(
     sb: Sandbox, *, max_requests: int = 1000, per: float = 1.0, concurrency: int = 4
 ) -> list[str]:
@@ -142,13 +147,13 @@ async def start_cli(
     *args: str, env: dict[str, str] | None = None, **kw: Any
 ) -> asyncio.subprocess.Process:
     """Start ``python -m bulkjob._cli ARGS`` as a real process (stderr piped)."""
+    kw.setdefault("stdin", asyncio.subprocess.DEVNULL)
+    kw.setdefault("stdout", asyncio.subprocess.PIPE)
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bulkjob._cli",
         *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env or cli_env(),
         **kw,

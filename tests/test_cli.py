@@ -7,14 +7,13 @@ import gzip
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from bulkjob._sandbox import Sandbox
-from tests.conftest import TOKEN, SandboxFactory, make_ids
+from tests.conftest import TOKEN, SandboxFactory, make_ids, start_cli
 
 
 async def bulkjob(
@@ -27,19 +26,10 @@ async def bulkjob(
     full_env.update(env or {})
     # A scratch working directory: default journals land there, not in the checkout.
     scratch = tempfile.mkdtemp(prefix="bulkjob-cli-")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bulkjob._cli",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=full_env,
-        cwd=scratch,
-    )
+    proc = await start_cli(*args, env=full_env, cwd=scratch, stdin=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate(stdin)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode is not None

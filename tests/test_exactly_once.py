@@ -26,6 +26,7 @@ from tests.conftest import (
     run_cli,
     settings_for,
     start_cli,
+    submit_args,
     wait_for_lock,
     write_ids,
 )
@@ -36,12 +37,7 @@ async def submit_until_done(
 ) -> tuple[int, list[int]]:
     """``bulkjob submit`` then ``resume`` while it stops; (last exit code, every exit code)."""
     code, err = await run_cli(
-        "submit",
-        str(path),
-        "--journal",
-        str(journal),
-        "--chunk-size",
-        "100",
+        *submit_args(path, journal),
         *cli_flags(sb),
         *extra,
     )
@@ -191,9 +187,7 @@ async def test_two_resumes_at_once(sandbox: SandboxFactory, tmp_path: Path) -> N
     sb = await sandbox(quota=1500, latency=0.1)  # the first resume outlives the second
     values = make_ids(5000)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
-    code, _ = await run_cli(
-        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *cli_flags(sb)
-    )
+    code, _ = await run_cli(*submit_args(path, journal), *cli_flags(sb))
     assert code == 3
     sb.add_quota(10_000)
     first = await start_cli("resume", str(journal), *cli_flags(sb, concurrency=1))
@@ -214,9 +208,7 @@ async def test_resume_while_the_submit_still_runs(sandbox: SandboxFactory, tmp_p
     values = make_ids(6000)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
     flags = cli_flags(sb, max_requests=10)
-    submit = await start_cli(
-        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *flags
-    )
+    submit = await start_cli(*submit_args(path, journal), *flags)
     await wait_for_lock(journal)
     for command in (["resume"], ["wait"], ["results", "--out", str(tmp_path / "out")]):
         code, err = await run_cli(*command, str(journal), *cli_flags(sb))
@@ -235,12 +227,7 @@ async def test_status_reads_alongside_a_running_submit(
     sb = await sandbox(throttle_requests=10, throttle_window=1.0)
     path, journal = write_ids(tmp_path / "ids.txt", make_ids(4000)), tmp_path / "j.journal"
     submit = await start_cli(
-        "submit",
-        str(path),
-        "--journal",
-        str(journal),
-        "--chunk-size",
-        "100",
+        *submit_args(path, journal),
         *cli_flags(sb, max_requests=10),
     )
     await wait_for_lock(journal)
@@ -272,9 +259,7 @@ async def test_kill_9_at_random_points_with_lost_answers(
         values = make_ids(2500, prefix=f"k{round_}")
         path, journal = write_ids(tmp_path / f"{round_}.txt", values), tmp_path / f"{round_}.j"
         flags = cli_flags(sb, max_requests=40)
-        proc = await start_cli(
-            "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *flags
-        )
+        proc = await start_cli(*submit_args(path, journal), *flags)
         for _ in range(2):  # killed twice: once in the submit, once in the first resume
             await asyncio.sleep(rng.uniform(0.3, 1.0))
             proc.send_signal(signal.SIGKILL)
@@ -298,12 +283,7 @@ async def test_unprovable_lost_answer_exits_8_until_the_user_decides(
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
     report = tmp_path / "r.json"
     code, err = await run_cli(
-        "submit",
-        str(path),
-        "--journal",
-        str(journal),
-        "--chunk-size",
-        "100",
+        *submit_args(path, journal),
         *cli_flags(sb),
         "--report",
         str(report),

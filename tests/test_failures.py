@@ -30,6 +30,7 @@ from tests.conftest import (
     run_cli,
     settings_for,
     start_cli,
+    submit_args,
     wait_for_lock,
     write_ids,
 )
@@ -231,12 +232,7 @@ async def test_sigterm_exits_130_in_submit(sandbox: SandboxFactory, tmp_path: Pa
     sb = await sandbox(throttle_requests=20, throttle_window=1.0)
     path, journal = write_ids(tmp_path / "ids.txt", make_ids(3000)), tmp_path / "j.journal"
     proc = await start_cli(
-        "submit",
-        str(path),
-        "--journal",
-        str(journal),
-        "--chunk-size",
-        "100",
+        *submit_args(path, journal),
         *cli_flags(sb, max_requests=20),
     )
     await asyncio.sleep(1.0)
@@ -318,9 +314,7 @@ async def test_wait_exit_codes_say_what_is_left(sandbox: SandboxFactory, tmp_pat
     """`wait` exits 12 when chunks are still to send, 8 when some are ambiguous, 0 when done."""
     sb = await sandbox(quota=150)
     path, journal = write_ids(tmp_path / "ids.txt", make_ids(300)), tmp_path / "j.journal"
-    code, _ = await run_cli(
-        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *cli_flags(sb)
-    )
+    code, _ = await run_cli(*submit_args(path, journal), *cli_flags(sb))
     assert code == 3
     code, err = await run_cli("wait", str(journal), "--poll", "0.05")
     assert code == 12, err
@@ -373,9 +367,7 @@ async def test_a_second_signal_stops_at_once(sandbox: SandboxFactory, tmp_path: 
     """Two SIGINTs against a slow server: the second ends the submit now, exit 130."""
     sb = await sandbox(latency=1.0)
     path, journal = write_ids(tmp_path / "ids.txt", make_ids(2000)), tmp_path / "j.journal"
-    proc = await start_cli(
-        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *cli_flags(sb)
-    )
+    proc = await start_cli(*submit_args(path, journal), *cli_flags(sb))
     await wait_for_lock(journal)
     await asyncio.sleep(0.3)
     proc.send_signal(signal.SIGINT)

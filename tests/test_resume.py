@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +16,15 @@ from bulkjob._runner import Runner
 from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
 from tests.conftest import (
-    TOKEN,
     IdsWriter,
     SandboxFactory,
+    cli_flags,
     edit_journal,
     journal_rows,
     make_ids,
     settings_for,
+    start_cli,
+    submit_args,
 )
 
 
@@ -168,37 +168,6 @@ async def test_require_quota_refuses_to_start(
     assert report.ids_pending == 500
 
 
-async def _cli(*args: str) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))}
-    env["INSIDEVIEW_ACCESS_TOKEN"] = TOKEN
-    # A short grace: "no job holds it" is believed 0.3 s after a send, not 120 s.
-    env["BULKJOB_RECONCILE_GRACE"] = "0.3"
-    env["BULKJOB_PROOF_POLL_INTERVAL"] = "0.1"
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bulkjob._cli",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-
-
-def _flags(sb: Sandbox) -> list[str]:
-    return [
-        "--base-url",
-        sb.base_url,
-        "--max-requests",
-        "20",
-        "--per",
-        "1",
-        "--no-progress",
-        "--concurrency",
-        "4",
-    ]
-
-
 @pytest.mark.slow
 async def test_kill_9_at_random_points_then_resume_exactly_once(
     sandbox: SandboxFactory, tmp_path: Path
@@ -211,14 +180,12 @@ async def test_kill_9_at_random_points_then_resume_exactly_once(
         path = tmp_path / f"ids{round_}.txt"
         path.write_text("".join(f"{v}\n" for v in values))
         journal = tmp_path / f"run{round_}.journal"
-        proc = await _cli(
-            "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *_flags(sb)
-        )
+        proc = await start_cli(*submit_args(path, journal), *cli_flags(sb, max_requests=20))
         await asyncio.sleep(rng.uniform(0.4, 1.2))
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         assert sb.ledger.ids_accepted < 3000
-        proc = await _cli("resume", str(journal), *_flags(sb))
+        proc = await start_cli("resume", str(journal), *cli_flags(sb, max_requests=20))
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
         assert sb.ledger.throttled == 0
@@ -235,15 +202,13 @@ async def test_sigint_exits_130_and_resume_completes(
     path = tmp_path / "ids.txt"
     path.write_text("".join(f"{v}\n" for v in values))
     journal = tmp_path / "run.journal"
-    proc = await _cli(
-        "submit", str(path), "--journal", str(journal), "--chunk-size", "100", *_flags(sb)
-    )
+    proc = await start_cli(*submit_args(path, journal), *cli_flags(sb, max_requests=20))
     await asyncio.sleep(0.8)
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130, err.decode()
     assert f"bulkjob resume {journal}" in err.decode()
-    proc = await _cli("resume", str(journal), *_flags(sb))
+    proc = await start_cli("resume", str(journal), *cli_flags(sb, max_requests=20))
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert_exactly_once(sb, values)
