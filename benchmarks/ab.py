@@ -108,7 +108,7 @@ def _pair(
 
 
 def main(quick: bool, base: str = "HEAD") -> str:
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     size = 200_000 if quick else 1_000_000
     jobs = 100 if quick else 400
     rows: list[tuple[str, str, str, str]] = []

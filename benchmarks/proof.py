@@ -12,6 +12,7 @@ Another client's jobs in that window must each be read once to be ruled out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -88,6 +89,10 @@ async def _measure(path: Path, faults: dict[str, Any]) -> tuple[Counter[str], in
 
 def main(quick: bool) -> str:
     quiet_logging()
+    # Every lost answer is a warning; here they are the point, not news.
+    from bulkjob._logging import configure_logging
+
+    configure_logging("console", level=logging.ERROR)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bulkjob-bench-proof-") as tmp:
         path = Path(tmp) / "ids.txt"
