@@ -65,7 +65,9 @@ log = get_logger()
 FINAL_STATUSES = frozenset({"finished", "failed", "aborted"})
 _COUNT_FIELDS = ("ids", "totalRecords", "recordCount", "inputCount", "totalIds", "numberOfIds")
 _TIME_FIELDS = ("created", "createdDate", "creationTime", "submittedAt", "submitted", "startTime")
-_MAX_PAGES = 40
+#: A bound on one look at the job list (10,000 jobs): an account's list around a few
+#: lost answers holds far fewer at any licensed rate; past it, a chunk is unprovable.
+_MAX_PAGES = 200
 _PAGE_SIZE = 50  # the documented maximum of resultsPerPage
 _HASH_BYTES = 8
 
@@ -289,6 +291,7 @@ class JobReader:
         kind = self._settings.job_kind
         found: list[Candidate] = []
         newest_first, previous = True, float("inf")
+        last_page: list[str] = []
         for page in range(1, _MAX_PAGES + 1):
             params = {
                 "jobTypes": kind.job_type,
@@ -308,6 +311,11 @@ class JobReader:
                     return await self.candidates(since, until)
                 raise
             items = _items(data)
+            ids = [str(i.get("jobId")) for i in items if isinstance(i, dict)]
+            if page > 1 and ids and ids == last_page:
+                log.warning("jobs.paging_ignored", page=page)
+                return found, False  # the server repeats its first page: not the whole list
+            last_page = ids
             older = False
             for item in items:
                 if isinstance(item, dict) and (job := _candidate(item)) is not None:

@@ -192,6 +192,11 @@ class Journal:
         journal._lock = JournalLock.acquire(path, command)
         try:
             journal._connect()
+            # Read again now that nobody else can change it, through the connection that
+            # sees the WAL too: another command may have migrated it a moment ago.
+            columns = frozenset(str(r[1]) for r in journal._query("PRAGMA table_info(chunks)"))
+            journal._columns = columns
+            version = int(str(journal.meta("version")))
             if version < SCHEMA_VERSION or any(c not in columns for c in ADDED_COLUMNS):
                 journal._migrate(columns)
         except BaseException:

@@ -347,7 +347,8 @@ class _Command:
     async def prove(self, timeout: float | None) -> None:  # noqa: ASYNC109
         """Settle the journal's lost answers that can be proven without the input."""
         stop = StopSignal()
-        submitter = Submitter(self._settings, self.client, self.journal, RunReport(), stop)
+        rows = {row.seq: row for row in self.journal.rows()}  # its jobs are no candidates
+        submitter = Submitter(self._settings, self.client, self.journal, RunReport(), stop, rows)
         await submitter.adopt_journal()
         try:
             async with asyncio.timeout(timeout):

@@ -90,19 +90,24 @@ class JournalLock:
         raise JournalError(name, "the file keeps changing under us")
 
     def _open(self, name: str) -> tuple[int, bool]:
-        try:
-            return os.open(self.journal, os.O_RDONLY), False  # flock needs no write access
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise JournalError(name, f"cannot open to lock: {exc.strerror}") from None
-        try:
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.journal, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:  # created by someone else a moment ago
-            return self._open(name)
-        except OSError as exc:
-            raise JournalError(name, f"cannot create: {exc.strerror}") from None
+        """A descriptor of the journal (created empty if missing: a symlink's target, when
+        it dangles), and whether this call created it."""
+        real = Path(os.path.realpath(self.journal))
+        for _ in range(10):
+            try:
+                return os.open(real, os.O_RDONLY), False  # flock needs no write access
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise JournalError(name, f"cannot open to lock: {exc.strerror}") from None
+            try:
+                real.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                continue  # created by someone else a moment ago: open theirs
+            except OSError as exc:
+                raise JournalError(name, f"cannot create: {exc.strerror}") from None
+        raise JournalError(name, "cannot open to lock: the file keeps appearing and vanishing")
 
     def release(self) -> None:
         """Unlock (and tidy up); safe to call twice."""
@@ -114,7 +119,8 @@ class JournalLock:
             self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             if self._created and os.fstat(fd).st_size == 0:
-                self.journal.unlink()  # ours, and never written: as if never claimed
+                # Ours, and never written: as if never claimed (the target, not a symlink).
+                Path(os.path.realpath(self.journal)).unlink()
         os.close(fd)  # closing drops the lock
 
     def __enter__(self) -> JournalLock:

@@ -150,8 +150,10 @@ class Settings:
         _int_range("max_throttled", self.max_throttled, 1, 10_000)
         _float_range("token_refresh_margin", self.token_refresh_margin, 0.0, 30 * 86_400.0)
         _float_range("drain_timeout", self.drain_timeout, 0.0, 86_400.0)
-        _float_range("reconcile_skew", self.reconcile_skew, 0.0, 86_400.0)
-        _float_range("reconcile_grace", self.reconcile_grace, 0.0, 86_400.0)
+        # The server's clock is known to whole seconds (its Date header) and a round trip:
+        # a narrower period could miss the very job it is looking for.
+        _float_range("reconcile_skew", self.reconcile_skew, 2.0, 86_400.0)
+        _float_range("reconcile_grace", self.reconcile_grace, 0.1, 86_400.0)
         _float_range("proof_poll_interval", self.proof_poll_interval, 0.01, 86_400.0)
         _choice("on_queue_full", self.on_queue_full, ("stop", "wait"))
         _float_range("queue_poll_interval", self.queue_poll_interval, 0.01, 86_400.0)

@@ -94,6 +94,7 @@ class _Parked:
     offset: float | None  # the server's clock minus ours when it was sent, if known
     chunk: Chunk | None  # None when proven from the journal alone: it cannot be resent here
     reason: str
+    looked: bool = False  # in a round yet
 
 
 class Submitter:
@@ -125,8 +126,11 @@ class Submitter:
         self._room = QueueRoom(settings, journal, stop.event, client)
         self._sends = asyncio.Semaphore(settings.concurrency)
         self._parked: dict[int, _Parked] = {}
-        self._max_parked = max(8, 2 * settings.concurrency)
-        self._changed = asyncio.Event()  # a chunk parked or settled
+        # Parked chunks keep their ids for a resend: this bounds that memory (~1 MB a chunk
+        # of 10,000 ids) and holds new sends back while so many answers are unproven.
+        self._max_parked = max(16, 4 * settings.concurrency)
+        self._changed = asyncio.Event()  # a chunk parked or settled, or the run stopping
+        stop.listeners.append(self._changed.set)
         self._new_park = asyncio.Event()  # wakes the prover early
         self._lost: dict[int, int] = {}  # chunk -> submits in a row without a usable answer
         self._prover: asyncio.Task[None] | None = None
@@ -389,12 +393,16 @@ class Submitter:
             self._prover = asyncio.create_task(self._prove_loop())
 
     async def _prove_loop(self) -> None:
-        """Rounds of proof while chunks are parked: often while a grace runs out, then
-        backing off (x1.5 a round, up to 10x) while candidate jobs are still running."""
+        """Rounds of proof while chunks are parked: when a grace runs out, then backing off
+        (x1.5 a round, up to 10x) while candidate jobs are still running. Rounds are at
+        least half a ``proof_poll_interval`` apart, however many chunks park: each round
+        looks at every parked chunk, so a burst of lost answers costs a few rounds, not
+        one each."""
         s = self._settings
         delay = s.proof_poll_interval
         failures = 0
         while self._parked and not self._stop.is_set:
+            last_round = time.monotonic()
             try:
                 settled = await self._prove_round()
                 failures = 0
@@ -418,20 +426,40 @@ class Submitter:
             delay = (
                 s.proof_poll_interval if settled else min(delay * 1.5, 10 * s.proof_poll_interval)
             )
-            now = time.time()
-            graces = [p.lost_at + s.reconcile_grace - now for p in self._parked.values()]
-            pending_grace = [g for g in graces if g > 0]
-            pause = min([delay, *(g + 0.01 for g in pending_grace)])
+            await self._until_next_round(last_round, delay)
+
+    async def _until_next_round(self, last_round: float, delay: float) -> None:
+        """Sleep until the next round is due: ``delay`` after the last one, or as soon as a
+        parked chunk's grace runs out, but not before half a poll interval has passed. A
+        chunk parking meanwhile only moves that moment earlier."""
+        s = self._settings
+        while not self._stop.is_set:
+            wall, mono = time.time(), time.monotonic()
+            # Due: the backed-off delay, a grace running out, or a chunk whose grace ran
+            # out before any round looked at it.
+            dues = [last_round + delay]
+            for p in self._parked.values():
+                left = p.lost_at + s.reconcile_grace - wall
+                if left > 0 or not p.looked:
+                    dues.append(mono + max(left, 0.0) + 0.01)
+            due = min(dues)
+            pause = max(due, last_round + s.proof_poll_interval / 2) - mono
+            if pause <= 0:
+                return
             self._new_park.clear()
             wakers = [
                 asyncio.ensure_future(self._stop.event.wait()),
                 asyncio.ensure_future(self._new_park.wait()),
             ]
             try:
-                await asyncio.wait(wakers, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    wakers, timeout=pause, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for waker in wakers:
                     waker.cancel()
+            if not done:
+                return  # the time came
 
     async def _prove_round(self) -> bool:
         """One look at the account for every parked chunk; True if any was settled."""
@@ -445,6 +473,7 @@ class Submitter:
         for p in parked:
             if p.seq not in self._parked or self._stop.is_set:
                 continue
+            p.looked = True
             since, until = self._period([p])
             ready_at = p.lost_at + s.reconcile_grace
             proof = await self._reader.prove(p.ids, since, until, ready_at, look, self._known)
@@ -454,15 +483,17 @@ class Submitter:
     def _period(self, parked: list[_Parked]) -> tuple[float, float]:
         """When, on the server's clock, the jobs of these sends can have been created: from
         the earliest send (less ``reconcile_skew``) to the latest loss plus the grace (and
-        ``reconcile_skew``). The clock difference is the one known when each was sent."""
+        ``reconcile_skew``). The server's clock may have stepped since a send: the period
+        spans both the clock difference known then and the one known now."""
         s = self._settings
-        now_offset = self._client.server_offset or 0.0
+        now = self._client.server_offset
 
-        def offset(p: _Parked) -> float:
-            return p.offset if p.offset is not None else now_offset
+        def offsets(p: _Parked) -> list[float]:
+            known = [o for o in (p.offset, now) if o is not None]
+            return known or [0.0]
 
-        since = min(p.sent_at + offset(p) for p in parked) - s.reconcile_skew
-        until = max(p.lost_at + offset(p) for p in parked) + s.reconcile_grace
+        since = min(p.sent_at + min(offsets(p)) for p in parked) - s.reconcile_skew
+        until = max(p.lost_at + max(offsets(p)) for p in parked) + s.reconcile_grace
         return since, until + s.reconcile_skew
 
     async def _apply(self, p: _Parked, proof: Proof) -> bool:
@@ -482,6 +513,7 @@ class Submitter:
                 )
             return True
         policy = self._policy if p.seq in self._told else "stop"
+        self._told.discard(p.seq)  # the user's word covers one decision, not every resend
         if isinstance(proof, Unprovable) and policy != "resubmit":
             if policy == "abandon":
                 if p.chunk is not None:

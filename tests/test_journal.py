@@ -19,7 +19,7 @@ from bulkjob._chunker import Chunk, chunked
 from bulkjob._errors import InputError, JournalError, JournalLockedError
 from bulkjob._journal import SCHEMA_VERSION, ChunkState, Journal
 from bulkjob._lock import JournalLock, lock_path
-from tests.conftest import make_ids
+from tests.conftest import edit_journal, make_ids
 
 
 def _chunks(n: int, size: int = 10) -> list[Chunk]:
@@ -271,3 +271,44 @@ def test_a_wal_mode_foreign_database_gets_no_side_files(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="not a bulkjob journal"):
         Journal.open(app, readonly=True)
     assert sorted(os.listdir(tmp_path)) == ["app.db"]
+
+
+def test_a_dangling_symlink_becomes_the_journal(tmp_path: Path) -> None:
+    """--journal naming a symlink to a file not there yet: the target is created and used."""
+    link = tmp_path / "j.journal"
+    link.symlink_to(tmp_path / "store" / "real.journal")
+    journal = Journal.claim(link)
+    journal.start({}, ["f.txt"])
+    journal.close_sync()
+    assert (tmp_path / "store" / "real.journal").stat().st_size > 0
+    Journal.open(link).close_sync()
+
+
+def test_a_claim_never_started_leaves_no_file(tmp_path: Path) -> None:
+    """A new run's journal that never got a chunk (its input failed the pre-pass) is gone."""
+    path = tmp_path / "j.journal"
+    Journal.claim(path).close_sync()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+async def test_the_schema_is_read_again_under_the_lock(tmp_path: Path) -> None:
+    """A journal migrated by one command and still in its WAL: the next one sees it so."""
+    path = tmp_path / "old.journal"
+    edit_journal(
+        path,
+        "CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE chunks (seq INTEGER PRIMARY KEY, first TEXT NOT NULL, last TEXT NOT NULL,"
+        " ids INTEGER NOT NULL, digest TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending')",
+        "INSERT INTO run VALUES ('version', '1')",
+        "INSERT INTO run VALUES ('settings', '{}')",
+    )
+    first = Journal.open(path)  # migrates, in the WAL
+    keep_wal = sqlite3.connect(path)  # holds the WAL open, as a killed command would leave it
+    keep_wal.execute("SELECT 1").fetchall()
+    first.close_sync()
+    try:
+        second = Journal.open(path)
+        assert second.meta("version") == SCHEMA_VERSION
+        second.close_sync()
+    finally:
+        keep_wal.close()

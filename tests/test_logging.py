@@ -133,7 +133,9 @@ async def test_run_log_holds_no_secret_or_token(
     assert minted  # the revoked token was replaced by a minted one
     out = stream.getvalue()
     assert "token.minted" in out
-    assert "request.retrying" in out
+    assert sum(sb.ledger.faults.values()) > 0
+    # A fault on a status or list call is retried; on a submit, its outcome is unknown.
+    assert "request.retrying" in out or "chunk.unknown_outcome" in out
     for secret in (client_secret, *sent_tokens):
         assert secret not in out
 

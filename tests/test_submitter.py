@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bulkjob._errors import IncompleteError
 from bulkjob._evidence import IdSet
 from bulkjob._journal import ChunkState
 from bulkjob._lifecycle import status, wait
@@ -263,3 +264,93 @@ async def test_a_token_on_a_login_host_two_hours_behind_is_minted_once(
     report = await Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))]).run()
     assert report.ok
     assert sb.ledger.token_requests == 1
+
+
+async def test_wait_never_takes_the_runs_own_jobs_for_candidates(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """Own jobs that failed without results are no candidates: a lost submit is not ambiguous."""
+    sb = await sandbox(job_fail_rate=1.0, fault_5xx_rate=1.0, submit_faults_only=True)
+    values = make_ids(300)
+    path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
+    settings = settings_for(sb, concurrency=1)
+    runner = Runner(settings, [str(path)], journal=journal)
+
+    async def lose_one_then_stop() -> None:
+        while not runner.snapshot().awaiting_proof:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        sb.config.fault_5xx_rate = 0.0
+        while sb.ledger.ids_accepted < 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        runner.request_stop("interrupted", "test")
+
+    helper = asyncio.create_task(lose_one_then_stop())
+    report = await runner.run()
+    await helper
+    assert report.awaiting_proof == [1]
+    with pytest.raises(IncompleteError):  # chunk 1 proven never accepted: resume sends it
+        await wait(journal, settings, poll_interval=0.05)
+    assert journal_rows(journal)[1].state is ChunkState.PENDING
+    assert sb.ledger.ids_accepted == 200
+
+
+async def test_a_server_clock_step_before_a_lost_send(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """The server's clock steps between two sends; the second loses its answer: proven."""
+    sb = await sandbox(list_lag=0.0)
+    values = make_ids(100)
+    settings = settings_for(sb, chunk_size=50, concurrency=1, reconcile_grace=1.0)
+    runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))])
+
+    async def step_then_lose() -> None:
+        while not sb.ledger.ids_accepted:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        sb.config.clock_skew = 300.0  # no answer carries the new clock before the loss
+        sb.config.drop_after_accept_rate = 1.0
+        while sb.ledger.ids_accepted < 100:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        sb.config.drop_after_accept_rate = 0.0
+
+    helper = asyncio.create_task(step_then_lose())
+    report = await runner.run()
+    await helper
+    assert report.ok and report.proven_chunks == [2]
+    assert_paid_once(sb, values)
+
+
+async def test_resubmit_ambiguous_resends_once(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """--resubmit-ambiguous sends a reported chunk once more; if that is lost too, exit 8."""
+    sb = await sandbox(job_fail_rate=1.0, accept_then_garbage_rate=1.0)
+    values = make_ids(100)
+    path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
+    first = await Runner(settings_for(sb), [str(path)], journal=journal).run()
+    assert first.stop_reason == "ambiguous"
+    again = await Runner(
+        settings_for(sb), [str(path)], journal=journal, resume=True, ambiguous="resubmit"
+    ).run()
+    assert again.stop_reason == "ambiguous"
+    assert sb.ledger.ids_accepted == 200  # paid twice, as the user accepted: never three times
+
+
+async def test_a_stop_with_a_full_parking_lot_ends_at_once(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """Lost answers fill the parking lot; a stop frees the workers held back by it."""
+    sb = await sandbox(fault_5xx_rate=1.0, submit_faults_only=True)
+    settings = settings_for(sb, concurrency=1, reconcile_grace=600.0, drain_timeout=600.0)
+    runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", make_ids(3000)))])
+
+    async def stop_when_full() -> None:
+        while runner.snapshot().awaiting_proof < 16:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.1)
+        runner.request_stop("interrupted", "test")
+
+    helper = asyncio.create_task(stop_when_full())
+    report = await asyncio.wait_for(runner.run(), 60)  # a hang guard, not a timing
+    await helper
+    assert report.stop_reason == "interrupted"
+    assert report.accounted
+    assert len(report.awaiting_proof) == 16
+    assert sb.ledger.ids_accepted == 0
