@@ -37,7 +37,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -299,6 +299,14 @@ class Journal:
                         f"input changed since the journal was written "
                         f"({old['size']:,} -> {now.size:,} bytes); nothing was sent",
                     )
+
+    def resumable_rows(self, chunks: Iterable[Chunk], inputs: list[str]) -> dict[int, ChunkRow]:
+        """seq -> row, once the inputs are proven to be the ones journaled: same sizes, and
+        ``chunks`` (the inputs read again) holding the same ids as every journaled chunk."""
+        self.check_identity()
+        rows = {row.seq: row for row in self.rows()}
+        verify_chunks(rows, chunks, inputs)
+        return rows
 
     def rows(self, *states: ChunkState) -> Iterator[ChunkRow]:
         """Chunk rows in sequence order, optionally of some states only."""

@@ -28,7 +28,7 @@ from ._account import CreditCheck
 from ._chunker import Chunk, chunked, read_ahead
 from ._client import ApiClient, new_session
 from ._errors import InputError, JournalError, first_error
-from ._journal import ChunkRow, Journal, verify_chunks
+from ._journal import ChunkRow, Journal
 from ._logging import get_logger
 from ._progress import Progress, ProgressSink
 from ._report import RunReport, StopReason, StopSignal
@@ -156,15 +156,12 @@ class Runner:
                     inputs = [str(Path(p).resolve()) if p != "-" else p for p in self.inputs]
                     journal.start(self.settings.public(), inputs)
                 return journal, {}
-            journal.check_identity()
-            rows = {row.seq: row for row in journal.rows()}
             records = iter(source)
             chunks = chunked(records, self.settings.chunk_size)
             try:
-                verify_chunks(rows, chunks, self.inputs)
+                return journal, journal.resumable_rows(chunks, self.inputs)
             finally:  # verification may stop early: release the open input file now
                 _close(chunks, records)
-            return journal, rows
         except BaseException:
             if not isinstance(arg, Journal):
                 journal.close_sync()
