@@ -20,7 +20,6 @@ only :class:`~bulkjob._submitter.Submitter` decides what happens to it.
 from __future__ import annotations
 
 import email.utils
-import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from ._wire import parse_body
 __all__ = ["ApiClient", "ClientStats", "Tries", "new_session"]
 
 log = get_logger()
-_CLOCK_SAMPLES = 9
+_CLOCK_SAMPLES = 256
 
 
 @dataclass(slots=True)
@@ -89,8 +88,8 @@ class ApiClient:
         self._session = session
         self._limiter = limiter
         self._tokens = tokens
-        # Server time minus ours, from the Date header of recent answers.
-        self._clock: deque[float] = deque(maxlen=_CLOCK_SAMPLES)
+        # (our time, server time minus ours), from the Date header of recent answers.
+        self._clock: deque[tuple[float, float]] = deque(maxlen=_CLOCK_SAMPLES)
         self.rules = ErrorRules.from_settings(settings)
         self.stats = ClientStats()
 
@@ -126,8 +125,15 @@ class ApiClient:
 
     @property
     def server_offset(self) -> float | None:
-        """Server clock minus ours in seconds (Date headers: ±1 s), None before any answer."""
-        return statistics.median(self._clock) if self._clock else None
+        """Server clock minus ours in seconds, from the latest answer's Date header (to the
+        second, and a clock that steps shows at once); None before any answer."""
+        return self._clock[-1][1] if self._clock else None
+
+    def offsets_since(self, since: float) -> list[float]:
+        """Every clock difference seen from ``since`` (our clock) on, and the one in force
+        then: a server whose clock stepped in between shows both."""
+        before = [o for t, o in self._clock if t < since][-1:]
+        return before + [o for t, o in self._clock if t >= since]
 
     async def token(self) -> str:
         """A token believed valid now (minted or refreshed as needed, outside any slot)."""
@@ -303,7 +309,12 @@ class ApiClient:
         except (TypeError, ValueError, IndexError, OverflowError):
             return
         # The header has whole seconds: the server's clock was in [server, server + 1).
-        self._clock.append(server + 0.5 - time.time())
+        now = time.time()
+        offset = server + 0.5 - now
+        if not self._clock or abs(self._clock[-1][1] - offset) > 0.75:
+            self._clock.append((now, offset))  # only changes: a step, not every answer
+        else:
+            self._clock[-1] = (self._clock[-1][0], offset)
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:

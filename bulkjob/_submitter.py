@@ -483,13 +483,13 @@ class Submitter:
     def _period(self, parked: list[_Parked]) -> tuple[float, float]:
         """When, on the server's clock, the jobs of these sends can have been created: from
         the earliest send (less ``reconcile_skew``) to the latest loss plus the grace (and
-        ``reconcile_skew``). The server's clock may have stepped since a send: the period
-        spans both the clock difference known then and the one known now."""
+        ``reconcile_skew``). The server's clock may have stepped around a send: the period
+        spans every clock difference seen from the send on, and the one in force then."""
         s = self._settings
-        now = self._client.server_offset
 
         def offsets(p: _Parked) -> list[float]:
-            known = [o for o in (p.offset, now) if o is not None]
+            seen = self._client.offsets_since(p.sent_at)
+            known = seen + ([p.offset] if p.offset is not None else [])
             return known or [0.0]
 
         since = min(p.sent_at + min(offsets(p)) for p in parked) - s.reconcile_skew

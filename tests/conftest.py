@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -218,3 +220,9 @@ async def wait_for_lock(journal: Path) -> None:
     lock = journal.with_name(journal.name + ".lock")
     while not (lock.exists() and b"pid" in lock.read_bytes()):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
+
+
+def kill_9(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL, unless the process already ended on its own (a race the test may lose)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGKILL)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import sqlite3
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.conftest import (
     assert_paid_once,
     cli_flags,
     finish_cli,
+    kill_9,
     make_ids,
     run_cli,
     settings_for,
@@ -262,7 +262,7 @@ async def test_kill_9_at_random_points_with_lost_answers(
         proc = await start_cli(*submit_args(path, journal), *flags)
         for _ in range(2):  # killed twice: once in the submit, once in the first resume
             await asyncio.sleep(rng.uniform(0.3, 1.0))
-            proc.send_signal(signal.SIGKILL)
+            kill_9(proc)
             await proc.wait()
             proc = await start_cli("resume", str(journal), *flags)
         code, err = await finish_cli(proc)
@@ -326,7 +326,7 @@ async def test_chaos(sandbox: SandboxFactory, tmp_path: Path) -> None:
         proc = await start_cli("submit", str(path), "--journal", str(journal), *flags)
         if rng.random() < 0.5:
             await asyncio.sleep(rng.uniform(0.1, 0.6))
-            proc.send_signal(signal.SIGKILL)
+            kill_9(proc)
         code, err = await finish_cli(proc)
         for _ in range(4):
             if code == 0:

@@ -21,6 +21,7 @@ from tests.conftest import (
     cli_flags,
     edit_journal,
     journal_rows,
+    kill_9,
     make_ids,
     settings_for,
     start_cli,
@@ -182,7 +183,7 @@ async def test_kill_9_at_random_points_then_resume_exactly_once(
         journal = tmp_path / f"run{round_}.journal"
         proc = await start_cli(*submit_args(path, journal), *cli_flags(sb, max_requests=20))
         await asyncio.sleep(rng.uniform(0.4, 1.2))
-        proc.send_signal(signal.SIGKILL)
+        kill_9(proc)
         await proc.wait()
         assert sb.ledger.ids_accepted < 3000
         proc = await start_cli("resume", str(journal), *cli_flags(sb, max_requests=20))

@@ -300,7 +300,10 @@ async def test_a_server_clock_step_before_a_lost_send(
     """The server's clock steps between two sends; the second loses its answer: proven."""
     sb = await sandbox(list_lag=0.0)
     values = make_ids(100)
-    settings = settings_for(sb, chunk_size=50, concurrency=1, reconcile_grace=1.0)
+    # Two requests a second: the step lands between the first answer and the second send.
+    settings = settings_for(
+        sb, chunk_size=50, concurrency=1, reconcile_grace=1.0, max_requests=2, per_seconds=1.0
+    )
     runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))])
 
     async def step_then_lose() -> None:
