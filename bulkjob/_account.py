@@ -1,20 +1,17 @@
-"""The account's limits, as one run meets them: credits before the first submit, and room
-in the job queue while submitting (``on_queue_full=wait``)."""
+"""The account's credits, as one run meets them: ``GET /admin/usage`` before the first
+submit, with ``require_quota`` (the job queue is :mod:`bulkjob._jobqueue`'s)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from ._client import ApiClient
 from ._errors import BulkJobError, QuotaExhaustedError
-from ._evidence import FINAL_STATUSES
-from ._journal import Journal
 from ._logging import get_logger
 from ._report import RunReport, StopSignal
 from ._settings import Settings
 
-__all__ = ["FINAL_STATUSES", "CreditCheck", "QueueRoom", "remaining_credits"]
+__all__ = ["CreditCheck", "remaining_credits"]
 
 log = get_logger()
 
@@ -85,52 +82,3 @@ class CreditCheck:
         report.credits_remaining = remaining
         if remaining is not None and remaining < need:
             report.warnings.append(f"only {remaining:,} credits left for up to {need:,} ids")
-
-
-class QueueRoom:
-    """Waits out a full job queue by polling the run's own open jobs, once for all workers."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        journal: Journal | None,
-        stopped: asyncio.Event,
-        client: ApiClient,
-    ) -> None:
-        self._settings = settings
-        self._journal = journal
-        self._stopped = stopped
-        self._lock = asyncio.Lock()
-        self.client = client
-        #: The run's jobs not known to be final: job id -> chunk sequence number.
-        self.open_jobs: dict[str, int] = {}
-
-    def __repr__(self) -> str:
-        return f"<QueueRoom open_jobs={len(self.open_jobs)} waiting={self._lock.locked()}>"
-
-    async def wait(self) -> None:
-        """Return once one of the run's jobs is final (or a stop is requested)."""
-        s = self._settings
-        if self._lock.locked():  # another worker is already waiting: share its wait
-            async with self._lock:
-                return
-        async with self._lock:
-            log.warning("queue.full_waiting", open_jobs=len(self.open_jobs))
-            while not self._stopped.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), s.queue_poll_interval)
-                if not self.open_jobs:
-                    return  # the queue is full of other jobs: just try again
-                freed = 0
-                # The oldest first: queues run in order, and long-finished jobs are pruned.
-                for job_id in list(self.open_jobs)[: s.concurrency]:
-                    data = await self.client.get_json(f"{s.job_kind.path}/{job_id}")
-                    status = str(data.get("status") or "")
-                    if status in FINAL_STATUSES:
-                        freed += 1
-                        seq = self.open_jobs.pop(job_id)
-                        if self._journal is not None:
-                            await self._journal.job_update(seq, status=status)
-                if freed:  # a slot came free: try again now
-                    log.info("queue.room", freed=freed, open_jobs=len(self.open_jobs))
-                    return

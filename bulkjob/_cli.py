@@ -119,7 +119,26 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--on-queue-full",
         dest="on_queue_full",
         choices=["stop", "wait"],
-        help="when the account's job queue is full: stop (default) or wait for room",
+        help="when the account's job queue is full: wait for room (default) or stop (exit 4)",
+    )
+    p.add_argument(
+        "--max-running-jobs",
+        dest="max_running_jobs",
+        type=_positive_int,
+        metavar="N",
+        help="the account's running-job limit (default: learned from its first queue-full)",
+    )
+    p.add_argument(
+        "--pacing",
+        choices=["burst", "even"],
+        help="burst (default): a window's budget may go at once; even: spread over it",
+    )
+    p.add_argument(
+        "--webhook-listen",
+        dest="webhook_listen",
+        metavar="HOST:PORT",
+        help="hear job finishes on this address (the URL given to the API: --webhook, "
+        "else http://HOST:PORT/bulkjob/webhook)",
     )
     p.add_argument(
         "--require-quota",

@@ -41,7 +41,7 @@ from ._answers import (
 )
 from ._auth import TokenSource
 from ._errors import ThrottledError, Transient, TransportError
-from ._limiter import WindowLimiter
+from ._limiter import SlotRecorder, WindowLimiter
 from ._logging import get_logger, redact
 from ._retry import retrying
 from ._settings import Settings
@@ -102,11 +102,13 @@ class ApiClient:
         settings: Settings,
         session: aiohttp.ClientSession,
         history: tuple[float, ...] | list[float] = (),
+        recorder: SlotRecorder | None = None,
     ) -> ApiClient:
         """A client with its own limiter and token source: one per command or run.
 
-        ``history``: completion times of the run's recent requests (see
-        :meth:`WindowLimiter.history`), so a new command does not start with a fresh window.
+        ``history``: completion times of the run's recent requests, and ``recorder``
+        where this command's go (see :mod:`bulkjob._windowlog`), so that a new command
+        does not start with a fresh window.
         """
         limiter = WindowLimiter(
             settings.max_requests,
@@ -114,7 +116,9 @@ class ApiClient:
             margin=settings.window_margin,
             initial_delay=settings.throttle_initial_delay,
             max_pause=settings.retry_after_max,
+            pace=settings.pacing == "even",
             history=history,
+            recorder=recorder,
         )
         return cls(settings, session, limiter, TokenSource(settings, session, limiter))
 

@@ -60,6 +60,7 @@ from ._journal_schema import (
     verify_chunks,
 )
 from ._lock import JournalLock
+from ._windowlog import WindowLog
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -87,6 +88,7 @@ class Journal:
         self._ops: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: JournalError | None = None
+        self._window: WindowLog | None = None
         self.readonly = False
         #: Transactions committed (each one may carry many writes).
         self.commits = 0
@@ -413,18 +415,13 @@ class Journal:
             (status, results_path, time.time(), seq),
         )
 
-    def recent_requests(self) -> list[float]:
-        """Wall-clock completion times of the run's latest requests (for the limiter)."""
-        rows = self._query("SELECT value FROM run WHERE key = 'recent_requests'")
-        value = json.loads(str(rows[0][0])) if rows else []
-        return [float(t) for t in value] if isinstance(value, list) else []
-
-    async def save_recent_requests(self, times: list[float]) -> None:
-        """Remember the latest requests, so the next command of the run keeps the window."""
-        await self._write(
-            "INSERT OR REPLACE INTO run(key, value) VALUES ('recent_requests', ?)",
-            (json.dumps(times),),
-        )
+    def open_window(self, window: float) -> tuple[list[float], WindowLog]:
+        """The run's throttle window: the completion times still inside ``window`` seconds,
+        and the log this command's requests are written to (closed with the journal)."""
+        assert self.locked, "only the journal's holder sends requests"
+        if self._window is None:
+            self._window = WindowLog(self.path)
+        return self._window.open(window), self._window
 
     async def flush(self) -> None:
         """Wait until everything written so far is committed (raises a past failure)."""
@@ -515,6 +512,8 @@ class Journal:
 
     def release(self) -> None:
         """Give up the lock (the file is closed first by :meth:`close_sync`)."""
+        if self._window is not None:
+            self._window.close()
         if self._lock is not None:
             self._lock.release()
 

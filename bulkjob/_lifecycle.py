@@ -330,14 +330,9 @@ class _Command:
             self._journal = journal
             if self._online:
                 session = await stack.enter_async_context(new_session(s))
-                client = ApiClient.for_settings(s, session, journal.recent_requests())
-                self._client = client
-
-                async def remember() -> None:  # the next command keeps the same window
-                    await journal.save_recent_requests(client.limiter.history())
-                    await journal.flush()
-
-                stack.push_async_callback(remember)
+                history, log = journal.open_window(s.window)
+                self._client = ApiClient.for_settings(s, session, history, log)
+                stack.push_async_callback(journal.flush)
             self._stack = stack.pop_all()
         return self
 

@@ -33,10 +33,11 @@ import collections
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["WindowLimiter"]
+__all__ = ["SlotRecorder", "WindowLimiter"]
 
 _EPSILON = 1e-6
 
@@ -47,6 +48,16 @@ def _to_monotonic(wall_times: Sequence[float]) -> list[float]:
     return sorted(t + offset for t in wall_times)
 
 
+class SlotRecorder(Protocol):
+    """Where a limiter writes its slots down (see :mod:`bulkjob._windowlog`)."""
+
+    def taken(self) -> None:
+        """A request took a slot and is about to leave."""
+
+    def freed(self) -> None:
+        """A request's slot came back."""
+
+
 class WindowLimiter:
     """At most ``max_requests`` request slots in any sliding window of ``per_seconds``."""
 
@@ -55,6 +66,7 @@ class WindowLimiter:
         "_in_flight",
         "_next_delay",
         "_pacer",
+        "_recorder",
         "_released",
         "_resume_at",
         "initial_delay",
@@ -75,6 +87,7 @@ class WindowLimiter:
         pace: bool = True,
         max_pause: float = 3600.0,
         history: Sequence[float] = (),
+        recorder: SlotRecorder | None = None,
     ) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests: must be at least 1, got {max_requests}")
@@ -95,6 +108,7 @@ class WindowLimiter:
         self._resume_at = 0.0
         self._released: asyncio.Event | None = None
         self._pacer = AsyncLimiter(1, per_seconds / max_requests) if pace else None
+        self._recorder = recorder
 
     def __repr__(self) -> str:
         return (
@@ -137,17 +151,8 @@ class WindowLimiter:
         except BaseException:
             self._in_flight -= 1
             raise
-
-    def history(self) -> list[float]:
-        """Wall-clock completion times still inside the window, oldest first.
-
-        A later limiter for the same token (the next command of the run) starts from
-        these, so the guarantee holds across processes, not just within one.
-        """
-        loop_now = asyncio.get_running_loop().time()
-        self._expire(loop_now)
-        offset = time.time() - loop_now
-        return [t + offset for t in self._done]
+        if self._recorder is not None:
+            self._recorder.taken()
 
     def release(self) -> None:
         """Return a slot: its window starts now, when the answer (or failure) came back."""
@@ -155,6 +160,8 @@ class WindowLimiter:
             raise RuntimeError("release() without a matching acquire()")
         self._in_flight -= 1
         self._done.append(asyncio.get_running_loop().time())
+        if self._recorder is not None:
+            self._recorder.freed()
         if self._released is not None:
             self._released.set()
             self._released = None

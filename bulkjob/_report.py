@@ -125,6 +125,14 @@ class RunReport:
     input_complete: bool = False
     resumed: bool = False
     credits_remaining: int | None = None
+    #: The account's running-job limit the run kept to, and where it came from:
+    #: "setting", "message" (the queue-full answer's number), "open jobs" (counted at the
+    #: first queue-full), or None when the run never met it.
+    running_job_limit: int | None = None
+    running_job_limit_source: str | None = None
+    #: Queue-full answers met, and job status requests made to see finishes.
+    queue_full_answers: int = 0
+    status_polls: int = 0
     #: Things the user should know that did not stop the run (e.g. credits running short).
     warnings: list[str] = field(default_factory=list)
 
@@ -261,6 +269,12 @@ class RunReport:
             lines.append(f"{len(self.proven_chunks):,} lost answer(s) settled by proof")
         if self.awaiting_proof:
             lines.append(f"{len(self.awaiting_proof):,} chunk(s) awaiting proof")
+        if self.running_job_limit is not None:
+            lines.append(
+                f"running-job limit {self.running_job_limit} ({self.running_job_limit_source}): "
+                f"{self.queue_full_answers:,} queue-full answer(s), "
+                f"{self.status_polls:,} status poll(s)"
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         if self.stop_reason:
             lines.append(f"stopped: {self.stop_reason}: {redact(self.stop_message or '')}")

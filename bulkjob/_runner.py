@@ -35,6 +35,7 @@ from ._report import RunReport, StopReason, StopSignal
 from ._settings import Settings
 from ._source import IdSource, InputSummary
 from ._submitter import AmbiguousPolicy, Submitter
+from ._webhook import WebhookReceiver
 
 __all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]  # the sinks, re-exported
 
@@ -122,7 +123,7 @@ class Runner:
                 session = self._session
                 if session is None:
                     session = await stack.enter_async_context(new_session(s))
-                await self._pipeline(session, source, journal, rows)
+                await self._pipeline(session, await self._listen(stack), source, journal, rows)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         finally:
@@ -169,8 +170,6 @@ class Runner:
 
     async def _close_journal(self, journal: Journal, owned: bool) -> None:
         try:
-            if self._client is not None:
-                await journal.save_recent_requests(self._client.limiter.history())
             await journal.flush()
         except JournalError as exc:
             self.request_stop("journal", str(exc))
@@ -178,18 +177,34 @@ class Runner:
             if owned:
                 journal.close_sync()
 
+    async def _listen(self, stack: contextlib.AsyncExitStack) -> Settings:
+        """With ``webhook_listen``, start the webhook receiver: the settings that give the
+        API its URL."""
+        s = self.settings
+        if s.webhook_listen is None:
+            return s
+        receiver = WebhookReceiver(s.webhook_listen, self._heard, s.webhook)
+        await receiver.start()
+        stack.push_async_callback(receiver.close)
+        return s.replace(webhook=receiver.url)
+
+    def _heard(self, job_id: str | None) -> None:
+        if self._submitter is not None:
+            self._submitter.queue.finished(job_id or "")
+
     async def _pipeline(
         self,
         session: aiohttp.ClientSession,
+        s: Settings,
         source: IdSource,
         journal: Journal | None,
         rows: dict[int, ChunkRow],
     ) -> None:
-        s = self.settings
-        history = journal.recent_requests() if journal is not None else []
-        self._client = ApiClient.for_settings(s, session, history)
+        history, log = journal.open_window(s.window) if journal is not None else ([], None)
+        self._client = ApiClient.for_settings(s, session, history, log)
         assert self.summary is not None
-        self._credits = CreditCheck(self._client, s, self.summary.lines)
+        if s.require_quota:  # the account's credits, only when asked: it costs a request
+            self._credits = CreditCheck(self._client, s, self.summary.lines)
         submitter = Submitter(
             s, self._client, journal, self.report, self.stop, rows, ambiguous=self._ambiguous
         )

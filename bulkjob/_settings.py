@@ -71,6 +71,7 @@ DEFAULT_QUEUE_FULL_PATTERNS = (
 Accept = Literal["json", "xml"]
 LogFormat = Literal["console", "json"]
 QueueFullPolicy = Literal["stop", "wait"]
+Pacing = Literal["burst", "even"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +115,10 @@ class Settings:
     reconcile_grace: float = DEFAULT_RECONCILE_GRACE
     proof_poll_interval: float = DEFAULT_PROOF_POLL
     results_id_column: str | None = None
-    on_queue_full: QueueFullPolicy = "stop"
+    on_queue_full: QueueFullPolicy = "wait"
+    max_running_jobs: int | None = None
+    pacing: Pacing = "burst"
+    webhook_listen: str | None = None
     queue_poll_interval: float = DEFAULT_QUEUE_POLL
     require_quota: bool = False
 
@@ -156,6 +160,11 @@ class Settings:
         _float_range("reconcile_grace", self.reconcile_grace, 0.1, 86_400.0)
         _float_range("proof_poll_interval", self.proof_poll_interval, 0.01, 86_400.0)
         _choice("on_queue_full", self.on_queue_full, ("stop", "wait"))
+        if self.max_running_jobs is not None:
+            _int_range("max_running_jobs", self.max_running_jobs, 1, 10_000)
+        _choice("pacing", self.pacing, ("burst", "even"))
+        if self.webhook_listen is not None:
+            _host_port("webhook_listen", self.webhook_listen)
         _float_range("queue_poll_interval", self.queue_poll_interval, 0.01, 86_400.0)
         for name in ("id_pattern",):
             _regex(name, getattr(self, name))
@@ -197,6 +206,11 @@ class Settings:
         for secret in SECRET_FIELDS:
             data.pop(secret, None)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @property
+    def window(self) -> float:
+        """How long a request's slot stays counted: the window, plus its margin."""
+        return self.per_seconds * (1.0 + self.window_margin)
 
     @property
     def job_kind(self) -> JobKind:
@@ -249,6 +263,12 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 def _url(name: str, value: object) -> None:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
         raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+
+
+def _host_port(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65_535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
 
 
 def _regex(name: str, value: object) -> None:

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ._account import QueueRoom
 from ._answers import (
     Accepted,
     Refused,
@@ -58,7 +57,16 @@ from ._errors import (
     Transient,
     TransportError,
 )
-from ._evidence import IdSet, JobReader, Proof, Proven, Unprovable, Waiting
+from ._evidence import (
+    FINAL_STATUSES,
+    IdSet,
+    JobReader,
+    Proof,
+    Proven,
+    Unprovable,
+    Waiting,
+)
+from ._jobqueue import JobQueue
 from ._journal import UNSETTLED, ChunkRow, ChunkState, Journal
 from ._logging import get_logger, redact
 from ._report import RunReport, StopSignal
@@ -123,7 +131,11 @@ class Submitter:
         #: Jobs known to hold one of this run's chunks: never a candidate for another.
         self._known = {r.job_id for r in self._rows.values() if r.job_id}
         self._reader = JobReader(settings, client)
-        self._room = QueueRoom(settings, journal, stop.event, client)
+        #: The account's job queue: room for each send, the run's open jobs.
+        self.queue = JobQueue(settings, client, journal, stop)
+        for row in self._rows.values():  # jobs of earlier commands may still hold slots
+            if row.job_id and row.job_status not in FINAL_STATUSES:
+                self.queue.opened(row.job_id, row.seq)
         self._sends = asyncio.Semaphore(settings.concurrency)
         self._parked: dict[int, _Parked] = {}
         # Parked chunks keep their ids for a resend: this bounds that memory (~1 MB a chunk
@@ -227,6 +239,10 @@ class Submitter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.queue.close()
+        q = self.queue
+        self._report.running_job_limit, self._report.running_job_limit_source = q.limit, q.source
+        self._report.queue_full_answers, self._report.status_polls = q.queue_full, q.polls
         for chunk in self._to_send.values():  # a resend cancelled before it began
             self._report.add_pending(chunk)
         self._to_send.clear()
@@ -242,18 +258,19 @@ class Submitter:
     async def _send(self, chunk: Chunk) -> None:
         """Send ``chunk`` until it is accepted, refused or parked; every way out of here
         puts it in exactly one of the report's buckets, or in the parking lot."""
+        waits = self._settings.on_queue_full == "wait"
         try:
             while True:
-                async with self._sends:
-                    verdict, sent = await self.post(chunk)
-                if (
-                    isinstance(verdict, Refused)
-                    and isinstance(verdict.error, QueueFullError)
-                    and self._settings.on_queue_full == "wait"
-                    and not self._stop.is_set
-                ):
-                    await self._room.wait()
-                    continue
+                async with self.queue.place() as place:
+                    async with self._sends:
+                        verdict, sent = await self.post(chunk)
+                    if isinstance(verdict, Accepted):
+                        place.job(verdict.job_id, chunk.seq)
+                    elif isinstance(verdict, Unknown):
+                        place.unproven(chunk.seq)
+                    elif isinstance(verdict.error, QueueFullError) and waits:
+                        self.queue.full(verdict.error, place)
+                        continue  # a place is waited for again: the server said so
                 break
         except asyncio.CancelledError:
             self._report.add_pending(chunk)  # the journal has it 'sending' if it may have left
@@ -329,7 +346,6 @@ class Submitter:
 
     def _accepted(self, seq: int, job_id: str, chunk: Chunk | None) -> None:
         self._known.add(job_id)  # before any await: a proof round may be reading candidates
-        self._room.open_jobs[job_id] = seq
         if chunk is not None:
             self._report.add_accepted(chunk, job_id)
 
@@ -488,9 +504,9 @@ class Submitter:
         s = self._settings
 
         def offsets(p: _Parked) -> list[float]:
-            seen = self._client.offsets_since(p.sent_at)
-            known = seen + ([p.offset] if p.offset is not None else [])
-            return known or [0.0]
+            # Sent before any answer told the server's clock: assume it was ours then.
+            then = p.offset if p.offset is not None else 0.0
+            return [then, *self._client.offsets_since(p.sent_at)]
 
         since = min(p.sent_at + min(offsets(p)) for p in parked) - s.reconcile_skew
         until = max(p.lost_at + max(offsets(p)) for p in parked) + s.reconcile_grace
@@ -506,12 +522,14 @@ class Submitter:
         log.info("chunk.proven", chunk=p.seq, outcome=type(proof).__name__, evidence=proof.evidence)
         if isinstance(proof, Proven):
             self._lost.pop(p.seq, None)
+            self.queue.opened(proof.job_id, p.seq)
             self._accepted(p.seq, proof.job_id, p.chunk)
             if self._journal is not None:
                 await self._record(
                     self._journal.accepted(p.seq, proof.job_id, evidence=proof.evidence)
                 )
             return True
+        self.queue.settled(p.seq)  # not a job of its own, or none will ever be known
         policy = self._policy if p.seq in self._told else "stop"
         self._told.discard(p.seq)  # the user's word covers one decision, not every resend
         if isinstance(proof, Unprovable) and policy != "resubmit":

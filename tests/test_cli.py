@@ -30,6 +30,10 @@ async def bulkjob(
     try:
         async with asyncio.timeout(60):
             out, err = await proc.communicate(stdin)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert proc.returncode is not None
@@ -124,7 +128,7 @@ async def test_quota_exhausted_exits_3_with_pending(
 
 
 async def test_queue_full_exits_4(sandbox: SandboxFactory, tmp_path: Path) -> None:
-    """A full job queue stops the run with exit 4."""
+    """With --on-queue-full stop, a full job queue stops the run with exit 4."""
     sb = await sandbox(running_job_limit=1, processing_after=30.0)
     path = tmp_path / "ids.txt"
     path.write_text("\n".join(make_ids(300)) + "\n")
@@ -132,6 +136,8 @@ async def test_queue_full_exits_4(sandbox: SandboxFactory, tmp_path: Path) -> No
         "submit",
         str(path),
         *fast_flags(sb),
+        "--on-queue-full",
+        "stop",
         "--chunk-size",
         "100",
         "--concurrency",

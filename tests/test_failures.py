@@ -198,8 +198,9 @@ async def test_retry_after_longer_than_the_window_is_honoured(
     )
     values = make_ids(3000)
     path = write_ids(tmp_path / "ids.txt", values)
-    # The client believes in 20 per 0.3 s: it will be throttled, and must then wait.
-    s = settings_for(sb, max_requests=20, per_seconds=0.3, concurrency=2)
+    # The client believes in 20 per 0.3 s: it will be throttled, and must then wait. One
+    # request at a time, so that no request was already on its way when a 429 came.
+    s = settings_for(sb, max_requests=20, per_seconds=0.3, concurrency=1)
     report = await Runner(s, [str(path)]).run()
     assert report.ok
     assert sb.ledger.throttled > 0

@@ -120,9 +120,9 @@ async def test_quota_exhausted_mid_run(sandbox: SandboxFactory, ids: IdsWriter) 
 
 
 async def test_queue_full_stops_the_run(sandbox: SandboxFactory, ids: IdsWriter) -> None:
-    """Hitting the running-job limit stops the run as queue_full, everything accounted."""
+    """With on_queue_full=stop, the running-job limit stops the run, everything accounted."""
     sb = await sandbox(running_job_limit=1, processing_after=60.0)
-    report = await run(settings_for(sb, chunk_size=100), ids(500))
+    report = await run(settings_for(sb, chunk_size=100, on_queue_full="stop"), ids(500))
     assert report.stop_reason == "queue_full"
     assert report.ids_submitted == 100
     assert report.ids_pending == 400

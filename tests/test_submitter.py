@@ -192,15 +192,12 @@ async def test_the_grace_counts_from_the_lost_answer(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
     """A job created 1.5 s into a slow submit, listed 0.5 s later, grace 1 s: still proven."""
-    sb = await sandbox(drop_after_accept_rate=1.0, list_lag=0.5)
+    sb = await sandbox(drop_after_accept_rate=1.0, list_lag=0.5, latency=1.5)
     values = make_ids(50)
     settings = settings_for(sb, chunk_size=50, concurrency=1, reconcile_grace=1.0)
     runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))])
 
     async def slow_submit_only() -> None:
-        while sb.ledger.routes["usage"] < 1:  # noqa: ASYNC110 - the preflight is answered at once
-            await asyncio.sleep(0.001)
-        sb.config.latency = 1.5
         while sb.ledger.routes["submit"] < 1:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
         sb.config.latency = 0.0
@@ -300,9 +297,16 @@ async def test_a_server_clock_step_before_a_lost_send(
     """The server's clock steps between two sends; the second loses its answer: proven."""
     sb = await sandbox(list_lag=0.0)
     values = make_ids(100)
-    # Two requests a second: the step lands between the first answer and the second send.
+    # Two requests a second, spread: the step lands between the first answer and the
+    # second send.
     settings = settings_for(
-        sb, chunk_size=50, concurrency=1, reconcile_grace=1.0, max_requests=2, per_seconds=1.0
+        sb,
+        chunk_size=50,
+        concurrency=1,
+        reconcile_grace=1.0,
+        max_requests=2,
+        per_seconds=1.0,
+        pacing="even",
     )
     runner = Runner(settings, [str(write_ids(tmp_path / "ids.txt", values))])
 

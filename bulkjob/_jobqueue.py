@@ -1,0 +1,277 @@
+"""The account's job queue as one run meets it: keep it exactly full, and see finishes soon.
+
+A real backfill is rarely limited by the request throttle: it is limited by how many jobs the
+account may run at once (the public error reads "2 jobs are already running. Please try again
+once the previous jobs are finished."), while each job takes minutes to hours. So the speed
+of a run is how well it keeps that queue full. :class:`JobQueue` does three things:
+
+- **The limit.** ``max_running_jobs`` when set. Else it is learned at the first queue-full
+  400: the number in its message when there is one (the account's limit, other clients'
+  jobs included), else the run's open jobs at that moment. A later queue-full lowers it to
+  the run's open jobs then (another client holds slots), and once a poll interval has
+  passed without one it creeps back up by one per finished job, never above the account's
+  known limit.
+- **Room.** A send takes a place (:meth:`JobQueue.place`) before it leaves: only while the
+  run's open jobs, sends in flight and unproven lost answers are fewer than the limit.
+  Submits the server would refuse are not sent; after a queue-full the next try also waits
+  a backoff, so other clients' jobs cannot cause a storm of 400s.
+- **Finishes.** While sends wait for room, the run's open jobs are polled, each on its own
+  schedule: sparse while young, dense around the finish predicted from the durations seen
+  so far, backing off for jobs that run long. A webhook (see :mod:`bulkjob._webhook`)
+  makes a job be looked at at once; polling stays the fallback, since webhooks get lost.
+  Polls go through the same throttle as everything else: they only run while sends wait,
+  so they never hold a submit back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ._client import ApiClient
+from ._errors import BulkJobError, QueueFullError
+from ._evidence import FINAL_STATUSES
+from ._journal import Journal
+from ._logging import get_logger
+from ._report import StopSignal
+from ._settings import Settings
+
+__all__ = ["JobQueue", "Place"]
+
+log = get_logger()
+_LIMIT_IN_MESSAGE = re.compile(r"(\d+)\s+jobs?\s+(?:are\s+|is\s+)?already\s+running", re.I)
+#: Polls of a job of unknown length come at this fraction of its age (a geometric series).
+_YOUNG = 0.5
+#: Around the predicted finish, polls come this often (a share of the predicted duration)...
+_DENSE = 0.05
+#: ...from this share of it to that one; then back off as for a job of unknown length.
+_DENSE_FROM, _DENSE_TO = 0.9, 1.25
+_MIN_POLL = 0.05  # seconds: no job is looked at more often
+
+
+@dataclass(slots=True)
+class _Open:
+    seq: int
+    since: float  # monotonic: accepted
+    due: float  # monotonic: next look
+    looks: int = 0
+
+
+class Place:
+    """A send's place in the queue: given back unless the send became a job (or may have)."""
+
+    __slots__ = ("_queue", "kept", "since")
+
+    def __init__(self, queue: JobQueue) -> None:
+        self._queue = queue
+        self.kept = False
+        self.since = time.monotonic()
+
+    def job(self, job_id: str, seq: int) -> None:
+        """The send became ``job_id``: the place is that job's until it is final."""
+        self.kept = True
+        self._queue.opened(job_id, seq)
+
+    def unproven(self, seq: int) -> None:
+        """The answer was lost: the place stays taken until a proof says what it is."""
+        self.kept = True
+        self._queue.unproven.add(seq)
+
+
+class JobQueue:
+    """The run's view of the account's job queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ApiClient,
+        journal: Journal | None,
+        stop: StopSignal,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._journal = journal
+        self._stop = stop
+        #: How many jobs this run may have queued or running; None until known.
+        self.limit: int | None = settings.max_running_jobs
+        #: The account's own limit, when a setting or a queue-full message gave it.
+        self.account_limit: int | None = settings.max_running_jobs
+        #: Where the limit came from: "setting", "message", "open jobs", or None.
+        self.source: str | None = "setting" if settings.max_running_jobs else None
+        self._open: dict[str, _Open] = {}
+        self.unproven: set[int] = set()  # lost answers that may hold a place
+        self._sending = 0  # places taken by sends in flight
+        self._waiting = 0  # sends waiting for a place
+        self._durations: list[float] = []
+        self._changed = asyncio.Event()
+        self._hold_until = 0.0  # monotonic: after a queue-full, no send before this
+        self._backoff = 0.0
+        self._last_full = -float("inf")
+        self._poller: asyncio.Task[None] | None = None
+        stop.listeners.append(self._changed.set)
+        self.queue_full = 0
+        self.polls = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<JobQueue limit={self.limit} ({self.source}) open={len(self._open)} "
+            f"sending={self._sending} unproven={len(self.unproven)} waiting={self._waiting}>"
+        )
+
+    @property
+    def taken(self) -> int:
+        """Places in use: open jobs, sends in flight, lost answers not yet proven."""
+        return len(self._open) + self._sending + len(self.unproven)
+
+    def _has_room(self) -> bool:
+        held = time.monotonic() < self._hold_until
+        return not held and (self.limit is None or self.taken < self.limit)
+
+    @contextlib.asynccontextmanager
+    async def place(self) -> AsyncIterator[Place]:
+        """Wait for room in the queue, and hold a place while the send is on its way."""
+        self._waiting += 1
+        try:
+            while not self._has_room() and not self._stop.is_set:
+                self._start_polling()
+                self._changed.clear()
+                pause = max(self._hold_until - time.monotonic(), 0.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), pause or None)
+        finally:
+            self._waiting -= 1
+        self._sending += 1
+        place = Place(self)
+        try:
+            yield place
+        finally:
+            self._sending -= 1
+            self._changed.set()
+
+    def full(self, error: QueueFullError, place: Place) -> None:
+        """A queue-full 400 to the send holding ``place``: learn the limit, or lower it, and
+        hold the next send back a while. Refusals of sends that left before the previous
+        one arrived are the same event: they lower the limit but do not lengthen the hold."""
+        self.queue_full += 1
+        mine = max(self.taken - 1, 0)  # the refused send no longer takes a place
+        match = _LIMIT_IN_MESSAGE.search(error.server_message or "")
+        if match and self.source != "setting":
+            self.account_limit = int(match.group(1))
+        if self.limit is None:
+            self.limit, self.source = (
+                (min(self.account_limit, max(mine, 1)), "message")
+                if match and self.account_limit
+                else (max(mine, 1), "open jobs")
+            )
+        else:
+            self.limit = max(1, min(self.limit, mine))
+        log.info("queue.full", limit=self.limit, source=self.source, mine=mine)
+        if place.since <= self._last_full:
+            return  # sent before the last refusal came: the same event
+        # Other clients' jobs may hold slots: wait longer each time it happens in a row.
+        poll = self._settings.queue_poll_interval
+        now = time.monotonic()
+        self._backoff = min(self._backoff * 2, poll) if now - self._last_full < poll else poll / 8
+        self._last_full = now
+        self._hold_until = now + self._backoff
+
+    def opened(self, job_id: str, seq: int) -> None:
+        """``job_id`` (chunk ``seq``) is queued or running: it holds a place till final."""
+        self.unproven.discard(seq)
+        now = time.monotonic()
+        self._open[job_id] = _Open(seq, now, now + self._first_look())
+
+    def settled(self, seq: int) -> None:
+        """A lost answer was proven not to be a job (or given up): its place is free."""
+        if seq in self.unproven:
+            self.unproven.discard(seq)
+            self._changed.set()
+
+    def finished(self, job_id: str) -> None:
+        """A webhook says ``job_id`` may be final: look at it now."""
+        job = self._open.get(job_id)
+        if job is not None:
+            job.due = time.monotonic()
+        else:
+            for other in self._open.values():  # a payload without a job we know: look
+                other.due = min(other.due, time.monotonic() + _MIN_POLL)
+        self._start_polling()
+        self._changed.set()
+
+    async def close(self) -> None:
+        """Stop polling."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    # -- polling ------------------------------------------------------------------------------
+
+    def _start_polling(self) -> None:
+        if self._open and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        """Look at the open jobs that are due, while sends wait for a place."""
+        while self._open and self._waiting and not self._stop.is_set:
+            now = time.monotonic()
+            due = [(job_id, job) for job_id, job in self._open.items() if job.due <= now]
+            if not due:
+                soonest = min(job.due for job in self._open.values())
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), soonest - now)
+                continue
+            try:
+                await asyncio.gather(*(self._look(job_id, job) for job_id, job in due[:8]))
+            except BulkJobError as exc:  # a failing server: the sends will meet it too
+                log.warning("queue.poll_failed", error=str(exc))
+                await asyncio.sleep(self._settings.queue_poll_interval / 8)
+
+    async def _look(self, job_id: str, job: _Open) -> None:
+        job.looks += 1
+        self.polls += 1
+        data = await self._client.get_json(f"{self._settings.job_kind.path}/{job_id}")
+        status = str(data.get("status") or "")
+        now = time.monotonic()
+        if status not in FINAL_STATUSES:
+            job.due = now + self._next_look(now - job.since)
+            return
+        self._open.pop(job_id, None)
+        self._durations.append(now - job.since)
+        self._hold_until = 0.0  # a slot of ours is free for certain
+        if self._journal is not None:
+            await self._journal.job_update(job.seq, status=status)
+        self._creep_up(now)
+        log.info("queue.job_final", job_id=job_id, status=status, looks=job.looks)
+        self._changed.set()
+
+    def _creep_up(self, now: float) -> None:
+        """A quiet poll interval since the last queue-full: try one more job at a time."""
+        quiet = now - self._last_full > self._settings.queue_poll_interval
+        known = self.account_limit
+        if quiet and self.limit is not None and known is not None and self.limit < known:
+            self.limit += 1
+
+    def _predicted(self) -> float | None:
+        return statistics.median(self._durations[-25:]) if self._durations else None
+
+    def _first_look(self) -> float:
+        predicted = self._predicted()
+        return _MIN_POLL if predicted is None else predicted * _DENSE_FROM
+
+    def _next_look(self, age: float) -> float:
+        """Sparse while young, dense near the predicted finish, backing off when long."""
+        cap = self._settings.queue_poll_interval
+        predicted = self._predicted()
+        if predicted is not None:
+            if age < predicted * _DENSE_FROM:
+                return max(predicted * _DENSE_FROM - age, _MIN_POLL)
+            if age < predicted * _DENSE_TO:
+                return max(predicted * _DENSE, _MIN_POLL)
+        return min(max(age * _YOUNG, _MIN_POLL), cap)
