@@ -44,6 +44,7 @@ from ._sandbox_bodies import (
     TOKEN_PATH,
     comma_list,
     drop,
+    error_body,
     format_expiration,
     format_iso,
     garbage,
@@ -51,6 +52,7 @@ from ._sandbox_bodies import (
     http_date,
     render,
     route,
+    status_body,
     timestamp,
 )
 from ._sandbox_control import control_routes
@@ -70,18 +72,6 @@ from ._sandbox_state import (
 
 __all__ = ["JobRecord", "Ledger", "Sandbox", "SandboxConfig"]
 
-_ERROR_TYPES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 _FAULT_STATUSES = (500, 502, 503)
 _UNAUTHORIZED = "Cannot use API's without setting a valid accessToken in header."
 _MAX_RESULTS_PER_PAGE = 50
@@ -356,7 +346,7 @@ class Sandbox:
             return self._server_fault(request, rng.choice(_FAULT_STATUSES))
         # The submit answer is the job at acceptance, even when (finished_after = 0) it is
         # already done by the time the answer is written: the API documents only "accepted".
-        answer = _status_body(job, ACCEPTED)
+        answer = status_body(job, ACCEPTED)
         if config.accept_then_garbage_rate and rng.random() < config.accept_then_garbage_rate:
             faults["accept_then_garbage"] += 1
             return garbage(request, rng.choice(config.garbage_kinds), answer)
@@ -455,7 +445,7 @@ class Sandbox:
     def _job_status(
         self, request: web.Request, job: JobRecord, status: str | None = None
     ) -> web.Response:
-        return render(request, "BulkJobStatus", _status_body(job, status or job.status()))
+        return render(request, "BulkJobStatus", status_body(job, status or job.status()))
 
     def _error(
         self,
@@ -467,13 +457,7 @@ class Sandbox:
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
         self._diagnostics += 1
-        body = {
-            "errorType": _ERROR_TYPES.get(status, "Error"),
-            "status": status,
-            "errorNumber": error_number,
-            "message": message,
-            "diagnosticCode": f"SBX-{self._diagnostics:08d}",
-        }
+        body = error_body(status, error_number, message, self._diagnostics)
         return render(request, "error", body, status=status, headers=headers)
 
     def _server_fault(self, request: web.Request, status: int) -> web.Response:
@@ -481,10 +465,3 @@ class Sandbox:
         if self.config.fault_html:
             return gateway_page(status)
         return self._error(request, status, f"{status}-100", "Simulated server fault.")
-
-
-def _status_body(job: JobRecord, status: str) -> dict[str, object]:
-    data: dict[str, object] = {"jobId": job.job_id, "status": status, "type": job.kind}
-    if status == FINISHED:
-        data["totalProcessed"] = job.ids
-    return data

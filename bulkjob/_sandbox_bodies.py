@@ -17,11 +17,14 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from ._sandbox_ledger import FINISHED, JobRecord
+
 __all__ = [
     "API_PREFIX",
     "TOKEN_PATH",
     "comma_list",
     "drop",
+    "error_body",
     "format_expiration",
     "format_iso",
     "garbage",
@@ -29,6 +32,7 @@ __all__ = [
     "http_date",
     "render",
     "route",
+    "status_body",
     "timestamp",
     "to_xml",
     "wants_json",
@@ -39,6 +43,18 @@ TOKEN_PATH = "/Auth/login/v1/token"
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ERROR_TYPES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 _REASONS = {
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -82,6 +98,25 @@ def render(
 ) -> web.Response:
     text, content_type = serialize(request, root, data)
     return web.Response(text=text, status=status, content_type=content_type, headers=headers)
+
+
+def status_body(job: JobRecord, status: str) -> dict[str, object]:
+    """A job's status answer: ``totalProcessed`` once it is finished."""
+    data: dict[str, object] = {"jobId": job.job_id, "status": status, "type": job.kind}
+    if status == FINISHED:
+        data["totalProcessed"] = job.ids
+    return data
+
+
+def error_body(status: int, error_number: str, message: str, diagnostic: int) -> dict[str, object]:
+    """The API's error body; ``diagnostic`` numbers it, as the real ``diagnosticCode`` does."""
+    return {
+        "errorType": _ERROR_TYPES.get(status, "Error"),
+        "status": status,
+        "errorNumber": error_number,
+        "message": message,
+        "diagnosticCode": f"SBX-{diagnostic:08d}",
+    }
 
 
 def gateway_page(status: int) -> web.Response:

@@ -20,15 +20,28 @@ import re
 import string
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._errors import SandboxRefusal
 from ._sandbox_config import SandboxConfig
-from ._sandbox_ledger import Ledger
-from ._sandbox_results import results_csv
+from ._sandbox_ledger import (
+    ABORTED,
+    ACCEPTED,
+    FAILED,
+    FINISHED,
+    PROCESSING,
+    STATUSES,
+    JobRecord,
+    Ledger,
+)
 
 __all__ = [
+    "ABORTED",
+    "ACCEPTED",
+    "FAILED",
+    "FINISHED",
     "JOB_KINDS",
+    "PROCESSING",
     "STATUSES",
     "AccountState",
     "JobRecord",
@@ -44,13 +57,6 @@ JOB_KINDS: dict[str, str] = {
     "target/company/fetch/job": "targetCompanyDetails",
     "company/techProfile/job": "companyTechProfile",
 }
-
-ACCEPTED = "accepted"
-PROCESSING = "processing"
-FINISHED = "finished"
-FAILED = "failed"
-ABORTED = "aborted"
-STATUSES = (ACCEPTED, PROCESSING, FINISHED, FAILED, ABORTED)
 
 #: What ``/admin/usage`` reports as allocated when the quota is unlimited: the real API has no
 #: "unlimited", so the sandbox answers with a number no test run can reach.
@@ -68,62 +74,6 @@ JOB_FAILED = "400-403"
 
 _JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
 _JOB_ID_LENGTH = 20
-
-
-@dataclass
-class JobRecord:
-    """One accepted job. Its status is computed from its timestamps whenever it is asked for."""
-
-    job_id: str
-    kind: str
-    ids: int
-    created: float
-    created_monotonic: float
-    credits: int
-    cancelled: bool = False
-    retrieve_company_details: bool = False
-    webhook: str | None = None
-    # Copied from the config at acceptance (as are its fate and its results' layout below), so
-    # that changing the config later does not rewrite the history of jobs already running.
-    processing_after: float = 0.0
-    finished_after: float = 0.0
-    fails: bool = False  # ends ``failed`` instead of ``finished``
-    no_match_rate: float = 0.0
-    id_column: str | None = None  # None: the kind's own name
-    # Submitted by "another client" (Sandbox.add_foreign_job): listed and served like any job,
-    # but its ids are kept out of the ledger's accepted ids.
-    foreign: bool = False
-    # The ids themselves, for the results file; None when the config does not track ids.
-    id_list: tuple[str, ...] | None = field(default=None, repr=False)
-
-    def status(self, now: float | None = None) -> str:
-        """The job's status at monotonic time ``now`` (default: the current time)."""
-        if self.cancelled:
-            return ABORTED
-        elapsed = (time.monotonic() if now is None else now) - self.created_monotonic
-        if elapsed < self.processing_after:
-            return ACCEPTED
-        if elapsed < self.processing_after + self.finished_after:
-            return PROCESSING
-        return FAILED if self.fails else FINISHED
-
-    def results_csv(self) -> str:
-        """The results file (layout in :mod:`bulkjob._sandbox_results`).
-
-        When the sandbox does not track ids (benchmarks), it no longer knows them and writes
-        placeholder ids ``untracked-0000001`` and so on instead.
-        """
-        ids = self.id_list
-        if ids is None:
-            ids = tuple(f"untracked-{n:07d}" for n in range(1, self.ids + 1))
-        return results_csv(
-            self.kind,
-            ids,
-            id_column=self.id_column,
-            company_details=self.retrieve_company_details,
-            no_match_rate=self.no_match_rate,
-            failed=self.fails,
-        )
 
 
 @dataclass(frozen=True, slots=True)
