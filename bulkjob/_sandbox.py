@@ -144,8 +144,9 @@ class Sandbox:
         the running-job limit and draws on the quota, but its ids go to ``ledger.foreign_ids``,
         never to ``ledger.accepted_ids`` or ``ids_accepted``, so a test's "every id paid once"
         stays about the client under test. ``kind`` is a job type (``contactDetails``...);
-        ``finished_after`` (seconds from now) defaults to the config's lifecycle; ``fail``
-        makes it end ``failed``. Raises ValueError for a bad kind, id or a quota too small.
+        ``finished_after`` (seconds from now: processing at once, or with ``queue_in_order`` as
+        soon as a slot is free) defaults to the config's lifecycle; ``fail`` makes it end
+        ``failed``. Raises ValueError for a bad kind, id or a quota too small.
         """
         job = self._state.add_foreign_job(
             ids, kind=kind, finished_after=finished_after, fail=fail, now=time.monotonic()

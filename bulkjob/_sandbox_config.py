@@ -35,6 +35,7 @@ _RATES = (
     "job_fail_rate",
     "no_match_rate",
     "token_fault_rate",
+    "finished_jitter",
 )
 _DURATIONS = (
     "token_lifetime",
@@ -70,8 +71,14 @@ class SandboxConfig:
     retry_after: bool = False
     quota: int | None = None
     running_job_limit: int | None = None
+    #: True: a job starts processing only once it is ready (processing_after) and fewer than
+    #: running_job_limit jobs are processing; ready jobs wait, accepted, in acceptance order.
+    queue_in_order: bool = False
     processing_after: float = 0.0
     finished_after: float = 0.0
+    #: Each job's processing time is finished_after x U[1 - jitter, 1 + jitter], drawn at
+    #: acceptance from a generator of its own (the fault sequence a seed promises stays put).
+    finished_jitter: float = 0.0
     #: Share of jobs (drawn at acceptance) that end ``failed`` instead of ``finished``.
     job_fail_rate: float = 0.0
     #: Whether a failed job's results are served (200) or refused (400).
