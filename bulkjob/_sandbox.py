@@ -20,6 +20,16 @@ for unmatched ids exist with their fields empty (see :mod:`bulkjob._sandbox_resu
 Faults are drawn from ``random.Random(config.seed)``, so a seeded run is reproducible. Every
 response carries one ``Date`` header from the server's clock, which ``clock_skew`` shifts.
 
+A job submitted with ``?webhook=URL`` gets one call when it reaches a final status (finished,
+failed, or aborted by a cancel), ``webhook_delay`` seconds later, whether or not anyone asks for
+its status: a ``POST`` with ``Content-Type: application/json`` and the body
+``{"jobId": ..., "status": ..., "type": ...}``. The real payload and method are not public
+(API_NOTES); this is the sandbox's pick, the same three fields as a status answer. Only
+loopback URLs are called, so that no test reaches outside (others are refused at submit, see
+:func:`bulkjob._sandbox_state.webhook_reach`). A share ``webhook_loss_rate`` of calls is never
+made; a call that fails is counted and never retried (``ledger.webhooks``). Calls not made by
+the time the server closes are not made (see :class:`bulkjob._sandbox_bodies.WebhookCaller`).
+
 Outside ``/api/v1``, ``/_sandbox/...`` lets a test in another process change the config, read
 the ledger and add other clients' jobs (see :mod:`bulkjob._sandbox_control`); those requests
 are neither counted nor throttled.
@@ -42,6 +52,7 @@ from ._errors import SandboxRefusal
 from ._sandbox_bodies import (
     API_PREFIX,
     TOKEN_PATH,
+    WebhookCaller,
     comma_list,
     drop,
     error_body,
@@ -90,6 +101,7 @@ class Sandbox:
         self._host = "127.0.0.1"
         self._port: int | None = None
         self._diagnostics = 0
+        self._webhooks = WebhookCaller(self._state)
 
     def __repr__(self) -> str:
         where = self.base_url if self._port is not None else "not started"
@@ -180,6 +192,8 @@ class Sandbox:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        # After the runner: no request is left to arm a call. Calls not due yet are not made.
+        await self._webhooks.close()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()
@@ -335,6 +349,7 @@ class Sandbox:
             webhook=request.query.get("webhook"),
             now=time.monotonic(),
         )
+        self._webhooks.arm(job)
         # The job exists and is paid from here on: each fault below leaves the client without
         # a usable answer to a submit that did happen. Each rate is drawn only when set, so
         # that adding a knob does not shift the fault sequence of configs that leave it off.
@@ -358,7 +373,10 @@ class Sandbox:
 
     async def _cancel(self, request: web.Request, kind: str) -> web.StreamResponse:
         job = self._state.job(kind, request.match_info["job_id"])
-        self._state.cancel(job, time.monotonic())
+        moved = self._state.cancel(job, time.monotonic())
+        # The aborted job's call is due now; the jobs that took its place finish earlier.
+        for changed in (job, *moved):
+            self._webhooks.arm(changed)
         return self._job_status(request, job)
 
     async def _results(self, request: web.Request, kind: str) -> web.StreamResponse:

@@ -1,4 +1,5 @@
-"""What the sandbox writes on the wire: API bodies in JSON or XML, and the faults' bodies.
+"""What the sandbox writes on the wire: API bodies in JSON or XML, the faults' bodies, and the
+webhook calls it makes.
 
 The API's own bodies follow the request's ``Accept`` (XML by default, as documented). The fault
 bodies are what a client meets when something between it and the API misbehaves: a gateway's
@@ -9,19 +10,24 @@ answer", never as a verdict on the submit.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
 from xml.sax.saxutils import escape
 
+import aiohttp
 from aiohttp import web
 
-from ._sandbox_ledger import FINISHED, JobRecord
+from ._sandbox_ledger import ABORTED, FAILED, FINISHED, JobRecord
+from ._sandbox_state import AccountState, webhook_reach
 
 __all__ = [
     "API_PREFIX",
     "TOKEN_PATH",
+    "WebhookCaller",
     "comma_list",
     "drop",
     "error_body",
@@ -55,6 +61,9 @@ _ERROR_TYPES = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
+_FINAL = (FINISHED, FAILED, ABORTED)
+# A webhook target that hangs holds one task, not the server: it is given up after this long.
+_WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 _REASONS = {
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -220,3 +229,84 @@ def comma_list(value: str | None) -> set[str] | None:
     if value is None:
         return None
     return {part.strip() for part in value.split(",") if part.strip()}
+
+
+class WebhookCaller:
+    """Each job's webhook call, made once, when the job's status is final.
+
+    A job's status is computed from its timestamps, so nothing inside the server notices the
+    moment a job finishes; a timer per job, armed at acceptance for the time it ends (again when
+    a cancel moves it), makes the call whether or not a client asks for the status.
+    """
+
+    __slots__ = ("_calls", "_session", "_state", "_timers")
+
+    def __init__(self, state: AccountState) -> None:
+        self._state = state
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._calls: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebhookCaller armed={len(self._timers)} calling={len(self._calls)}>"
+
+    def arm(self, job: JobRecord) -> None:
+        """Set (or move) the job's call to its final status plus ``webhook_delay``."""
+        if job.webhook is None:
+            return
+        now = time.monotonic()
+        end = job.processing_end
+        final = now if end is None else end  # no end: cancelled, just now
+        due = final + self._state.config.webhook_delay
+        old = self._timers.pop(job.job_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        # call_at reads the loop's clock, the job's times are time.monotonic(): pass the delay.
+        self._timers[job.job_id] = loop.call_at(loop.time() + (due - now), self._due, job, final)
+
+    def _due(self, job: JobRecord, final: float) -> None:
+        del self._timers[job.job_id]
+        # The loop may run a timer up to its clock resolution early: read the status at the
+        # time it was armed for. Not final there means a test moved the job on: wait again.
+        status = job.status(max(time.monotonic(), final))
+        url = job.webhook
+        if status not in _FINAL or url is None:
+            self.arm(job)
+            return
+        state, webhooks = self._state, self._state.ledger.webhooks
+        rate = state.config.webhook_loss_rate
+        if rate and state.webhooks_rng.random() < rate:
+            webhooks["lost"] += 1
+            return
+        if webhook_reach(url) != "loopback":
+            webhooks["failed"] += 1  # a name reserved for examples: it resolves nowhere
+            return
+        body = {"jobId": job.job_id, "status": status, "type": job.kind}
+        task = asyncio.get_running_loop().create_task(self._call(url, body))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _call(self, url: str, body: Mapping[str, str]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=_WEBHOOK_TIMEOUT)
+        try:
+            async with self._session.post(url, json=body) as response:
+                await response.read()
+                sent = 200 <= response.status < 300
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            sent = False
+        self._state.ledger.webhooks["sent" if sent else "failed"] += 1
+
+    async def close(self) -> None:
+        """Cancel the calls not due yet and those under way; close the client session."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        calls = list(self._calls)
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

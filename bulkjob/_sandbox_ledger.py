@@ -164,6 +164,9 @@ class Ledger:
         self.ids_accepted = 0
         self.largest_job = 0
         self.foreign_ids = 0  # ids of add_foreign_job jobs, never in accepted_ids
+        #: Webhook calls by outcome: sent (answered 2xx), lost (webhook_loss_rate: never
+        #: made), failed (refused, reset, timed out or answered otherwise; never retried).
+        self.webhooks: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return (
@@ -257,6 +260,7 @@ class Ledger:
             "faults": dict(self.faults),
             "routes": dict(self.routes),
             "rejected": dict(self.rejected),
+            "webhooks": dict(self.webhooks),
             "max_running": self.max_running(),
             "utilisation": utilisation,
         }

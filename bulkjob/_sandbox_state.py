@@ -31,6 +31,7 @@ import string
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ._errors import SandboxRefusal
 from ._sandbox_config import SandboxConfig
@@ -82,6 +83,17 @@ NOT_FINISHED = "400-401"
 NOT_CANCELLABLE = "400-402"
 JOB_FAILED = "400-403"
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_RESERVED_SUFFIXES = (
+    ".example",
+    ".test",
+    ".invalid",
+    ".example.com",
+    ".example.net",
+    ".example.org",
+)
+_RESERVED_DOMAINS = frozenset({"example.com", "example.net", "example.org"})
+
 _JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
 _JOB_ID_LENGTH = 20
 
@@ -109,6 +121,7 @@ class AccountState:
         self.ids_rng = random.Random(None if seed is None else seed + 1)
         self.outcomes_rng = random.Random(None if seed is None else seed + 2)
         self.durations_rng = random.Random(None if seed is None else seed + 3)
+        self.webhooks_rng = random.Random(None if seed is None else seed + 4)
         self.minted_tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.admitted: collections.deque[float] = collections.deque()
         self.lockout_until = 0.0
@@ -183,6 +196,10 @@ class AccountState:
         """Validate and accept one job, or raise :class:`SandboxRefusal` with nothing changed."""
         config = self.config
         ids = self._parse_ids(body)
+        webhook = webhook or None  # an empty parameter is no webhook
+        if webhook is not None and webhook_reach(webhook) is None:
+            self.ledger.rejected["webhook"] += 1
+            raise SandboxRefusal(400, VALIDATION, "webhook must be a loopback URL in the sandbox")
         limit = config.running_job_limit
         if limit is not None and self.running_jobs(now) >= limit:
             self.ledger.rejected["queue_full"] += 1
@@ -448,6 +465,29 @@ class AccountState:
         if self.config.quota is None:
             return UNLIMITED_CREDITS, self.consumed
         return self.config.quota + self.consumed, self.consumed
+
+
+def webhook_reach(url: str) -> str | None:
+    """Whether the sandbox may call ``url``: "loopback", "reserved", or None (refused).
+
+    The sandbox calls webhooks on this machine only, so that no test reaches outside. Hosts
+    under the names reserved for examples and tests (RFC 2606: ``.example``, ``.test``,
+    ``.invalid``, ``example.com``...) are accepted too but never called: no such name
+    resolves, so their calls count as failed, as a real server's would.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read for its ValueError on a port that is not a number
+    except ValueError:
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    if host in _LOOPBACK_HOSTS:
+        return "loopback"
+    if host.endswith(_RESERVED_SUFFIXES) or host in _RESERVED_DOMAINS:
+        return "reserved"
+    return None
 
 
 @functools.lru_cache(maxsize=8)

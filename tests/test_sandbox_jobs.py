@@ -1,22 +1,27 @@
 """Tests for the sandbox's job timeline, over real HTTP on ephemeral ports.
 
-Durations spread by a seed, a processing queue that keeps to the running-job limit, and the
-ledger's utilisation of that limit.
+Durations spread by a seed, a processing queue that keeps to the running-job limit, the
+ledger's utilisation of that limit, and webhook calls when a job's status is final.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import socket
+import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bulkjob._sandbox import Sandbox
 from bulkjob._sandbox_state import JobRecord, Ledger
-from tests.conftest import SandboxFactory, make_ids
+from tests.conftest import SandboxFactory, make_ids, wait_until
 
 TOKEN = "sandbox-token"
 CONTACT = "target/contact/job"
@@ -290,3 +295,174 @@ async def test_control_ledger_serves_max_running_and_utilisation(
     sb.config.running_job_limit = None
     async with session.get(url) as r:
         assert (await r.json())["utilisation"] is None
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One request the webhook target received."""
+
+    method: str
+    path_qs: str
+    content_type: str
+    body: Any
+    arrived: float
+
+
+@dataclass
+class Receiver:
+    """A tiny webhook target on 127.0.0.1: records each request, answers ``status``."""
+
+    url: str = ""
+    status: int = 200
+    calls: list[Call] = field(default_factory=list)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+
+    async def hook(request: web.Request) -> web.Response:
+        text = await request.text()
+        call = Call(request.method, request.path_qs, request.content_type, json.loads(text), 0.0)
+        call.arrived = time.monotonic()
+        rec.calls.append(call)
+        return web.Response(status=rec.status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    rec.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    yield rec
+    await runner.cleanup()
+
+
+async def test_webhook_is_posted_when_the_job_finishes(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """At finish, unasked, the sandbox POSTs {jobId, status, type} as JSON to the job's webhook."""
+    sb = await sandbox(processing_after=0.05, finished_after=0.1)
+    job_id = await submit(session, sb, webhook=receiver.url + "?run=7")
+    await wait_until(lambda: sb.ledger.webhooks["sent"] == 1)
+    (call,) = receiver.calls
+    assert (call.method, call.path_qs, call.content_type) == (
+        "POST",
+        "/hook?run=7",
+        "application/json",
+    )
+    assert call.body == {"jobId": job_id, "status": "finished", "type": "targetContactDetails"}
+    assert call.arrived >= times(sb.ledger.jobs[job_id])[1]
+    assert dict(sb.ledger.routes) == {"submit": 1}  # nobody asked for the status
+    assert dict(sb.ledger.webhooks) == {"sent": 1}
+
+
+async def test_webhook_reports_a_failed_job(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A job that ends failed is reported failed."""
+    sb = await sandbox(job_fail_rate=1.0, finished_after=0.05)
+    job_id = await submit(session, sb, webhook=receiver.url)
+    await wait_until(lambda: len(receiver.calls) == 1)
+    assert receiver.calls[0].body["status"] == "failed"
+    assert receiver.calls[0].body["jobId"] == job_id
+
+
+async def test_webhook_is_posted_for_a_cancel(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A cancelled job's webhook gets status aborted at the cancel, not at its planned end."""
+    sb = await sandbox(processing_after=600.0)
+    job_id = await submit(session, sb, webhook=receiver.url)
+    async with session.delete(f"{sb.base_url}/{CONTACT}/{job_id}", headers=HEADERS) as r:
+        assert r.status == 200
+    await wait_until(lambda: sb.ledger.webhooks["sent"] == 1)
+    assert [c.body["status"] for c in receiver.calls] == ["aborted"]
+
+
+async def test_webhook_waits_for_the_delay(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """webhook_delay puts the call that many seconds after the final status."""
+    sb = await sandbox(finished_after=0.05, webhook_delay=0.2)
+    job_id = await submit(session, sb, webhook=receiver.url)
+    await wait_until(lambda: len(receiver.calls) == 1)
+    assert receiver.calls[0].arrived >= times(sb.ledger.jobs[job_id])[1] + 0.2
+
+
+async def test_lost_webhook_calls_are_counted_and_never_made(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """webhook_loss_rate drops that share of calls, counted lost; the rest arrive."""
+    sb = await sandbox(webhook_loss_rate=0.5, seed=5)
+    for _ in range(20):
+        await submit(session, sb, webhook=receiver.url)
+    await wait_until(lambda: sb.ledger.webhooks["sent"] + sb.ledger.webhooks["lost"] == 20)
+    sent, lost = sb.ledger.webhooks["sent"], sb.ledger.webhooks["lost"]
+    assert sent > 0 and lost > 0
+    assert len(receiver.calls) == sent
+    assert len({c.body["jobId"] for c in receiver.calls}) == sent
+
+
+async def test_failing_webhook_targets_are_counted_and_not_retried(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A refused connection and a 5xx answer each count as failed, one attempt each."""
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refusing = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"
+    receiver.status = 503
+    sb = await sandbox()
+    await submit(session, sb, webhook=refusing)
+    await submit(session, sb, webhook=receiver.url)
+    await wait_until(lambda: sb.ledger.webhooks["failed"] == 2)
+    assert dict(sb.ledger.webhooks) == {"failed": 2}
+    assert len(receiver.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "http://10.0.0.1/hook",
+        "https://hooks.acme-corp.com/x",
+        "http://127.0.0.1.nip.io/x",
+        "ftp://127.0.0.1/x",
+        "http://127.0.0.1:notaport/x",
+        "not a url",
+    ],
+)
+async def test_a_webhook_off_this_machine_is_refused(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, webhook: str
+) -> None:
+    """Only loopback webhooks are taken: others are a 400 at submit, and no job is made."""
+    sb = await sandbox()
+    status, body = await post_job(session, sb, make_ids(1), webhook=webhook)
+    assert (status, body["errorNumber"]) == (400, "400-105")
+    assert body["message"] == "webhook must be a loopback URL in the sandbox"
+    assert not sb.ledger.jobs
+    assert sb.ledger.rejected["webhook"] == 1
+
+
+async def test_a_webhook_on_a_reserved_name_is_kept_but_never_called(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession
+) -> None:
+    """A host under .example resolves nowhere: taken and stored, its call counted failed."""
+    sb = await sandbox()
+    job_id = await submit(session, sb, webhook="https://hooks.example/x")
+    assert sb.ledger.jobs[job_id].webhook == "https://hooks.example/x"
+    await wait_until(lambda: sb.ledger.webhooks["failed"] == 1)
+
+
+async def test_closing_the_sandbox_cancels_calls_not_due(
+    sandbox: SandboxFactory, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A call due after close is never made; close waits for nothing."""
+    sb = await sandbox(finished_after=0.2)
+    await submit(session, sb, webhook=receiver.url)
+    await sb.close()
+    assert "armed=0 calling=0" in repr(sb._webhooks)
+    await asyncio.sleep(0.3)
+    assert not receiver.calls
