@@ -20,6 +20,16 @@ for unmatched ids exist with their fields empty (see :mod:`bulkjob._sandbox_resu
 Faults are drawn from ``random.Random(config.seed)``, so a seeded run is reproducible. Every
 response carries one ``Date`` header from the server's clock, which ``clock_skew`` shifts.
 
+A job submitted with ``?webhook=URL`` gets one call when it reaches a final status (finished,
+failed, or aborted by a cancel), ``webhook_delay`` seconds later, whether or not anyone asks for
+its status: a ``POST`` with ``Content-Type: application/json`` and the body
+``{"jobId": ..., "status": ..., "type": ...}``. The real payload and method are not public
+(API_NOTES); this is the sandbox's pick, the same three fields as a status answer. Only
+loopback URLs are called, so that no test reaches outside (others are refused at submit, see
+:func:`bulkjob._sandbox_state.webhook_reach`). A share ``webhook_loss_rate`` of calls is never
+made; a call that fails is counted and never retried (``ledger.webhooks``). Calls not made by
+the time the server closes are not made (see :class:`bulkjob._sandbox_bodies.WebhookCaller`).
+
 Outside ``/api/v1``, ``/_sandbox/...`` lets a test in another process change the config, read
 the ledger and add other clients' jobs (see :mod:`bulkjob._sandbox_control`); those requests
 are neither counted nor throttled.
@@ -42,8 +52,10 @@ from ._errors import SandboxRefusal
 from ._sandbox_bodies import (
     API_PREFIX,
     TOKEN_PATH,
+    WebhookCaller,
     comma_list,
     drop,
+    error_body,
     format_expiration,
     format_iso,
     garbage,
@@ -51,6 +63,7 @@ from ._sandbox_bodies import (
     http_date,
     render,
     route,
+    status_body,
     timestamp,
 )
 from ._sandbox_control import control_routes
@@ -70,18 +83,6 @@ from ._sandbox_state import (
 
 __all__ = ["JobRecord", "Ledger", "Sandbox", "SandboxConfig"]
 
-_ERROR_TYPES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 _FAULT_STATUSES = (500, 502, 503)
 _UNAUTHORIZED = "Cannot use API's without setting a valid accessToken in header."
 _MAX_RESULTS_PER_PAGE = 50
@@ -100,6 +101,7 @@ class Sandbox:
         self._host = "127.0.0.1"
         self._port: int | None = None
         self._diagnostics = 0
+        self._webhooks = WebhookCaller(self._state)
 
     def __repr__(self) -> str:
         where = self.base_url if self._port is not None else "not started"
@@ -154,8 +156,9 @@ class Sandbox:
         the running-job limit and draws on the quota, but its ids go to ``ledger.foreign_ids``,
         never to ``ledger.accepted_ids`` or ``ids_accepted``, so a test's "every id paid once"
         stays about the client under test. ``kind`` is a job type (``contactDetails``...);
-        ``finished_after`` (seconds from now) defaults to the config's lifecycle; ``fail``
-        makes it end ``failed``. Raises ValueError for a bad kind, id or a quota too small.
+        ``finished_after`` (seconds from now: processing at once, or with ``queue_in_order`` as
+        soon as a slot is free) defaults to the config's lifecycle; ``fail`` makes it end
+        ``failed``. Raises ValueError for a bad kind, id or a quota too small.
         """
         job = self._state.add_foreign_job(
             ids, kind=kind, finished_after=finished_after, fail=fail, now=time.monotonic()
@@ -189,6 +192,8 @@ class Sandbox:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        # After the runner: no request is left to arm a call. Calls not due yet are not made.
+        await self._webhooks.close()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()
@@ -344,6 +349,7 @@ class Sandbox:
             webhook=request.query.get("webhook"),
             now=time.monotonic(),
         )
+        self._webhooks.arm(job)
         # The job exists and is paid from here on: each fault below leaves the client without
         # a usable answer to a submit that did happen. Each rate is drawn only when set, so
         # that adding a knob does not shift the fault sequence of configs that leave it off.
@@ -356,7 +362,7 @@ class Sandbox:
             return self._server_fault(request, rng.choice(_FAULT_STATUSES))
         # The submit answer is the job at acceptance, even when (finished_after = 0) it is
         # already done by the time the answer is written: the API documents only "accepted".
-        answer = _status_body(job, ACCEPTED)
+        answer = status_body(job, ACCEPTED)
         if config.accept_then_garbage_rate and rng.random() < config.accept_then_garbage_rate:
             faults["accept_then_garbage"] += 1
             return garbage(request, rng.choice(config.garbage_kinds), answer)
@@ -367,7 +373,10 @@ class Sandbox:
 
     async def _cancel(self, request: web.Request, kind: str) -> web.StreamResponse:
         job = self._state.job(kind, request.match_info["job_id"])
-        self._state.cancel(job, time.monotonic())
+        moved = self._state.cancel(job, time.monotonic())
+        # The aborted job's call is due now; the jobs that took its place finish earlier.
+        for changed in (job, *moved):
+            self._webhooks.arm(changed)
         return self._job_status(request, job)
 
     async def _results(self, request: web.Request, kind: str) -> web.StreamResponse:
@@ -455,7 +464,7 @@ class Sandbox:
     def _job_status(
         self, request: web.Request, job: JobRecord, status: str | None = None
     ) -> web.Response:
-        return render(request, "BulkJobStatus", _status_body(job, status or job.status()))
+        return render(request, "BulkJobStatus", status_body(job, status or job.status()))
 
     def _error(
         self,
@@ -467,13 +476,7 @@ class Sandbox:
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
         self._diagnostics += 1
-        body = {
-            "errorType": _ERROR_TYPES.get(status, "Error"),
-            "status": status,
-            "errorNumber": error_number,
-            "message": message,
-            "diagnosticCode": f"SBX-{self._diagnostics:08d}",
-        }
+        body = error_body(status, error_number, message, self._diagnostics)
         return render(request, "error", body, status=status, headers=headers)
 
     def _server_fault(self, request: web.Request, status: int) -> web.Response:
@@ -481,10 +484,3 @@ class Sandbox:
         if self.config.fault_html:
             return gateway_page(status)
         return self._error(request, status, f"{status}-100", "Simulated server fault.")
-
-
-def _status_body(job: JobRecord, status: str) -> dict[str, object]:
-    data: dict[str, object] = {"jobId": job.job_id, "status": status, "type": job.kind}
-    if status == FINISHED:
-        data["totalProcessed"] = job.ids
-    return data

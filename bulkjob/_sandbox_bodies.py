@@ -1,4 +1,5 @@
-"""What the sandbox writes on the wire: API bodies in JSON or XML, and the faults' bodies.
+"""What the sandbox writes on the wire: API bodies in JSON or XML, the faults' bodies, and the
+webhook calls it makes.
 
 The API's own bodies follow the request's ``Accept`` (XML by default, as documented). The fault
 bodies are what a client meets when something between it and the API misbehaves: a gateway's
@@ -9,19 +10,27 @@ answer", never as a verdict on the submit.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
 from xml.sax.saxutils import escape
 
+import aiohttp
 from aiohttp import web
+
+from ._sandbox_ledger import ABORTED, FAILED, FINISHED, JobRecord
+from ._sandbox_state import AccountState, webhook_reach
 
 __all__ = [
     "API_PREFIX",
     "TOKEN_PATH",
+    "WebhookCaller",
     "comma_list",
     "drop",
+    "error_body",
     "format_expiration",
     "format_iso",
     "garbage",
@@ -29,6 +38,7 @@ __all__ = [
     "http_date",
     "render",
     "route",
+    "status_body",
     "timestamp",
     "to_xml",
     "wants_json",
@@ -39,6 +49,21 @@ TOKEN_PATH = "/Auth/login/v1/token"
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ERROR_TYPES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+_FINAL = (FINISHED, FAILED, ABORTED)
+# A webhook target that hangs holds one task, not the server: it is given up after this long.
+_WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 _REASONS = {
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -82,6 +107,25 @@ def render(
 ) -> web.Response:
     text, content_type = serialize(request, root, data)
     return web.Response(text=text, status=status, content_type=content_type, headers=headers)
+
+
+def status_body(job: JobRecord, status: str) -> dict[str, object]:
+    """A job's status answer: ``totalProcessed`` once it is finished."""
+    data: dict[str, object] = {"jobId": job.job_id, "status": status, "type": job.kind}
+    if status == FINISHED:
+        data["totalProcessed"] = job.ids
+    return data
+
+
+def error_body(status: int, error_number: str, message: str, diagnostic: int) -> dict[str, object]:
+    """The API's error body; ``diagnostic`` numbers it, as the real ``diagnosticCode`` does."""
+    return {
+        "errorType": _ERROR_TYPES.get(status, "Error"),
+        "status": status,
+        "errorNumber": error_number,
+        "message": message,
+        "diagnosticCode": f"SBX-{diagnostic:08d}",
+    }
 
 
 def gateway_page(status: int) -> web.Response:
@@ -185,3 +229,84 @@ def comma_list(value: str | None) -> set[str] | None:
     if value is None:
         return None
     return {part.strip() for part in value.split(",") if part.strip()}
+
+
+class WebhookCaller:
+    """Each job's webhook call, made once, when the job's status is final.
+
+    A job's status is computed from its timestamps, so nothing inside the server notices the
+    moment a job finishes; a timer per job, armed at acceptance for the time it ends (again when
+    a cancel moves it), makes the call whether or not a client asks for the status.
+    """
+
+    __slots__ = ("_calls", "_session", "_state", "_timers")
+
+    def __init__(self, state: AccountState) -> None:
+        self._state = state
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._calls: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebhookCaller armed={len(self._timers)} calling={len(self._calls)}>"
+
+    def arm(self, job: JobRecord) -> None:
+        """Set (or move) the job's call to its final status plus ``webhook_delay``."""
+        if job.webhook is None:
+            return
+        now = time.monotonic()
+        end = job.processing_end
+        final = now if end is None else end  # no end: cancelled, just now
+        due = final + self._state.config.webhook_delay
+        old = self._timers.pop(job.job_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        # call_at reads the loop's clock, the job's times are time.monotonic(): pass the delay.
+        self._timers[job.job_id] = loop.call_at(loop.time() + (due - now), self._due, job, final)
+
+    def _due(self, job: JobRecord, final: float) -> None:
+        del self._timers[job.job_id]
+        # The loop may run a timer up to its clock resolution early: read the status at the
+        # time it was armed for. Not final there means a test moved the job on: wait again.
+        status = job.status(max(time.monotonic(), final))
+        url = job.webhook
+        if status not in _FINAL or url is None:
+            self.arm(job)
+            return
+        state, webhooks = self._state, self._state.ledger.webhooks
+        rate = state.config.webhook_loss_rate
+        if rate and state.webhooks_rng.random() < rate:
+            webhooks["lost"] += 1
+            return
+        if webhook_reach(url) != "loopback":
+            webhooks["failed"] += 1  # a name reserved for examples: it resolves nowhere
+            return
+        body = {"jobId": job.job_id, "status": status, "type": job.kind}
+        task = asyncio.get_running_loop().create_task(self._call(url, body))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _call(self, url: str, body: Mapping[str, str]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=_WEBHOOK_TIMEOUT)
+        try:
+            async with self._session.post(url, json=body) as response:
+                await response.read()
+                sent = 200 <= response.status < 300
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            sent = False
+        self._state.ledger.webhooks["sent" if sent else "failed"] += 1
+
+    async def close(self) -> None:
+        """Cancel the calls not due yet and those under way; close the client session."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        calls = list(self._calls)
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

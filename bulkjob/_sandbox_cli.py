@@ -97,10 +97,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--quota", type=_count, metavar="N", help="credits (default unlimited)")
     limits.add_argument("--running-job-limit", type=_count, metavar="N")
+    limits.add_argument(
+        "--queue-in-order",
+        action="store_true",
+        help="a job starts processing once fewer than the limit do (accepted jobs wait in order)",
+    )
 
     jobs = p.add_argument_group("jobs and results")
     jobs.add_argument("--processing-after", type=_seconds, default=0.0, metavar="S")
     jobs.add_argument("--finished-after", type=_seconds, default=0.0, metavar="S")
+    jobs.add_argument(
+        "--finished-jitter",
+        type=_rate,
+        default=0.0,
+        metavar="J",
+        help="each job processes finished-after x U[1-J, 1+J] seconds (J from 0 to 1)",
+    )
     jobs.add_argument(
         "--list-lag",
         type=_seconds,
@@ -191,6 +203,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K,K",
         help=f"from {','.join(GARBAGE_KINDS)} (default: all)",
     )
+    hooks = p.add_argument_group("webhooks (loopback URLs only)")
+    hooks.add_argument(
+        "--webhook-loss-rate",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="share of webhook calls never made",
+    )
+    hooks.add_argument(
+        "--webhook-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="seconds from a job's final status to its webhook call",
+    )
     login = p.add_argument_group("the token endpoint (a login host of its own)")
     login.add_argument("--token-latency", type=_seconds, default=0.0, metavar="S")
     login.add_argument(
@@ -218,8 +245,12 @@ def parse_args(argv: list[str]) -> tuple[SandboxConfig, str, int]:
             retry_after=args.retry_after,
             quota=args.quota,
             running_job_limit=args.running_job_limit,
+            queue_in_order=args.queue_in_order,
             processing_after=args.processing_after,
             finished_after=args.finished_after,
+            finished_jitter=args.finished_jitter,
+            webhook_loss_rate=args.webhook_loss_rate,
+            webhook_delay=args.webhook_delay,
             lockout_seconds=args.lockout_seconds,
             list_lag=args.list_lag,
             time_filters=args.time_filters,

@@ -35,6 +35,8 @@ _RATES = (
     "job_fail_rate",
     "no_match_rate",
     "token_fault_rate",
+    "finished_jitter",
+    "webhook_loss_rate",
 )
 _DURATIONS = (
     "token_lifetime",
@@ -43,6 +45,7 @@ _DURATIONS = (
     "processing_after",
     "finished_after",
     "list_lag",
+    "webhook_delay",
 )
 # Fields POST /_sandbox/config may not change: the seed is consumed when the random generators
 # are built, so changing it afterwards would claim a reproducibility the server cannot give.
@@ -70,10 +73,20 @@ class SandboxConfig:
     retry_after: bool = False
     quota: int | None = None
     running_job_limit: int | None = None
+    #: True: a job starts processing only once it is ready (processing_after) and fewer than
+    #: running_job_limit jobs are processing; ready jobs wait, accepted, in acceptance order.
+    queue_in_order: bool = False
     processing_after: float = 0.0
     finished_after: float = 0.0
+    #: Each job's processing time is finished_after x U[1 - jitter, 1 + jitter], drawn at
+    #: acceptance from a generator of its own (the fault sequence a seed promises stays put).
+    finished_jitter: float = 0.0
     #: Share of jobs (drawn at acceptance) that end ``failed`` instead of ``finished``.
     job_fail_rate: float = 0.0
+    #: Share of webhook calls (drawn when due, from a generator of their own) never made.
+    webhook_loss_rate: float = 0.0
+    #: Seconds from a job's final status to its webhook call.
+    webhook_delay: float = 0.0
     #: Whether a failed job's results are served (200) or refused (400).
     failed_results: bool = False
     #: Share of ids (fixed per id, from its hash) that come back in the results as not found.

@@ -6,7 +6,8 @@ or ledger in memory; these routes give them the same handles:
 - ``GET /_sandbox/config``: the current config as a JSON object;
 - ``POST /_sandbox/config``: a JSON object of fields to change, all or nothing (400 naming the
   field for an unknown field or a bad value; JSON lists become tuples);
-- ``GET /_sandbox/ledger``: the ledger's counts (:meth:`Ledger.counts`);
+- ``GET /_sandbox/ledger``: the ledger's counts (:meth:`Ledger.counts`), with ``max_running``
+  and the running-job limit's ``utilisation`` (null without a limit);
 - ``POST /_sandbox/jobs``: ``{"ids": [...], "kind": ..., "finished_after": ..., "fail": ...}``
   adds another client's job (:meth:`bulkjob.Sandbox.add_foreign_job`), answers ``{"jobId"}``.
 
@@ -48,7 +49,8 @@ def control_routes(state: AccountState) -> list[web.RouteDef]:
         return web.json_response({"changed": changed})
 
     async def get_ledger(request: web.Request) -> web.Response:
-        return web.json_response(state.ledger.counts())
+        limit = state.config.running_job_limit
+        return web.json_response(state.ledger.counts(running_job_limit=limit))
 
     async def post_job(request: web.Request) -> web.Response:
         spec = await _json_object(request)

@@ -5,6 +5,15 @@ Nothing here speaks HTTP. :mod:`bulkjob._sandbox` turns requests into calls on
 (throttle, quota, running-job limit, job lifecycle) apart from the transport lets them be read,
 and reasoned about, in one place.
 
+The running-job limit refuses a submit while ``running_job_limit`` jobs are accepted or
+processing, with the queue-full 400 that names the limit. With ``queue_in_order`` processing
+also waits for a slot: a job starts once fewer than the limit process, in acceptance order (see
+"the processing queue" below). Since a submit is refused at the limit, a queue forms from other
+clients' jobs (``add_foreign_job`` is never refused: such a job was accepted elsewhere) or
+after the limit is lowered; a client under test meets it as jobs that stay ``accepted``. A
+queued job's start is fixed when it joins the queue (from the limit then) and moves only when
+a job ahead of it is cancelled.
+
 Where the real API's behaviour is not public (see ``API_NOTES.md``), the sandbox picks one
 plausible rule and says so in a comment, so that the client is tested against *a* strict server
 rather than against a guess dressed up as a fact.
@@ -14,21 +23,36 @@ from __future__ import annotations
 
 import collections
 import functools
+import heapq
 import math
 import random
 import re
 import string
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ._errors import SandboxRefusal
 from ._sandbox_config import SandboxConfig
-from ._sandbox_ledger import Ledger
-from ._sandbox_results import results_csv
+from ._sandbox_ledger import (
+    ABORTED,
+    ACCEPTED,
+    FAILED,
+    FINISHED,
+    PROCESSING,
+    STATUSES,
+    JobRecord,
+    Ledger,
+)
 
 __all__ = [
+    "ABORTED",
+    "ACCEPTED",
+    "FAILED",
+    "FINISHED",
     "JOB_KINDS",
+    "PROCESSING",
     "STATUSES",
     "AccountState",
     "JobRecord",
@@ -45,13 +69,6 @@ JOB_KINDS: dict[str, str] = {
     "company/techProfile/job": "companyTechProfile",
 }
 
-ACCEPTED = "accepted"
-PROCESSING = "processing"
-FINISHED = "finished"
-FAILED = "failed"
-ABORTED = "aborted"
-STATUSES = (ACCEPTED, PROCESSING, FINISHED, FAILED, ABORTED)
-
 #: What ``/admin/usage`` reports as allocated when the quota is unlimited: the real API has no
 #: "unlimited", so the sandbox answers with a number no test run can reach.
 UNLIMITED_CREDITS = 2**31 - 1
@@ -66,64 +83,19 @@ NOT_FINISHED = "400-401"
 NOT_CANCELLABLE = "400-402"
 JOB_FAILED = "400-403"
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_RESERVED_SUFFIXES = (
+    ".example",
+    ".test",
+    ".invalid",
+    ".example.com",
+    ".example.net",
+    ".example.org",
+)
+_RESERVED_DOMAINS = frozenset({"example.com", "example.net", "example.org"})
+
 _JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
 _JOB_ID_LENGTH = 20
-
-
-@dataclass
-class JobRecord:
-    """One accepted job. Its status is computed from its timestamps whenever it is asked for."""
-
-    job_id: str
-    kind: str
-    ids: int
-    created: float
-    created_monotonic: float
-    credits: int
-    cancelled: bool = False
-    retrieve_company_details: bool = False
-    webhook: str | None = None
-    # Copied from the config at acceptance (as are its fate and its results' layout below), so
-    # that changing the config later does not rewrite the history of jobs already running.
-    processing_after: float = 0.0
-    finished_after: float = 0.0
-    fails: bool = False  # ends ``failed`` instead of ``finished``
-    no_match_rate: float = 0.0
-    id_column: str | None = None  # None: the kind's own name
-    # Submitted by "another client" (Sandbox.add_foreign_job): listed and served like any job,
-    # but its ids are kept out of the ledger's accepted ids.
-    foreign: bool = False
-    # The ids themselves, for the results file; None when the config does not track ids.
-    id_list: tuple[str, ...] | None = field(default=None, repr=False)
-
-    def status(self, now: float | None = None) -> str:
-        """The job's status at monotonic time ``now`` (default: the current time)."""
-        if self.cancelled:
-            return ABORTED
-        elapsed = (time.monotonic() if now is None else now) - self.created_monotonic
-        if elapsed < self.processing_after:
-            return ACCEPTED
-        if elapsed < self.processing_after + self.finished_after:
-            return PROCESSING
-        return FAILED if self.fails else FINISHED
-
-    def results_csv(self) -> str:
-        """The results file (layout in :mod:`bulkjob._sandbox_results`).
-
-        When the sandbox does not track ids (benchmarks), it no longer knows them and writes
-        placeholder ids ``untracked-0000001`` and so on instead.
-        """
-        ids = self.id_list
-        if ids is None:
-            ids = tuple(f"untracked-{n:07d}" for n in range(1, self.ids + 1))
-        return results_csv(
-            self.kind,
-            ids,
-            id_column=self.id_column,
-            company_details=self.retrieve_company_details,
-            no_match_rate=self.no_match_rate,
-            failed=self.fails,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +112,16 @@ class AccountState:
     def __init__(self, config: SandboxConfig, ledger: Ledger) -> None:
         self.config = config
         self.ledger = ledger
-        # Three generators, so that minting job ids or drawing which jobs fail does not shift
-        # the fault sequence a seed promises: the same seed gives the same faults whatever the
-        # traffic looks like (and the same failing jobs whatever the faults).
+        # A generator per purpose, so that minting job ids, drawing which jobs fail or how long
+        # they take does not shift the fault sequence a seed promises: the same seed gives the
+        # same faults whatever the traffic looks like (and the same failing jobs and durations
+        # whatever the faults).
         seed = config.seed
         self.faults_rng = random.Random(seed)
         self.ids_rng = random.Random(None if seed is None else seed + 1)
         self.outcomes_rng = random.Random(None if seed is None else seed + 2)
+        self.durations_rng = random.Random(None if seed is None else seed + 3)
+        self.webhooks_rng = random.Random(None if seed is None else seed + 4)
         self.minted_tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.admitted: collections.deque[float] = collections.deque()
         self.lockout_until = 0.0
@@ -221,6 +196,10 @@ class AccountState:
         """Validate and accept one job, or raise :class:`SandboxRefusal` with nothing changed."""
         config = self.config
         ids = self._parse_ids(body)
+        webhook = webhook or None  # an empty parameter is no webhook
+        if webhook is not None and webhook_reach(webhook) is None:
+            self.ledger.rejected["webhook"] += 1
+            raise SandboxRefusal(400, VALIDATION, "webhook must be a loopback URL in the sandbox")
         limit = config.running_job_limit
         if limit is not None and self.running_jobs(now) >= limit:
             self.ledger.rejected["queue_full"] += 1
@@ -249,12 +228,13 @@ class AccountState:
             ids,
             now=now,
             processing_after=config.processing_after,
-            finished_after=config.finished_after,
+            finished_after=self._duration(),
             fails=fails,
             retrieve_company_details=retrieve_company_details,
             webhook=webhook,
             id_list=tuple(ids) if config.track_ids else None,
         )
+        self._place(job)
         self.ledger.record_job(job, ids, track_ids=config.track_ids)
         return job
 
@@ -293,13 +273,81 @@ class AccountState:
             now=now,
             # With finished_after given, "finished after" means from now: processing at once.
             processing_after=config.processing_after if finished_after is None else 0.0,
-            finished_after=config.finished_after if finished_after is None else finished_after,
+            finished_after=self._duration() if finished_after is None else finished_after,
             fails=fail,
             foreign=True,
             id_list=tuple(ids),
         )
+        self._place(job)
         self.ledger.record_foreign_job(job)
         return job
+
+    # -- the processing queue (queue_in_order) ----------------------------------------------------
+    #
+    # Status is computed from timestamps, never from a clock ticking inside the server, so a
+    # queued job's start is computed when it joins the queue: every job ahead of it already has
+    # its start and end, and nothing but a cancel changes them (a job cannot be cancelled once
+    # it processes, and durations are drawn at acceptance). The queue is first in, first out:
+    # a job never starts before one accepted earlier. With every job ahead starting no later
+    # than it, "how many process at t" is "how many ahead end after t", which only falls as t
+    # grows: the earliest free slot is the limit-th latest end among the jobs ahead.
+
+    def _place(self, job: JobRecord) -> None:
+        """Fix a new job's start in the queue (queue_in_order only; nothing otherwise)."""
+        if not self.config.queue_in_order:
+            return
+        ahead = [j for j in self.ledger.jobs.values() if not j.cancelled]
+        job.start_at = self._slot_start(job.created_monotonic + job.processing_after, ahead)
+
+    def _requeue(self, now: float) -> list[JobRecord]:
+        """Place again every queued job not started by ``now``; return those that moved.
+
+        Called after a cancel: the cancelled job's place goes to the jobs behind it. They are
+        placed again in acceptance order, each behind the jobs already placed, none before now.
+        """
+        waiting = [
+            j
+            for j in self.ledger.jobs.values()
+            if j.start_at is not None and not j.cancelled and j.start_at > now
+        ]
+        if not waiting:
+            return []
+        ids = {j.job_id for j in waiting}
+        placed = [j for j in self.ledger.jobs.values() if not j.cancelled and j.job_id not in ids]
+        moved = []
+        for job in waiting:
+            ready = max(now, job.created_monotonic + job.processing_after)
+            start = self._slot_start(ready, placed)
+            if start != job.start_at:
+                job.start_at = start
+                moved.append(job)
+            placed.append(job)
+        return moved
+
+    def _slot_start(self, ready: float, ahead: Sequence[JobRecord]) -> float:
+        """The earliest time from ``ready`` on that no job ahead starts later than and that
+        fewer than ``running_job_limit`` of them process at."""
+        start = ready
+        ends = []
+        for other in ahead:
+            other_start, other_end = other.processing_start, other.processing_end
+            if other_start is None or other_end is None:
+                continue
+            start = max(start, other_start)
+            ends.append(other_end)
+        limit = self.config.running_job_limit
+        if limit is not None and len(ends) >= limit:
+            start = max(start, heapq.nlargest(limit, ends)[-1])
+        return start
+
+    def _duration(self) -> float:
+        """A new job's processing time: ``finished_after``, spread by ``finished_jitter``."""
+        base, jitter = self.config.finished_after, self.config.finished_jitter
+        if not (base and jitter):
+            return base
+        # Uniform around the mean, so that jitter changes how jobs interleave but not how
+        # long a batch of them takes on average.
+        return base * self.durations_rng.uniform(1.0 - jitter, 1.0 + jitter)
 
     def _debit(self, n: int) -> None:
         if self.config.quota is not None:
@@ -386,8 +434,11 @@ class AccountState:
             raise SandboxRefusal(404, "404-101", "Invalid ID, record not found")
         return job
 
-    def cancel(self, job: JobRecord, now: float) -> None:
-        """Abort a job still queued and give its credits back; refuse once it has started."""
+    def cancel(self, job: JobRecord, now: float) -> list[JobRecord]:
+        """Abort a job still queued and give its credits back; refuse once it has started.
+
+        Returns the queued jobs whose start moved earlier into the place it freed.
+        """
         status = job.status(now)
         if status != ACCEPTED:
             self.ledger.rejected["not_cancellable"] += 1
@@ -399,6 +450,7 @@ class AccountState:
             self.config.quota += job.credits
         self.consumed -= job.credits
         job.credits = 0
+        return self._requeue(now)
 
     def add_quota(self, n: int) -> None:
         if n < 0:
@@ -413,6 +465,29 @@ class AccountState:
         if self.config.quota is None:
             return UNLIMITED_CREDITS, self.consumed
         return self.config.quota + self.consumed, self.consumed
+
+
+def webhook_reach(url: str) -> str | None:
+    """Whether the sandbox may call ``url``: "loopback", "reserved", or None (refused).
+
+    The sandbox calls webhooks on this machine only, so that no test reaches outside. Hosts
+    under the names reserved for examples and tests (RFC 2606: ``.example``, ``.test``,
+    ``.invalid``, ``example.com``...) are accepted too but never called: no such name
+    resolves, so their calls count as failed, as a real server's would.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read for its ValueError on a port that is not a number
+    except ValueError:
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    if host in _LOOPBACK_HOSTS:
+        return "loopback"
+    if host.endswith(_RESERVED_SUFFIXES) or host in _RESERVED_DOMAINS:
+        return "reserved"
+    return None
 
 
 @functools.lru_cache(maxsize=8)

@@ -631,6 +631,9 @@ async def test_5xx_fault_answers_an_error_and_records_nothing(
         ["--job-fail-rate", "2"],
         ["--no-match-rate", "x"],
         ["--results-id-column", "a,b"],
+        ["--finished-jitter", "1.5"],
+        ["--webhook-loss-rate", "-0.1"],
+        ["--webhook-delay", "-1"],
     ],
 )
 def test_sandbox_main_rejects_bad_arguments(
@@ -668,6 +671,20 @@ def test_parse_args_maps_every_new_flag_onto_its_setting() -> None:
     assert (config.clock_skew, config.list_lag, config.lockout_seconds) == (-90.0, 2.0, 600.0)
     assert (config.job_fail_rate, config.no_match_rate) == (0.1, 0.2)
     assert config.results_id_column == "inputId"
+
+
+def test_parse_args_maps_the_queue_and_webhook_flags() -> None:
+    """--finished-jitter, --queue-in-order, --webhook-loss-rate and --webhook-delay set theirs."""
+    config, _, _ = parse_args(
+        [
+            "--finished-jitter=0.25",
+            "--queue-in-order",
+            "--webhook-loss-rate=0.1",
+            "--webhook-delay=2.5",
+        ]
+    )
+    assert (config.finished_jitter, config.queue_in_order) == (0.25, True)
+    assert (config.webhook_loss_rate, config.webhook_delay) == (0.1, 2.5)
 
 
 def test_parse_args_defaults_are_the_configs() -> None:

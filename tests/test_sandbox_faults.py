@@ -652,6 +652,10 @@ async def test_control_config_takes_back_every_field_it_serves(
         ({"quota": 5, "access_tokens": "abc"}, "access_tokens"),
         ({"quota": 5, "client_id": None}, "client_id"),
         ({"quota": 5, "seed": 3}, "seed"),
+        ({"quota": 5, "queue_in_order": 1}, "queue_in_order"),
+        ({"quota": 5, "finished_jitter": 1.2}, "finished_jitter"),
+        ({"quota": 5, "webhook_loss_rate": -1}, "webhook_loss_rate"),
+        ({"quota": 5, "webhook_delay": "soon"}, "webhook_delay"),
         ([1, 2], "object"),
         ("{not json", "JSON"),
     ],
@@ -664,6 +668,31 @@ async def test_control_config_refuses_bad_changes_and_changes_nothing(
     assert status == 400
     assert named in answer["error"]
     assert sandbox.config.quota is None
+
+
+async def test_control_config_changes_the_job_timeline_settings(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """POST /_sandbox/config turns on the queue, jitter and webhook knobs for the next jobs."""
+    changes = {
+        "queue_in_order": True,
+        "running_job_limit": 1,
+        "finished_after": 60,
+        "finished_jitter": 0.5,
+        "webhook_loss_rate": 1,
+        "webhook_delay": 0.5,
+    }
+    status, body = await control(session, sandbox, "config", changes)
+    assert (status, body) == (200, {"changed": sorted(changes)})
+    config = sandbox.config
+    assert (config.queue_in_order, config.finished_jitter) == (True, 0.5)
+    assert (config.webhook_loss_rate, config.webhook_delay) == (1.0, 0.5)
+    first = sandbox.add_foreign_job(make_ids(1, "a"))
+    second = sandbox.add_foreign_job(make_ids(1, "b"))
+    jobs = sandbox.ledger.jobs
+    assert 30.0 <= jobs[first].finished_after <= 90.0
+    assert jobs[first].finished_after != jobs[second].finished_after
+    assert jobs[second].processing_start == jobs[first].processing_end  # queued behind it
 
 
 async def test_control_ledger_reports_the_counts(
@@ -691,6 +720,9 @@ async def test_control_ledger_reports_the_counts(
         "faults": {},
         "routes": {"submit": 3},
         "rejected": {"validation": 1},
+        "webhooks": {},
+        "max_running": 0,
+        "utilisation": None,
     }
 
 
@@ -771,6 +803,11 @@ async def test_control_changes_reach_the_api_at_once(
         ("garbage_kinds", ()),
         ("results_id_column", ""),
         ("results_id_column", "a,b"),
+        ("finished_jitter", 1.5),
+        ("finished_jitter", -0.1),
+        ("webhook_loss_rate", 2.0),
+        ("webhook_delay", -1.0),
+        ("webhook_delay", float("nan")),
     ],
 )
 def test_config_refuses_out_of_range_values(field: str, value: object) -> None:
