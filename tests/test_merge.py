@@ -227,8 +227,7 @@ def _tables(draw: st.DrawFn) -> tuple[list[str], list[tuple[list[list[str]], str
 def test_byte_merge_equals_parsed_merge(
     table: tuple[list[str], list[tuple[list[list[str]], str, bool, bool]]], empty: set[int]
 ) -> None:
-    """Any header and rows, in files of mixed line ends, BOMs, missing final line ends and
-    empty files: the byte merge writes exactly what the parsed merge writes."""
+    """Any table, in files of any line end, BOM, final line end or none: as the parsed merge."""
     header, specs = table
     with tempfile.TemporaryDirectory(prefix="bulkjob-merge-") as tmp:
         root = Path(tmp)
