@@ -241,7 +241,19 @@ def _parser() -> argparse.ArgumentParser:
     results = sub.add_parser("results", help="download the finished jobs' result CSVs")
     results.add_argument("journal", metavar="JOURNAL")
     results.add_argument("--out", required=True, metavar="DIR")
-    results.add_argument("--merge", metavar="FILE", help="also write one CSV of every row")
+    results.add_argument(
+        "--merge",
+        metavar="FILE|-",
+        help="also copy every results file into one CSV, header once ('-': to stdout, and "
+        "every message to stderr)",
+    )
+    results.add_argument(
+        "--keep-parts",
+        dest="keep_parts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the per-job results files once --merge is complete (default: keep)",
+    )
     _add_api_options(results)
     cancel = sub.add_parser("cancel", help="cancel the run's jobs not yet processing")
     cancel.add_argument("journal", metavar="JOURNAL")
@@ -276,6 +288,7 @@ _NOT_SETTINGS = {
     "timeout",
     "out",
     "merge",
+    "keep_parts",
 }
 
 
@@ -426,7 +439,6 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
 
 
 def _lifecyclerun_command(args: argparse.Namespace, journal: Journal, settings: Settings) -> int:
-    name = args.journal
     if args.command == "status":
         print(
             run_command(lambda: lifecycle.status(journal, settings, refresh=args.refresh)).render()
@@ -443,22 +455,7 @@ def _lifecyclerun_command(args: argparse.Namespace, journal: Journal, settings: 
         )
         print(done.render())
     elif args.command == "results":
-        merge = Path(args.merge) if args.merge else None
-        got = run_command(lambda: lifecycle.results(journal, settings, Path(args.out), merge=merge))
-        print(
-            f"downloaded {got.downloaded:,} result file(s), {got.already_present:,} already "
-            f"present, in {args.out}"
-        )
-        if got.merged is not None:
-            print(f"merged {got.rows_merged:,} rows into {got.merged}")
-        if got.not_finished:
-            print(
-                f"{len(got.not_finished):,} job(s) not finished yet: run `bulkjob wait "
-                f"{name}` then `results` again",
-                file=sys.stderr,
-            )
-        if got.failed:
-            print(f"{len(got.failed):,} job(s) failed: chunks {_seqs(got.failed)}", file=sys.stderr)
+        return _results(args, journal, settings)
     else:
         gone = run_command(lambda: lifecycle.cancel(journal, settings))
         print(
@@ -466,6 +463,47 @@ def _lifecyclerun_command(args: argparse.Namespace, journal: Journal, settings: 
             f"{len(gone.not_cancellable):,} already processing; "
             f"{len(gone.skipped):,} skipped (not queued)"
         )
+    return ExitCode.OK
+
+
+def _results(args: argparse.Namespace, journal: Journal, settings: Settings) -> int:
+    to_stdout = args.merge == "-"
+    merge = sys.stdout.buffer if to_stdout else Path(args.merge) if args.merge else None
+    say = sys.stderr if to_stdout else sys.stdout  # with --merge -, stdout holds only CSV
+    try:
+        got = run_command(
+            lambda: lifecycle.results(
+                journal, settings, Path(args.out), merge=merge, keep_parts=args.keep_parts
+            )
+        )
+    except BrokenPipeError:
+        if not to_stdout:
+            raise
+        # The reader went away (`| head`): not our failure. What is still buffered for
+        # stdout would fail again at exit, so stdout now leads nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: stdout was closed before the merged CSV was complete", file=sys.stderr)
+        return ExitCode.INTERNAL
+    print(
+        f"downloaded {got.downloaded:,} result file(s), {got.already_present:,} already "
+        f"present, in {args.out}",
+        file=say,
+    )
+    if merge is not None:
+        into = "stdout" if to_stdout else str(got.merged)
+        print(
+            f"merged {len(got.files):,} file(s), {got.bytes_merged:,} bytes, into {into}", file=say
+        )
+    if got.removed:
+        print(f"removed the {len(got.removed):,} merged result file(s)", file=say)
+    if got.not_finished:
+        print(
+            f"{len(got.not_finished):,} job(s) not finished yet: run `bulkjob wait "
+            f"{args.journal}` then `results` again",
+            file=sys.stderr,
+        )
+    if got.failed:
+        print(f"{len(got.failed):,} job(s) failed: chunks {_seqs(got.failed)}", file=sys.stderr)
     return ExitCode.OK
 
 

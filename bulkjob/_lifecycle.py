@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import os
 import re
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from ._client import ApiClient, new_session
 from ._config import settings_for_resume
@@ -38,6 +36,7 @@ from ._errors import (
 from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
+from ._merge import merge_files, remove_parts
 from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings
 from ._submitter import Submitter
@@ -93,11 +92,15 @@ class ResultsSummary:
     already_present: int
     not_finished: tuple[int, ...]
     failed: tuple[int, ...]
-    rows_merged: int = 0
     bytes_downloaded: int = 0
     #: Every results file known after the call, in chunk order.
     files: tuple[Path, ...] = ()
+    #: The merged CSV's path (``None`` without a merge, or when merged into a stream).
     merged: Path | None = None
+    #: Bytes the merge wrote: rows are copied, not parsed, so they are not counted.
+    bytes_merged: int = 0
+    #: Results files deleted after the merge (``keep_parts=False``): all of ``files``.
+    removed: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,20 +187,29 @@ async def results(
     settings: Settings,
     out_dir: Path,
     *,
-    merge: Path | None = None,
+    merge: Path | BinaryIO | None = None,
+    keep_parts: bool = True,
     refresh: bool = True,
 ) -> ResultsSummary:
     """Download the results file of every finished job not downloaded yet, into ``out_dir``.
 
     Files are named ``{seq:06d}-{jobId}.csv``; each path is recorded in the journal as
     soon as its file is complete, so a second call fetches only what is missing. With
-    ``refresh`` (the default) the statuses of open jobs are asked first. With ``merge``,
-    every results file is then streamed into that one CSV, header once, in chunk order.
+    ``refresh`` (the default) the statuses of open jobs are asked first.
+
+    With ``merge`` (a path, or a binary stream such as ``sys.stdout.buffer``), every
+    results file is then copied into that one CSV, in chunk order, header once: bytes are
+    copied, rows are not parsed, and every file's header must match the first's (else a
+    :class:`ProtocolError` naming the file, before anything is written). Without
+    ``keep_parts``, the results files are deleted once the merge is complete; a later
+    call downloads again whatever it needs.
     """
+    if not keep_parts and merge is None:
+        raise ConfigError("--no-keep-parts: only with --merge (else the parts are the results)")
     out_dir = Path(out_dir)
     await asyncio.to_thread(_make_dir, out_dir, "--out")
-    if merge is not None:
-        await asyncio.to_thread(_make_dir, Path(merge).parent, "--merge")
+    if isinstance(merge, Path):
+        await asyncio.to_thread(_make_dir, merge.parent, "--merge")
     async with _Command(journal, settings, online=True, command="results") as cmd:
         if refresh:
             await cmd.refresh()
@@ -216,20 +228,26 @@ async def results(
             log.info("results.downloaded", chunk=row.seq, job_id=row.job_id, bytes=size)
 
         await _bounded(fetch, wanted, settings.concurrency)
-    files = tuple(present[seq] for seq in sorted(present))
-    rows_merged = 0
-    if merge is not None:
-        rows_merged = await asyncio.to_thread(_merge, files, Path(merge))
-        log.info("results.merged", path=str(merge), files=len(files), rows=rows_merged)
+        files = tuple(present[seq] for seq in sorted(present))
+        bytes_merged = 0
+        removed: tuple[Path, ...] = ()
+        if merge is not None:
+            # Under the journal's lock: another `results` must not see parts vanish mid-merge.
+            bytes_merged = await asyncio.to_thread(merge_files, files, merge)
+            where = str(merge) if isinstance(merge, Path) else "stream"
+            log.info("results.merged", path=where, files=len(files), bytes=bytes_merged)
+            if not keep_parts:
+                removed = await asyncio.to_thread(remove_parts, files)
     return ResultsSummary(
         downloaded=len(sizes),
         already_present=already,
         not_finished=tuple(not_finished),
         failed=tuple(failed),
-        rows_merged=rows_merged,
         bytes_downloaded=sum(sizes),
         files=files,
-        merged=Path(merge) if merge is not None else None,
+        merged=merge if isinstance(merge, Path) else None,
+        bytes_merged=bytes_merged,
+        removed=removed,
     )
 
 
@@ -470,40 +488,3 @@ def _make_dir(path: Path, flag: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot be a directory: {exc.strerror}") from None
-
-
-def _merge(files: Iterable[Path], dest: Path) -> int:
-    """Stream ``files`` into ``dest``: the first header, then every file's rows; row count.
-
-    Parsed as CSV (not split on lines) so that a quoted field holding a newline stays one
-    row. Written to a part file of its own beside ``dest`` and renamed, like the downloads.
-    """
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    part = Path(name)
-    rows = 0
-    header: list[str] | None = None
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            for path in files:
-                with path.open(encoding="utf-8", newline="") as src:
-                    reader = csv.reader(src)
-                    first = next(reader, None)
-                    if first is None:
-                        continue  # an empty file: no header, no rows
-                    if header is None:
-                        header = first
-                        writer.writerow(header)
-                    elif first != header:
-                        raise ProtocolError(
-                            f"{path.name}: its columns differ from the first results file's",
-                            server_message=",".join(first)[:200],
-                        )
-                    for row in reader:
-                        writer.writerow(row)
-                        rows += 1
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(dest)
-    return rows

@@ -170,13 +170,19 @@ async def results_async(
     journal: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    merge: str | os.PathLike[str] | None = None,
+    merge: str | os.PathLike[str] | BinaryIO | None = None,
+    keep_parts: bool = True,
     **changes: object,
 ) -> ResultsSummary:
-    """Download the finished jobs' CSVs into ``out_dir`` (resumably); ``merge`` into one."""
+    """Download the finished jobs' CSVs into ``out_dir`` (resumably); ``merge`` into one.
+
+    ``merge`` is a path or a binary stream (``sys.stdout.buffer``); without
+    ``keep_parts`` the per-job files are deleted once the merge is complete.
+    """
+    into = Path(merge) if isinstance(merge, str | os.PathLike) else merge
     async with _held(journal, "results", **changes) as (handle, settings):
         return await _lifecycle.results(
-            handle, settings, Path(out_dir), merge=Path(merge) if merge is not None else None
+            handle, settings, Path(out_dir), merge=into, keep_parts=keep_parts
         )
 
 
@@ -184,8 +190,11 @@ def results(
     journal: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    merge: str | os.PathLike[str] | None = None,
+    merge: str | os.PathLike[str] | BinaryIO | None = None,
+    keep_parts: bool = True,
     **changes: object,
 ) -> ResultsSummary:
     """Blocking twin of :func:`results_async`."""
-    return run_sync(lambda: results_async(journal, out_dir, merge=merge, **changes))
+    return run_sync(
+        lambda: results_async(journal, out_dir, merge=merge, keep_parts=keep_parts, **changes)
+    )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import csv
+import io
 import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +229,37 @@ def kill_9(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL, unless the process already ended on its own (a race the test may lose)."""
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGKILL)
+
+
+def parsed_merge(paths: Sequence[Path], line_ends: Sequence[str] | None = None) -> bytes:
+    """The merge done with the csv module: the reference the byte merge must equal.
+
+    Every file is parsed, its header checked against the first's, and its records written
+    again with its own line end (``line_ends``, one per file; ``\n`` by default). The first
+    file's byte order mark is kept; an empty file is skipped. Where the last file that
+    adds records does not end with a line end, neither does the merge.
+    """
+    out = io.StringIO()
+    header: list[str] | None = None
+    bom = False
+    last_end, ends_open = "\n", False
+    for i, path in enumerate(paths):
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
+        if not text:
+            continue
+        records = list(csv.reader(io.StringIO(text, newline="")))
+        end = line_ends[i] if line_ends is not None else "\n"
+        writer = csv.writer(out, lineterminator=end)
+        if header is None:
+            header, bom = records[0], data.startswith(codecs.BOM_UTF8)
+            writer.writerow(header)
+        else:
+            assert records[0] == header, f"{path.name}: another header"
+        writer.writerows(records[1:])
+        if header is records[0] or len(records) > 1:
+            last_end, ends_open = end, not data.endswith(b"\n")
+    merged = out.getvalue()
+    if ends_open:
+        merged = merged[: -len(last_end)]
+    return (codecs.BOM_UTF8 if bom else b"") + merged.encode()

@@ -7,13 +7,22 @@ import gzip
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from bulkjob._sandbox import Sandbox
-from tests.conftest import TOKEN, SandboxFactory, make_ids, start_cli
+from tests.conftest import (
+    TOKEN,
+    SandboxFactory,
+    cli_env,
+    finish_cli,
+    make_ids,
+    parsed_merge,
+    start_cli,
+)
 
 
 async def bulkjob(
@@ -399,6 +408,64 @@ async def test_cancel_command(sandbox: SandboxFactory, tmp_path: Path) -> None:
     code, out, err = await bulkjob("cancel", str(journal), env=env)
     assert code == 0, err
     assert "cancelled 2 job(s) (200 ids)" in out
+
+
+async def test_results_merge_to_stdout(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``results --merge -``: stdout holds exactly the merged CSV, every message is on stderr."""
+    sb = await sandbox()
+    journal = await submitted(sb, tmp_path, make_ids(250))
+    out = tmp_path / "res"
+    proc = await start_cli("results", str(journal), "--out", str(out), "--merge", "-")
+    async with asyncio.timeout(60):
+        csv_bytes, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    parts = sorted(out.iterdir())
+    assert len(parts) == 3
+    assert csv_bytes == parsed_merge(parts)
+    assert f"merged 3 file(s), {len(csv_bytes):,} bytes, into stdout" in err.decode()
+
+
+async def test_results_merge_into_a_closed_pipe(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``results --merge - | head``: exit 1 with one error line, not an internal error."""
+    sb = await sandbox()
+    journal = await submitted(sb, tmp_path, make_ids(5_000))  # ~750 KB: more than a pipe holds
+    out = tmp_path / "res"
+    cli = [sys.executable, "-m", "bulkjob._cli", "results", str(journal), "--out", str(out)]
+    script = '"$@" --merge - | head -c 100 >/dev/null; exit "${PIPESTATUS[0]}"'
+    shell = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        script,
+        "bash",
+        *cli,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    code, err = await finish_cli(shell)
+    assert code == 1, err
+    assert error_lines(err) == ["error: stdout was closed before the merged CSV was complete"]
+    assert len(list(out.iterdir())) == 50
+
+
+async def test_results_no_keep_parts_then_again(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``--no-keep-parts`` deletes the job files after the merge; the next merge downloads them."""
+    sb = await sandbox()
+    journal = await submitted(sb, tmp_path, make_ids(250))
+    out, merged = tmp_path / "res", tmp_path / "all.csv"
+    args = ["results", str(journal), "--out", str(out), "--merge", str(merged)]
+    code, said, err = await bulkjob(
+        *args, "--no-keep-parts", env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    )
+    assert code == 0, err
+    assert "removed the 3 merged result file(s)" in said
+    assert list(out.iterdir()) == []
+    once = merged.read_bytes()
+    code, said, err = await bulkjob(*args, env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN})
+    assert code == 0, err
+    assert "downloaded 3 result file(s), 0 already present" in said
+    assert merged.read_bytes() == once == parsed_merge(sorted(out.iterdir()))
 
 
 async def test_wait_timeout_exits_9(sandbox: SandboxFactory, tmp_path: Path) -> None:

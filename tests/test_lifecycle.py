@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import pytest
 
+from bulkjob._errors import ConfigError
 from bulkjob._lifecycle import (
     RunStatus,
     WaitTimeoutError,
@@ -20,7 +22,15 @@ from bulkjob._runner import Runner
 from bulkjob._sandbox import Sandbox
 from bulkjob._sandbox_state import ACCEPTED, PROCESSING, JobRecord
 from bulkjob._settings import Settings
-from tests.conftest import TOKEN, IdsWriter, SandboxFactory, journal_rows, make_ids, settings_for
+from tests.conftest import (
+    TOKEN,
+    IdsWriter,
+    SandboxFactory,
+    journal_rows,
+    make_ids,
+    parsed_merge,
+    settings_for,
+)
 
 IDS = make_ids(250)  # three jobs of 100, 100 and 50 ids
 
@@ -143,7 +153,56 @@ async def test_results_merge_holds_every_id_once(
     assert rows[0][0] == "newContactId"
     assert [r for r in rows[1:] if r == rows[0]] == []
     assert [r[0] for r in rows[1:]] == IDS
-    assert summary.rows_merged == len(IDS)
+    assert merged.read_bytes() == parsed_merge(summary.files)
+    assert summary.bytes_merged == merged.stat().st_size
+    assert summary.removed == ()
+    assert all(p.is_file() for p in summary.files)
+
+
+async def test_results_merge_into_a_stream(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """A binary stream gets the merged CSV; the summary names no merged path."""
+    sb = await sandbox()
+    journal, settings = await submitted(sb, ids, tmp_path)
+    stream = io.BytesIO()
+    summary = await results(journal, settings, tmp_path / "results", merge=stream)
+    assert stream.getvalue() == parsed_merge(summary.files)
+    assert summary.bytes_merged == len(stream.getvalue())
+    assert summary.merged is None
+
+
+async def test_merge_without_parts_deletes_them_and_a_later_merge_downloads_again(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """keep_parts=False deletes the job files once merged; the next merge fetches them again."""
+    sb = await sandbox()
+    journal, settings = await submitted(sb, ids, tmp_path)
+    out, merged = tmp_path / "results", tmp_path / "all.csv"
+    first = await results(journal, settings, out, merge=merged, keep_parts=False)
+    assert len(first.files) == 3
+    assert first.removed == first.files
+    assert list(out.iterdir()) == []
+    assert [r.results_path for r in journal_rows(journal).values()] == [str(p) for p in first.files]
+    once = merged.read_bytes()
+    merged.unlink()
+    before = sb.ledger.requests
+    again = await results(journal, settings, out, merge=merged)
+    assert sb.ledger.requests - before == 3
+    assert (again.downloaded, again.already_present) == (3, 0)
+    assert again.files == first.files
+    assert merged.read_bytes() == once == parsed_merge(again.files)
+
+
+async def test_no_keep_parts_needs_a_merge(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """Without a merge the parts are the results: keep_parts=False is a ConfigError."""
+    sb = await sandbox()
+    journal, settings = await submitted(sb, ids, tmp_path)
+    with pytest.raises(ConfigError, match="--no-keep-parts"):
+        await results(journal, settings, tmp_path / "results", keep_parts=False)
+    assert not (tmp_path / "results").exists()
 
 
 async def test_results_is_resumable(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from pathlib import Path
 
 from bulkjob import Sandbox, SandboxConfig, submit
 from bulkjob._sync import run_sync
-from tests.conftest import TOKEN, make_ids
+from tests.conftest import TOKEN, make_ids, parsed_merge
 
 
 def _serve_in_thread() -> tuple[Sandbox, threading.Event, threading.Thread]:
@@ -91,5 +92,32 @@ def test_resume_wait_results_from_a_script(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join(10)
-    assert got.rows_merged == 250
+    merged = (tmp_path / "all.csv").read_bytes()
+    assert got.bytes_merged == len(merged)
+    assert len(merged.splitlines()) == 1 + 250
     assert sb.ledger.duplicates == 0
+
+
+def test_results_merge_into_a_stream_without_parts(tmp_path: Path) -> None:
+    """``results`` passes a binary stream and ``keep_parts=False`` through to the merge."""
+    from bulkjob import results, wait
+
+    sb, stop, thread = _serve_in_thread()
+    try:
+        sb.config.finished_after = 0.05
+        path = tmp_path / "ids.txt"
+        path.write_text("\n".join(make_ids(150)) + "\n")
+        journal = tmp_path / "run.journal"
+        common = {"base_url": sb.base_url, "access_token": TOKEN, "queue_poll_interval": 0.05}
+        assert submit([str(path)], chunk_size=100, journal=journal, **common).ok
+        assert wait(journal, **common).all_final
+        expected = parsed_merge(results(journal, tmp_path / "out", **common).files)
+        stream = io.BytesIO()
+        got = results(journal, tmp_path / "out", merge=stream, keep_parts=False, **common)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert stream.getvalue() == expected
+    assert got.merged is None
+    assert got.removed == got.files
+    assert not any(p.exists() for p in got.files)
