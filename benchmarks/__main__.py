@@ -12,7 +12,7 @@ import importlib
 import sys
 import time
 
-NAMES = ("throttle", "throughput", "memory", "journal", "proof", "ab", "merge")
+NAMES = ("throttle", "throughput", "memory", "journal", "proof", "queue", "ab", "merge")
 
 
 def main(argv: list[str] | None = None) -> int:

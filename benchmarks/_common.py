@@ -66,10 +66,15 @@ class ServerInfo:
 
 @contextlib.contextmanager
 def sandbox_process(
-    throttle: int | None = None, window: float = 300.0, *, track_ids: bool = True
+    throttle: int | None = None,
+    window: float = 300.0,
+    *,
+    track_ids: bool = True,
+    latency: float = 0.0,
 ) -> Iterator[ServerInfo]:
     """A fresh sandbox in a child process; terminated (then killed) on exit."""
     cmd = [PYTHON, "-m", "benchmarks._server", "--window", str(window)]
+    cmd += ["--latency", str(latency)]
     if throttle is not None:
         cmd += ["--throttle", str(throttle)]
     if not track_ids:

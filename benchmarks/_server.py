@@ -77,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throttle", type=int, default=None, metavar="N")
     p.add_argument("--window", type=float, default=300.0, metavar="S")
     p.add_argument("--no-track-ids", action="store_true")
+    p.add_argument("--latency", type=float, default=0.0, metavar="S")
     args = p.parse_args(argv)
     config = SandboxConfig(
         throttle_requests=args.throttle,
         throttle_window=args.window,
         track_ids=not args.no_track_ids,
+        latency=args.latency,
     )
     asyncio.run(_serve(config))
     return 0

@@ -9,6 +9,8 @@ documentation shows.
   ``@retry`` (exponential backoff, 10 attempts) on 429 and 5xx.
 * :func:`sequential` — one request at a time with a fixed ``per_seconds / max_requests`` sleep
   between requests; a 429 or 5xx sleeps one window and tries again.
+* :func:`pyrate` — :func:`textbook` with PyrateLimiter's in-memory sliding-window log
+  (``Limiter(Rate(max_requests, per_seconds))``, blocking acquire) instead of aiolimiter.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiolimiter import AsyncLimiter
@@ -53,7 +56,7 @@ def _headers(token: str) -> dict[str, str]:
     }
 
 
-async def textbook(
+async def pyrate(
     base_url: str,
     path: Path,
     *,
@@ -63,6 +66,41 @@ async def textbook(
     chunk_size: int = 100,
     concurrency: int = 8,
 ) -> dict[str, int]:
+    """gather + Semaphore + PyrateLimiter's sliding-window log + tenacity on 429."""
+    from pyrate_limiter import Duration, Limiter, Rate
+
+    limiter = Limiter(Rate(max_requests, int(Duration.SECOND) * per_seconds))
+
+    class _Acquire:
+        async def __aenter__(self) -> None:
+            await limiter.try_acquire_async("bulk")
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    return await textbook(
+        base_url,
+        path,
+        max_requests=max_requests,
+        per_seconds=per_seconds,
+        token=token,
+        chunk_size=chunk_size,
+        concurrency=concurrency,
+        limiter=_Acquire(),
+    )
+
+
+async def textbook(
+    base_url: str,
+    path: Path,
+    *,
+    max_requests: int,
+    per_seconds: float,
+    token: str,
+    chunk_size: int = 100,
+    concurrency: int = 8,
+    limiter: Any = None,
+) -> dict[str, int]:
     """The idiomatic gather + Semaphore + AsyncLimiter + tenacity script.
 
     The backoff is scaled to the window (``multiplier=per_seconds``, at most ten windows) so
@@ -70,7 +108,7 @@ async def textbook(
     Returns ``{"ok": jobs accepted, "failed": jobs given up on}``.
     """
     url = f"{base_url.rstrip('/')}/{JOB_PATH}"
-    limiter = AsyncLimiter(max_requests, per_seconds)
+    limiter = limiter if limiter is not None else AsyncLimiter(max_requests, per_seconds)
     semaphore = asyncio.Semaphore(concurrency)
 
     @retry(

@@ -46,11 +46,11 @@ __all__ = ["JobQueue", "Place"]
 log = get_logger()
 _LIMIT_IN_MESSAGE = re.compile(r"(\d+)\s+jobs?\s+(?:are\s+|is\s+)?already\s+running", re.I)
 #: Polls of a job of unknown length come at this fraction of its age (a geometric series).
-_YOUNG = 0.5
+_YOUNG = 0.3
 #: Around the predicted finish, polls come this often (a share of the predicted duration)...
-_DENSE = 0.05
+_DENSE = 0.02
 #: ...from this share of it to that one; then back off as for a job of unknown length.
-_DENSE_FROM, _DENSE_TO = 0.9, 1.25
+_DENSE_FROM, _DENSE_TO = 0.95, 1.2
 _MIN_POLL = 0.05  # seconds: no job is looked at more often
 
 

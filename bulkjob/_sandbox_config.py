@@ -73,6 +73,12 @@ class SandboxConfig:
     retry_after: bool = False
     quota: int | None = None
     running_job_limit: int | None = None
+    #: The queue-full 400's message; ``{limit}`` is the running-job limit. The default is the
+    #: one text seen publicly; the documented cause reads "Too many job submitted to the
+    #: processing queue", which names no number.
+    queue_full_text: str = (
+        "{limit} jobs are already running. Please try again once the previous jobs are finished."
+    )
     #: True: a job starts processing only once it is ready (processing_after) and fewer than
     #: running_job_limit jobs are processing; ready jobs wait, accepted, in acceptance order.
     queue_in_order: bool = False

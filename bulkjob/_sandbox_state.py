@@ -203,12 +203,7 @@ class AccountState:
         limit = config.running_job_limit
         if limit is not None and self.running_jobs(now) >= limit:
             self.ledger.rejected["queue_full"] += 1
-            raise SandboxRefusal(
-                400,
-                QUEUE_FULL,
-                f"{limit} jobs are already running. "
-                "Please try again once the previous jobs are finished.",
-            )
+            raise SandboxRefusal(400, QUEUE_FULL, config.queue_full_text.format(limit=limit))
         if config.quota is not None and len(ids) > config.quota:
             self.ledger.rejected["quota"] += 1
             raise SandboxRefusal(

@@ -6,6 +6,8 @@ import asyncio
 import bisect
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkjob._limiter import WindowLimiter
 from tests.vclock import run_virtual
@@ -174,3 +176,49 @@ def test_pause_also_holds_callers_already_past_the_window_check() -> None:
     sent = run_virtual(main)
     assert all(t <= 0.35 or t >= 5.35 - 1e-6 for t in sent)
     assert len([t for t in sent if t >= 5.35 - 1e-6]) == 4
+
+
+@given(
+    n=st.integers(1, 25),
+    per=st.floats(0.05, 5.0),
+    workers=st.integers(1, 12),
+    latencies=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=40),
+    pace=st.booleans(),
+)
+@settings(max_examples=80, deadline=None)
+def test_no_window_ever_holds_more_than_n_whatever_the_latencies(
+    n: int, per: float, workers: int, latencies: list[float], pace: bool
+) -> None:
+    """Property: with any latencies, burst or even, the server can never see N+1 in a window.
+
+    A request reaches the server somewhere between its send and its answer; the worst case
+    for the guarantee puts old requests at their answer and new ones at their send. So the
+    (i+N)-th send must come at least a window after the i-th answer.
+    """
+    loop_latencies = iter(latencies * (1 + (4 * n + 3) // len(latencies)))
+
+    async def main() -> tuple[list[float], list[float]]:
+        limiter = WindowLimiter(n, per, margin=0.0, pace=pace)
+        loop = asyncio.get_running_loop()
+        sent: list[float] = []
+        done: list[float] = []
+        todo = iter(range(4 * n + 3))
+
+        async def worker() -> None:
+            for _ in todo:
+                async with limiter:
+                    start = loop.time()
+                    await asyncio.sleep(next(loop_latencies))
+                    sent.append(start)
+                    done.append(loop.time())
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return sent, done
+
+    sent, done = run_virtual(main)
+    pairs = sorted(zip(sent, done, strict=True))
+    starts = sorted(sent)
+    ends = sorted(d for _, d in pairs)
+    for i in range(len(starts) - n):
+        # The n requests completed first leave no room for a send within a window of them.
+        assert starts[i + n] - ends[i] >= per - 1e-6
