@@ -237,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("journal", metavar="JOURNAL")
     wait.add_argument("--poll", type=_number, metavar="SECONDS", help="first poll interval")
     wait.add_argument("--timeout", type=_number, metavar="SECONDS")
+    wait.add_argument(
+        "--webhook-listen",
+        dest="webhook_listen",
+        metavar="HOST:PORT",
+        help="hear job finishes on this address, as the submit did (polling stays)",
+    )
     _add_api_options(wait)
     results = sub.add_parser("results", help="download the finished jobs' result CSVs")
     results.add_argument("journal", metavar="JOURNAL")

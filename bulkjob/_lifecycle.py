@@ -40,6 +40,7 @@ from ._merge import merge_files, remove_parts
 from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings
 from ._submitter import Submitter
+from ._webhook import WebhookReceiver
 
 __all__ = [
     "CancelSummary",
@@ -145,7 +146,8 @@ async def wait(
     Chunks whose submit lost its answer are proven first (waiting for the jobs that may
     hold them to finish); those proven not accepted are left ``pending`` for ``resume``.
     Rounds are ``poll_interval`` (default ``settings.queue_poll_interval``) apart at
-    first, growing by half each round up to ten times that. Raises
+    first, growing by half each round up to ten times that; with ``webhook_listen``, a
+    webhook call starts the next round at once. Raises
     :class:`WaitTimeoutError` (a :class:`TimeoutError`) once ``timeout`` seconds have
     passed with jobs still open; what was seen is in the journal by then.
     """
@@ -157,7 +159,14 @@ async def wait(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     delay = first
-    async with _Command(journal, settings, online=True, command="wait") as cmd:
+    heard = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.webhook_listen is not None:
+            receiver = WebhookReceiver(settings.webhook_listen, lambda _: heard.set())
+            await stack.enter_async_context(receiver)
+        cmd = await stack.enter_async_context(
+            _Command(journal, settings, online=True, command="wait")
+        )
         await cmd.prove(None if deadline is None else deadline - loop.time())
         while True:
             snapshot = cmd.snapshot(await cmd.refresh())
@@ -178,7 +187,9 @@ async def wait(
                 # One last round right at the deadline, so the error reports fresh statuses.
                 pause = min(pause, remaining)
             log.info("wait.polling", open=snapshot.open_jobs, next_s=round(pause, 3))
-            await asyncio.sleep(pause)
+            heard.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heard.wait(), pause)  # a webhook: look now
             delay = min(delay * _BACKOFF_FACTOR, first * _BACKOFF_CAP)
 
 

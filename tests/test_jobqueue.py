@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
 
+from bulkjob._lifecycle import wait
 from bulkjob._runner import Runner
 from bulkjob._webhook import job_id_in
 from tests.conftest import (
@@ -151,3 +153,21 @@ def test_a_webhook_names_its_job_wherever_it_puts_it(
 ) -> None:
     """The payload is not public: the job id is read from JSON, XML, a form or the query."""
     assert job_id_in(content_type, body, query) == expected
+
+
+async def test_wait_hears_the_webhooks_of_the_jobs_it_waits_for(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """`wait --webhook-listen` on the submit's address is woken by each finish, not the poll."""
+    probe = socket.create_server(("127.0.0.1", 0))
+    listen = f"127.0.0.1:{probe.getsockname()[1]}"
+    probe.close()
+    sb = await sandbox(finished_after=3.0)  # the wait is listening long before they finish
+    journal = tmp_path / "j.journal"
+    settings = settings_for(sb, webhook_listen=listen)
+    path = write_ids(tmp_path / "ids.txt", make_ids(300))
+    assert (await Runner(settings, [str(path)], journal=journal).run()).ok
+    # A poll interval far longer than the jobs: only the webhooks can end this early.
+    done = await asyncio.wait_for(wait(journal, settings, poll_interval=120.0), 60)
+    assert done.jobs == {"finished": (3, 300)}
+    assert sb.ledger.webhooks["sent"] == 3
