@@ -114,13 +114,18 @@ class TokenSource:
             assert self._token is not None
             return self._token
 
-    async def refresh(self, rejected: str) -> None:
-        """The server refused ``rejected`` (401): mint a new one unless another task did."""
+    async def refresh(self, rejected: str) -> str | None:
+        """The server refused ``rejected`` (401): mint a new one unless another task did.
+
+        Returns the token this call minted, or None when another task had already.
+        """
         if not self.can_refresh:
             raise AuthError("the access token was refused", status=401)
         async with self._lock:
-            if self._token == rejected:
-                await self._mint()
+            if self._token != rejected:
+                return None
+            await self._mint()
+            return self._token
 
     async def _mint(self) -> None:
         try:

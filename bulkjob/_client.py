@@ -51,6 +51,8 @@ __all__ = ["ApiClient", "ClientStats", "Tries", "new_session"]
 
 log = get_logger()
 _CLOCK_SAMPLES = 256
+#: 401s one request may answer with a fresh token before the credentials count as refused.
+_MAX_REFUSED = 3
 
 
 @dataclass(slots=True)
@@ -65,10 +67,12 @@ class ClientStats:
 
 @dataclass(slots=True)
 class Tries:
-    """One request's bookkeeping across 429 pauses and its single token refresh."""
+    """One request's bookkeeping across 429 pauses and token refreshes."""
 
     throttled_in_a_row: int = 0
-    refreshed: bool = False
+    #: The token this request's own 401 had minted: refused too, the credentials are bad.
+    minted: str | None = None
+    refused: int = 0
     chunk: int | None = field(default=None)
 
 
@@ -195,7 +199,9 @@ class ApiClient:
 
         A 429 pauses every request of this client (Retry-After honoured up to
         ``retry_after_max``); too many in a row raise :class:`ThrottledError`. A 401
-        mints a fresh token once per request; a second one raises the AuthError.
+        mints a fresh token (unless another request already did); a 401 for the token
+        minted for this very request, or a fourth 401, raises the AuthError. A token
+        revoked again while this request waited is no reason to give up.
         """
         if isinstance(verdict, Throttled):
             tries.throttled_in_a_row += 1
@@ -214,12 +220,14 @@ class ApiClient:
                     chunk=tries.chunk,
                 )
             return
-        if tries.refreshed or not self._tokens.can_refresh:
+        tries.refused += 1
+        if not self._tokens.can_refresh or token == tries.minted or tries.refused > _MAX_REFUSED:
             raise verdict.error
-        tries.refreshed = True
-        self.stats.token_refreshes += 1
         log.info("token.refused", chunk=tries.chunk)
-        await self._tokens.refresh(token)
+        minted = await self._tokens.refresh(token)
+        if minted is not None:
+            tries.minted = minted
+            self.stats.token_refreshes += 1
 
     def succeeded(self) -> None:
         """A request went through: the next 429 starts the backoff from the beginning."""

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from bulkjob._answers import Accepted, Refused, Unknown
+from bulkjob._answers import Accepted, Refused, TokenRefused, Unknown
 from bulkjob._auth import TokenSource
 from bulkjob._chunker import Chunk
-from bulkjob._client import ApiClient
+from bulkjob._client import ApiClient, Tries
 from bulkjob._errors import (
     AuthError,
     JobRejectedError,
@@ -261,6 +261,32 @@ async def test_second_401_is_auth_error(sandbox: SandboxFactory, client: ClientF
     assert api.stats.token_refreshes == 1
     assert api_server.ledger.requests == 2
     assert api_server.ledger.jobs == {}
+
+
+async def test_401_after_another_request_reminted_is_not_the_end(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """Another request's refresh, then that token revoked too: this request mints once more.
+
+    Only a 401 for the token minted for this very request proves the credentials bad.
+    """
+    sb = await sandbox()
+    settings = settings_for(sb, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    api = (await client(settings.replace(access_token=None))).client
+    refused = TokenRefused(AuthError("refused", status=401))
+    first = await api.token()
+    await api.recover(refused, Tries(), first)  # another request's 401: it mints
+    second = await api.token()
+    assert second != first
+    mine = Tries()
+    await api.recover(refused, mine, first)  # mine was sent with the old token: no mint
+    assert await api.token() == second and mine.minted is None
+    await api.recover(refused, mine, second)  # revoked again: mine mints
+    third = await api.token()
+    assert mine.minted == third != second
+    with pytest.raises(AuthError):
+        await api.recover(refused, mine, third)  # its own fresh token refused: bad credentials
+    assert api.stats.token_refreshes == 2
 
 
 async def test_401_without_credentials_is_auth_error(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkjob._limiter import WindowLimiter
+from bulkjob._limiter import _EPSILON, WindowLimiter
 from tests.vclock import run_virtual
 
 
@@ -220,5 +220,6 @@ def test_no_window_ever_holds_more_than_n_whatever_the_latencies(
     starts = sorted(sent)
     ends = sorted(d for _, d in pairs)
     for i in range(len(starts) - n):
-        # The n requests completed first leave no room for a send within a window of them.
-        assert starts[i + n] - ends[i] >= per - 1e-6
+        # The n requests completed first leave no room for a send within a window of them
+        # (to the limiter's resolution: a timer may fire a microsecond early).
+        assert starts[i + n] - ends[i] >= per - _EPSILON - 1e-9
