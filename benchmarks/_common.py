@@ -107,7 +107,7 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 def write_ids_fast(path: Path, count: int, block: int = 10_000) -> None:
     """``count`` valid random ids (64 chars of [A-Za-z0-9_-]), one per line.
 
-    Same shape as :func:`bulkjob._demo.write_ids` but random rather than seeded and several
+    Same shape as :func:`bulkjob.cli._demo.write_ids` but random rather than seeded and several
     times faster: one ``urandom`` + base64 per block of ids, then 64-character slices.
     """
     with path.open("wb") as out:

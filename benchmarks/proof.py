@@ -44,7 +44,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 async def _measure(path: Path, faults: dict[str, Any]) -> tuple[Counter[str], int]:
     from bulkjob import Runner, Sandbox, SandboxConfig, Settings
-    from bulkjob._sandbox_ledger import Ledger
+    from bulkjob.sandbox._ledger import Ledger
 
     foreign_rate = faults.pop("_foreign_per_s", 0)
     sandbox = Sandbox(SandboxConfig(seed=7, **faults))

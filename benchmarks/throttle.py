@@ -131,7 +131,7 @@ def main(quick: bool) -> str:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bulkjob-bench-throttle-") as tmp:
         path = Path(tmp) / "ids.txt"
-        from bulkjob._demo import write_ids
+        from bulkjob.cli._demo import write_ids
 
         write_ids(path, expected, seed=7)
         for latency in p["latencies"]:

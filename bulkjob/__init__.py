@@ -29,7 +29,6 @@ from ._errors import (
 from ._lifecycle import ResultsSummary
 from ._report import JobInfo, RejectedChunk, RunReport, RunStatus
 from ._runner import Progress, Runner
-from ._sandbox import Sandbox, SandboxConfig
 from ._settings import Settings
 from ._sync import (
     results,
@@ -41,6 +40,7 @@ from ._sync import (
     wait,
     wait_async,
 )
+from .sandbox import Sandbox, SandboxConfig
 
 try:
     __version__ = version("bulkjob")

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from bulkjob._journal import ChunkRow, Journal
-from bulkjob._sandbox import Sandbox, SandboxConfig
 from bulkjob._settings import Settings
+from bulkjob.sandbox._server import Sandbox, SandboxConfig
 
 #: The fixed token every default sandbox accepts, and its client credentials.
 TOKEN = "sandbox-token"
@@ -151,13 +151,13 @@ def cli_flags(
 async def start_cli(
     *args: str, env: dict[str, str] | None = None, **kw: Any
 ) -> asyncio.subprocess.Process:
-    """Start ``python -m bulkjob._cli ARGS`` as a real process (stderr piped)."""
+    """Start ``python -m bulkjob ARGS`` as a real process (stderr piped)."""
     kw.setdefault("stdin", asyncio.subprocess.DEVNULL)
     kw.setdefault("stdout", asyncio.subprocess.PIPE)
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bulkjob._cli",
+        "bulkjob",
         *args,
         stderr=asyncio.subprocess.PIPE,
         env=env or cli_env(),

@@ -10,7 +10,7 @@ import pytest
 
 from bulkjob._auth import TokenSource, parse_expiration
 from bulkjob._errors import AuthError, TransportError
-from bulkjob._sandbox import Sandbox
+from bulkjob.sandbox import Sandbox
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, TOKEN, SandboxFactory, settings_for
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkjob._sandbox import Sandbox
+from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     TOKEN,
     SandboxFactory,
@@ -28,7 +28,7 @@ from tests.conftest import (
 async def bulkjob(
     *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
 ) -> tuple[int, str, str]:
-    """Run ``python -m bulkjob._cli ARGS`` as a real process; return code, stdout, stderr."""
+    """Run ``python -m bulkjob ARGS`` as a real process; return code, stdout, stderr."""
     full_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))
     }
@@ -430,7 +430,7 @@ async def test_results_merge_into_a_closed_pipe(sandbox: SandboxFactory, tmp_pat
     sb = await sandbox()
     journal = await submitted(sb, tmp_path, make_ids(5_000))  # ~750 KB: more than a pipe holds
     out = tmp_path / "res"
-    cli = [sys.executable, "-m", "bulkjob._cli", "results", str(journal), "--out", str(out)]
+    cli = [sys.executable, "-m", "bulkjob", "results", str(journal), "--out", str(out)]
     script = '"$@" --merge - | head -c 100 >/dev/null; exit "${PIPESTATUS[0]}"'
     shell = await asyncio.create_subprocess_exec(
         "bash",

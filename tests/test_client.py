@@ -23,10 +23,10 @@ from bulkjob._errors import (
 )
 from bulkjob._limiter import WindowLimiter
 from bulkjob._report import RunReport, StopSignal
-from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
 from bulkjob._source import Origin
 from bulkjob._submitter import Submitter
+from bulkjob.sandbox import Sandbox
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, SandboxFactory, make_ids, settings_for
 
 ClientFactory = Callable[..., Awaitable["Api"]]

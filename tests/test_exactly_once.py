@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bulkjob._runner import Runner
-from bulkjob._sandbox import Sandbox
+from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     SandboxFactory,
     assert_paid_once,

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from bulkjob._runner import Runner
-from bulkjob._sandbox import Sandbox
+from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,

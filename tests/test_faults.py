@@ -11,8 +11,8 @@ from pathlib import Path
 
 from bulkjob._report import RunReport
 from bulkjob._runner import Runner
-from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
+from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,

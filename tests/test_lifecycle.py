@@ -19,9 +19,9 @@ from bulkjob._lifecycle import (
     wait,
 )
 from bulkjob._runner import Runner
-from bulkjob._sandbox import Sandbox
-from bulkjob._sandbox_state import ACCEPTED, PROCESSING, JobRecord
 from bulkjob._settings import Settings
+from bulkjob.sandbox import Sandbox
+from bulkjob.sandbox._state import ACCEPTED, PROCESSING, JobRecord
 from tests.conftest import (
     TOKEN,
     IdsWriter,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from bulkjob._progress import Progress, ProgressLine, format_duration
+from bulkjob._progress import Progress, format_duration
+from bulkjob.cli._progress_line import ProgressLine
 
 
 def _snap(**kw: object) -> Progress:

@@ -13,8 +13,8 @@ from bulkjob._config import settings_for_resume
 from bulkjob._errors import ConfigError, InputError
 from bulkjob._report import RunReport
 from bulkjob._runner import Runner
-from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
+from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     IdsWriter,
     SandboxFactory,

@@ -9,8 +9,8 @@ import pytest
 from bulkjob._errors import ConfigError, InputError
 from bulkjob._report import RunReport
 from bulkjob._runner import Runner
-from bulkjob._sandbox import Sandbox
 from bulkjob._settings import Settings
+from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bulkjob._sandbox import Sandbox
-from bulkjob._sandbox_cli import parse_args, sandbox_main
-from bulkjob._sandbox_config import SandboxConfig
-from bulkjob._sandbox_state import Ledger
+from bulkjob.sandbox import Sandbox
+from bulkjob.sandbox._cli import parse_args, sandbox_main
+from bulkjob.sandbox._config import SandboxConfig
+from bulkjob.sandbox._state import Ledger
 
 TOKEN = "sandbox-token"
 CONTACT = "target/contact/job"
@@ -711,7 +711,7 @@ def test_sandbox_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_sandbox_main_serves_until_interrupted() -> None:
     """The CLI prints its URLs and credentials on one line, serves, and exits 0 on Ctrl-C."""
-    code = "import sys, bulkjob._sandbox_cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
+    code = "import sys, bulkjob.sandbox._cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
     with subprocess.Popen(
         [sys.executable, "-c", code, "--port", "0"],
         stdout=subprocess.PIPE,
@@ -732,7 +732,7 @@ def test_sandbox_main_serves_until_interrupted() -> None:
 
 def test_sandbox_in_another_process_is_steered_over_http() -> None:
     """A sandbox started with flags takes config changes and reports its ledger over HTTP."""
-    code = "import sys, bulkjob._sandbox_cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
+    code = "import sys, bulkjob.sandbox._cli as s; sys.exit(s.sandbox_main(sys.argv[1:]))"
     argv = ["--port", "0", "--token", "t1", "--token", "t2", "--accept-then-5xx-rate", "1"]
     with subprocess.Popen(
         [sys.executable, "-c", code, *argv],

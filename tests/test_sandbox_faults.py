@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 
 from bulkjob._errors import ConfigError
-from bulkjob._sandbox import Sandbox
-from bulkjob._sandbox_config import SandboxConfig
+from bulkjob.sandbox import Sandbox
+from bulkjob.sandbox._config import SandboxConfig
 from tests.conftest import make_ids
 
 TOKEN = "sandbox-token"

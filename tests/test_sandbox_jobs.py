@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bulkjob._sandbox import Sandbox
-from bulkjob._sandbox_state import JobRecord, Ledger
+from bulkjob.sandbox import Sandbox
+from bulkjob.sandbox._state import JobRecord, Ledger
 from tests.conftest import SandboxFactory, make_ids, wait_until
 
 TOKEN = "sandbox-token"

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ._errors import SandboxRefusal
-from ._sandbox_config import SandboxConfig
-from ._sandbox_ledger import (
+from .._errors import SandboxRefusal
+from ._config import SandboxConfig
+from ._ledger import (
     ABORTED,
     ACCEPTED,
     FAILED,

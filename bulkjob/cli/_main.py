@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from . import __version__
-from . import _lifecycle as lifecycle
-from ._config import load_settings, settings_for_resume
-from ._errors import (
+from .. import __version__
+from .. import _lifecycle as lifecycle
+from .._config import load_settings, settings_for_resume
+from .._errors import (
     STOP_EXIT_CODES,
     BulkJobError,
     ConfigError,
@@ -32,12 +32,12 @@ from ._errors import (
     JournalError,
     WaitTimeoutError,
 )
-from ._journal import Journal
-from ._logging import configure_logging, redact, register_secret
-from ._progress import ProgressLine
-from ._report import RunReport, RunStatus
-from ._runner import Runner
-from ._settings import Settings
+from .._journal import Journal
+from .._logging import configure_logging, redact, register_secret
+from .._report import RunReport, RunStatus
+from .._runner import Runner
+from .._settings import Settings
+from ._progress_line import ProgressLine
 from ._signals import run_command
 
 __all__ = ["EXIT_CODES", "main"]
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bulkjob`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:
-        from ._sandbox_cli import sandbox_main
+        from ..sandbox._cli import sandbox_main
 
         return sandbox_main(argv[1:])
     args = _parser().parse_args(argv)

@@ -21,8 +21,8 @@ from xml.sax.saxutils import escape
 import aiohttp
 from aiohttp import web
 
-from ._sandbox_ledger import ABORTED, FAILED, FINISHED, JobRecord
-from ._sandbox_state import AccountState, webhook_reach
+from ._ledger import ABORTED, FAILED, FINISHED, JobRecord
+from ._state import AccountState, webhook_reach
 
 __all__ = [
     "API_PREFIX",

@@ -48,8 +48,8 @@ from types import TracebackType
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ._errors import SandboxRefusal
-from ._sandbox_bodies import (
+from .._errors import SandboxRefusal
+from ._bodies import (
     API_PREFIX,
     TOKEN_PATH,
     WebhookCaller,
@@ -66,8 +66,8 @@ from ._sandbox_bodies import (
     status_body,
     timestamp,
 )
-from ._sandbox_control import control_routes
-from ._sandbox_state import (
+from ._control import control_routes
+from ._state import (
     ACCEPTED,
     FAILED,
     FINISHED,

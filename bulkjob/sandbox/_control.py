@@ -25,9 +25,9 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ._errors import ConfigError
-from ._sandbox_config import apply_changes
-from ._sandbox_state import AccountState
+from .._errors import ConfigError
+from ._config import apply_changes
+from ._state import AccountState
 
 __all__ = ["CONTROL_PREFIX", "control_routes"]
 

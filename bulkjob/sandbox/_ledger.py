@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ._sandbox_results import results_csv
+from ._results import results_csv
 
 __all__ = [
     "ABORTED",

@@ -16,12 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._logging import configure_logging
-from ._progress import ProgressLine
-from ._report import RunReport
-from ._runner import Runner
-from ._sandbox import Sandbox, SandboxConfig
-from ._settings import Settings
+from .._logging import configure_logging
+from .._report import RunReport
+from .._runner import Runner
+from .._settings import Settings
+from ..sandbox import Sandbox, SandboxConfig
+from ._progress_line import ProgressLine
 
 __all__ = ["demo", "write_ids"]
 

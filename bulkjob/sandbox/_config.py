@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["GARBAGE_KINDS", "TOKEN_FAULT_KINDS", "SandboxConfig", "apply_changes"]
 

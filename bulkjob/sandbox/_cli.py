@@ -7,9 +7,9 @@ import asyncio
 import math
 import sys
 
-from ._errors import ConfigError
-from ._sandbox import Sandbox
-from ._sandbox_config import GARBAGE_KINDS, TOKEN_FAULT_KINDS, SandboxConfig
+from .._errors import ConfigError
+from ._config import GARBAGE_KINDS, TOKEN_FAULT_KINDS, SandboxConfig
+from ._server import Sandbox
 
 __all__ = ["parse_args", "sandbox_main"]
 
