@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from ._client import ApiClient
-from ._errors import BulkJobError, QuotaExhaustedError
+from ._errors import BulkJobError, ProtocolError, QuotaExhaustedError
 from ._logging import get_logger
 from ._report import RunReport, StopSignal
 from ._settings import Settings
 
-__all__ = ["CreditCheck", "remaining_credits"]
+__all__ = ["CreditCheck", "read_credits", "remaining_credits"]
 
 log = get_logger()
 
@@ -23,11 +23,8 @@ async def remaining_credits(client: ApiClient, settings: Settings, need: int) ->
     :class:`QuotaExhaustedError`; otherwise a shortfall is only warned about.
     """
     try:
-        data = await client.get_json("admin/usage")
-        credits = data.get("creditsForAccount")
-        assert isinstance(credits, dict)
-        remaining = int(str(credits["allocatedCredits"])) - int(str(credits["consumedCredits"]))
-    except (BulkJobError, AssertionError, KeyError, ValueError) as exc:
+        remaining = await read_credits(client)
+    except BulkJobError as exc:
         if settings.require_quota:
             raise QuotaExhaustedError(f"cannot read the account's credits: {exc}") from None
         log.warning("quota.unknown", error=str(exc))
@@ -41,6 +38,18 @@ async def remaining_credits(client: ApiClient, settings: Settings, need: int) ->
         raise QuotaExhaustedError(message)
     log.warning("quota.short", remaining=remaining, ids=need, message=message)
     return remaining
+
+
+async def read_credits(client: ApiClient) -> int:
+    """Allocated minus consumed credits, from ``GET /admin/usage``; ProtocolError when
+    the answer does not say."""
+    data = await client.get_json("admin/usage")
+    credits = data.get("creditsForAccount")
+    try:
+        assert isinstance(credits, dict)
+        return int(str(credits["allocatedCredits"])) - int(str(credits["consumedCredits"]))
+    except (AssertionError, KeyError, ValueError):
+        raise ProtocolError(f"admin/usage: no usable creditsForAccount: {credits!r}") from None
 
 
 class CreditCheck:

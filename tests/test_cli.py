@@ -263,7 +263,7 @@ BAD_INPUTS = [
     ("chunk size 10,001", _ids, ["--chunk-size", "10001"], "chunk_size"),
     ("negative rate", _ids, ["--max-requests", "-5"], "max_requests"),
     ("negative window", _ids, ["--per", "-1"], "per_seconds"),
-    ("not a number", _ids, ["--per", "soon"], "expected a number"),
+    ("not a number", _ids, ["--per", "soon"], "--per': 'soon' is not a valid float"),
     ("webhook not a URL", _ids, ["--webhook", "ftp:/x"], "webhook"),
 ]
 

@@ -8,6 +8,7 @@ import math
 import sys
 
 from .._errors import ConfigError
+from ._bodies import API_PREFIX
 from ._config import GARBAGE_KINDS, TOKEN_FAULT_KINDS, SandboxConfig
 from ._server import Sandbox
 
@@ -62,7 +63,13 @@ def _port(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bulkjob sandbox",
-        description="Serve a local look-alike of the InsideView bulk job API until Ctrl-C.",
+        description=(
+            "Serve a local look-alike of the InsideView bulk job API until Ctrl-C. "
+            f"Point a client at it with --base-url http://HOST:PORT{API_PREFIX} "
+            f"(http://127.0.0.1:8080{API_PREFIX} by default) and the access token "
+            f"{SandboxConfig.access_tokens[0]!r} (or --token), or mint tokens as client "
+            f"{SandboxConfig.client_id!r} (its secret is --client-secret's default)."
+        ),
         epilog=(
             "RATE is a share from 0 to 1, S a number of seconds. While it runs, "
             "POST /_sandbox/config (a JSON object of settings) changes the settings, "

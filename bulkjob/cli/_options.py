@@ -1,0 +1,179 @@
+"""The command line's options, shared by the subcommands that take them.
+
+Each setting flag maps onto one :class:`~bulkjob.Settings` field. Its click default is
+``None`` ("not given"), so that the environment and the config file below it still count;
+the default shown in ``--help`` is the field's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .._kinds import KINDS
+from .._settings import Settings
+
+__all__ = [
+    "OUTPUT_OPTIONS",
+    "api_options",
+    "run_options",
+    "setting",
+    "submit_options",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+#: Options of a command that are not Settings fields (the command reads them itself).
+OUTPUT_OPTIONS = frozenset({"config", "debug", "verbose", "progress"})
+
+
+def _click_type(name: str) -> Any:
+    hint = _HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return click.Choice(list(typing.get_args(hint)))
+    if hint is int or args == [int]:
+        return click.INT
+    if hint is float or args == [float]:
+        return click.FLOAT
+    return None
+
+
+def _shown(name: str) -> str:
+    default = _FIELDS[name].default
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return ""
+    return f"  [default: {default}]"
+
+
+def setting(*decls: str, name: str, help: str = "", **kw: Any) -> Callable[[F], F]:
+    """A flag for the Settings field ``name``; ``None`` when not given."""
+    hint = _HINTS[name]
+    if hint is bool and not kw.get("is_flag") and all("/" not in d for d in decls):
+        kw.update(is_flag=True, flag_value=True)
+    kw.setdefault("type", _click_type(name))
+    if kw["type"] is None:
+        del kw["type"]
+    return click.option(*decls, name, default=None, help=help + _shown(name), **kw)
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+_OUTPUT = (
+    click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="TOML file of settings (also BULKJOB_CONFIG)",
+    ),
+    setting("--log-format", name="log_format", help="log lines as text or JSON"),
+    click.option("-v", "--verbose", is_flag=True, help="log every job (info level)"),
+    click.option("--debug", is_flag=True, help="show tracebacks and debug logs"),
+    click.option(
+        "--no-progress",
+        "progress",
+        is_flag=True,
+        flag_value=False,
+        default=True,
+        help="no live line on a terminal, no periodic progress lines off one",
+    ),
+)
+
+_API = (
+    *_OUTPUT,
+    setting("--base-url", name="base_url", metavar="URL", help="the API's root"),
+    setting("--token-url", name="token_url", metavar="URL", help="where tokens are minted"),
+    setting(
+        "--access-token",
+        name="access_token",
+        metavar="T",
+        help="prefer INSIDEVIEW_ACCESS_TOKEN: flags show up in process lists",
+    ),
+    setting(
+        "--client-id",
+        name="client_id",
+        metavar="ID",
+        help="mint tokens with this client id (secret: INSIDEVIEW_CLIENT_SECRET)",
+    ),
+    setting("--max-requests", name="max_requests", metavar="N", help="requests per window"),
+    setting("--per", name="per_seconds", metavar="SECONDS", help="the window's length"),
+    setting("--concurrency", name="concurrency", metavar="N", help="requests at once"),
+    setting(
+        "--pacing", name="pacing", help="burst: a window's budget may go at once; even: spread"
+    ),
+    setting("--accept", name="accept", help="the API's answer format"),
+)
+
+_RUN = (
+    setting(
+        "--on-queue-full",
+        name="on_queue_full",
+        help="when the account's job queue is full: wait for room, or stop (exit 4)",
+    ),
+    setting(
+        "--max-running-jobs",
+        name="max_running_jobs",
+        metavar="N",
+        help="the account's running-job limit (default: learned from its first queue-full)",
+    ),
+    setting(
+        "--webhook-listen",
+        name="webhook_listen",
+        metavar="HOST:PORT",
+        help="hear job finishes on this address (the URL given to the API: --webhook, "
+        "else http://HOST:PORT/bulkjob/webhook)",
+    ),
+    setting(
+        "--require-quota",
+        name="require_quota",
+        help="refuse to start when the account has fewer credits than ids",
+    ),
+    click.option("--report", metavar="PATH", help="write the run report as JSON"),
+    click.option(
+        "--dry-run",
+        is_flag=True,
+        help="read the inputs and the account's credits; send nothing, print what a run needs",
+    ),
+)
+
+_SUBMIT = (
+    setting("--kind", name="kind", type=click.Choice(list(KINDS)), help="the bulk endpoint"),
+    setting("--chunk-size", name="chunk_size", metavar="N", help="ids per job"),
+    setting(
+        "--retrieve-company-details",
+        name="retrieve_company_details",
+        help="ask for company details too",
+    ),
+    setting("--webhook", name="webhook", metavar="URL", help="the API calls it on a job's finish"),
+    setting("--column", name="column", metavar="NAME", help="CSV/TSV column holding the ids"),
+    setting("--id-pattern", name="id_pattern", metavar="REGEX", help="what a valid id looks like"),
+    setting(
+        "--dedupe",
+        name="dedupe",
+        help="drop ids repeated anywhere in the run (~90 bytes per distinct id)",
+    ),
+    setting(
+        "--strict",
+        name="strict",
+        help="any invalid id is an input error before anything is sent",
+    ),
+)
+
+output_options = _stack(*_OUTPUT)
+api_options = _stack(*_API)
+run_options = _stack(*_API, *_RUN)
+submit_options = _stack(*_SUBMIT)

@@ -1,0 +1,117 @@
+"""The command line's shared affordances: version, help with defaults, the same options on
+every subcommand, shell completion, one-line usage errors, and --dry-run (nothing sent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import bulkjob
+from tests.conftest import TOKEN, SandboxFactory, make_ids
+from tests.test_cli import bulkjob as run_cli
+from tests.test_cli import error_lines, fast_flags
+
+SHARED = ("--config", "--access-token", "--pacing", "--verbose", "--debug", "--log-format")
+JOURNAL_COMMANDS = ("status", "wait", "results", "cancel", "resume")
+
+
+async def test_version_at_the_top_level() -> None:
+    code, out, _ = await run_cli("--version")
+    assert code == 0
+    assert out.strip() == f"bulkjob {bulkjob.__version__}"
+
+
+@pytest.mark.parametrize("command", ["submit", *JOURNAL_COMMANDS])
+async def test_every_api_command_takes_the_shared_options(command: str) -> None:
+    code, out, _ = await run_cli(command, "--help")
+    assert code == 0
+    missing = [flag for flag in SHARED if flag not in out]
+    assert not missing, f"{command} --help lacks {missing}"
+    assert "--no-progress" in out
+    # defaults are shown, from the Settings fields themselves
+    assert "[default: 1000]" in " ".join(out.split())
+
+
+async def test_unknown_option_is_one_error_line_exit_2() -> None:
+    code, out, err = await run_cli("status", "j.journal", "--no-such-flag")
+    assert code == 2
+    assert out == ""
+    assert error_lines(err) == err.strip().splitlines()
+    assert "--no-such-flag" in err and "bulkjob status --help" in err
+
+
+async def test_completion_script_and_real_completions() -> None:
+    code, out, _ = await run_cli("completion", "bash")
+    assert code == 0
+    assert "_BULKJOB_COMPLETE" in out and "complete " in out
+    # What bash would ask, answered by the real program.
+    env = {"_BULKJOB_COMPLETE": "bash_complete", "COMP_WORDS": "bulkjob su", "COMP_CWORD": "1"}
+    code, out, _ = await run_cli(env=env)
+    assert code == 0
+    assert "plain,submit" in out.split()
+    env = {
+        "_BULKJOB_COMPLETE": "bash_complete",
+        "COMP_WORDS": "bulkjob submit --pac",
+        "COMP_CWORD": "2",
+    }
+    code, out, _ = await run_cli(env=env)
+    assert "plain,--pacing" in out.split()
+
+
+async def test_sandbox_help_names_its_token_and_base_url() -> None:
+    code, out, _ = await run_cli("sandbox", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "sandbox-token" in text and "http://127.0.0.1:8080/api/v1" in text
+
+
+def _ids(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join([*make_ids(count), "not an id"]) + "\n")
+    return path
+
+
+async def test_dry_run_sends_nothing_but_the_usage_question(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    sb = await sandbox(quota=1_000)
+    path = _ids(tmp_path, 2_500)
+    code, out, err = await run_cli(
+        "submit",
+        str(path),
+        *fast_flags(sb),
+        "--chunk-size",
+        "1000",
+        "--dry-run",
+        env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN},
+    )
+    assert code == 0, err
+    assert dict(sb.ledger.routes) == {"usage": 1}
+    assert sb.ledger.ids_accepted == 0 and not sb.ledger.jobs
+    assert "2,500 valid, 1 invalid" in out
+    assert "would submit: 2,500 ids in 3 job(s); credits needed: 2,500" in out
+    assert "credits left on the account: 1,000 (NOT enough)" in out
+
+
+async def test_resume_dry_run_counts_only_what_is_left(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    sb = await sandbox(quota=2_000)
+    path = _ids(tmp_path, 5_000)
+    journal = tmp_path / "run.journal"
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    flags = [*fast_flags(sb), "--chunk-size", "1000", "--concurrency", "1"]
+    code, _, err = await run_cli("submit", str(path), *flags, "--journal", str(journal), env=env)
+    assert code == 3, err  # the quota stopped it after two jobs
+    before = dict(sb.ledger.routes)
+    code, out, err = await run_cli("resume", str(journal), *fast_flags(sb), "--dry-run", env=env)
+    assert code == 0, err
+    after = dict(sb.ledger.routes)
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k)} == {
+        "usage": 1
+    }
+    assert sb.ledger.ids_accepted == 2_000
+    assert "journal: 2 job(s) (2,000 ids) settled" in out
+    assert "would submit: 3,000 ids in 3 job(s)" in out
+    assert "credits left on the account: 0 (NOT enough)" in out
