@@ -22,7 +22,6 @@ from typing import NoReturn, TypeVar
 
 from .. import __version__
 from .. import _lifecycle as lifecycle
-from .._config import load_settings, settings_for_resume
 from .._errors import (
     STOP_EXIT_CODES,
     BulkJobError,
@@ -33,11 +32,13 @@ from .._errors import (
     WaitTimeoutError,
 )
 from .._journal import Journal
-from .._logging import configure_logging, redact, register_secret
+from .._logging import configure_logging, redact
 from .._report import RunReport, RunStatus
+from .._rerun import open_for_submit
 from .._runner import Runner
 from .._settings import Settings
 from ._progress_line import ProgressLine
+from ._settings import command_settings
 from ._signals import run_command
 
 __all__ = ["EXIT_CODES", "main"]
@@ -202,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the run's journal (default: beside --report, else ./bulkjob-<time>.journal)",
     )
+    submit.add_argument(
+        "--resume-if-exists",
+        dest="resume_if_exists",
+        action="store_true",
+        help="if --journal already holds this same run (same inputs and chunking), resume it; "
+        "another run's journal is still refused",
+    )
 
     resume = sub.add_parser("resume", help="continue a stopped run from its journal")
     resume.add_argument("journal", metavar="JOURNAL")
@@ -289,6 +297,7 @@ _NOT_SETTINGS = {
     "journal",
     "ambiguous",
     "wait_jobs",
+    "resume_if_exists",
     "refresh",
     "poll",
     "timeout",
@@ -348,17 +357,14 @@ def _traceback(exc: BaseException, debug: bool) -> None:
 
 
 def _settings(args: argparse.Namespace, recorded: dict[str, object] | None = None) -> Settings:
-    """Settings from flags > env > config file > (the journal's record) > defaults; every
-    secret in them is registered for redaction before anything can print it."""
-    flags = _setting_flags(args)
-    config = getattr(args, "config", None)
-    if recorded is None:
-        settings = load_settings(flags=flags, config_path=config)
-    else:
-        settings = settings_for_resume(recorded, flags=flags, config_path=config)
-    register_secret(settings.access_token)
-    register_secret(settings.client_secret)
-    return settings
+    """Settings from flags > env > config file > (the journal's record) > defaults."""
+    return command_settings(
+        _setting_flags(args),
+        config=getattr(args, "config", None),
+        recorded=recorded,
+        debug=getattr(args, "debug", False),
+        log_format=getattr(args, "log_format", None),
+    )
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -368,12 +374,18 @@ def _submit(args: argparse.Namespace) -> int:
     inputs = list(args.inputs) or ["-"]
     path = Path(args.journal) if args.journal else default_journal(args.report)
     _distinct(path, args.report)
-    journal = Journal.claim(path, "bulkjob submit")  # locked before anything is written
+    # Locked before anything is written; with --resume-if-exists, this run's journal reopened.
+    journal, resuming = open_for_submit(
+        path, "bulkjob submit", settings, inputs, resume_if_exists=args.resume_if_exists
+    )
     try:
-        if "-" in inputs:
+        if "-" in inputs:  # never when resuming: standard input is not reopened
             inputs = [str(_copy_stdin(path)) if p == "-" else p for p in inputs]
-        print(f"journal: {path} (resume with: bulkjob resume {path})", file=sys.stderr)
-        runner = Runner(settings, inputs, progress=progress, journal=journal)
+        if resuming:
+            print(f"resuming {path}: it holds this same run", file=sys.stderr)
+        else:
+            print(f"journal: {path} (resume with: bulkjob resume {path})", file=sys.stderr)
+        runner = Runner(settings, inputs, progress=progress, journal=journal, resume=resuming)
         code = finish(run_with_signals(runner), args.report)
         if args.wait_jobs and code in (ExitCode.OK, ExitCode.REJECTED):
             final = run_command(
