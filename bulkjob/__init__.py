@@ -29,7 +29,7 @@ from ._errors import (
 from ._lifecycle import ResultsSummary
 from ._report import JobInfo, RejectedChunk, RunReport, RunStatus
 from ._runner import Progress, Runner
-from ._settings import Settings
+from ._settings import Settings, SettingsValues
 from ._sync import (
     results,
     results_async,
@@ -70,6 +70,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "Settings",
+    "SettingsValues",
     "ThrottledError",
     "TransportError",
     "WaitTimeoutError",

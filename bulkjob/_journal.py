@@ -129,17 +129,24 @@ class Journal:
     def ensure_new(cls, path: str | os.PathLike[str]) -> None:
         """Raise unless ``path`` is free for a new run: absent, empty, or a journal that
         never recorded a chunk. Reads only."""
-        if not (os.path.exists(path) and os.path.getsize(path) > 0):
-            return
-        inspect(Path(path))
-        ((count,),) = read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0]
-        if count:
+        if cls.has_chunks(path):
             raise InputError(
                 str(path),
                 0,
                 "a journal of another run is here: resume it with "
-                f"`bulkjob resume {path}` or choose another --journal",
+                f"`bulkjob resume {path}` (or submit again with --resume-if-exists), "
+                "or choose another --journal",
             )
+
+    @staticmethod
+    def has_chunks(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a journal that recorded a chunk (something else is refused
+        with a JournalError). Reads only."""
+        if not (os.path.exists(path) and os.path.getsize(path) > 0):
+            return False
+        inspect(Path(path))
+        ((count,),) = read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0]
+        return bool(count)
 
     def start(self, settings: dict[str, object], inputs: list[str]) -> None:
         """Create the journal file of a claimed, new run."""
@@ -166,13 +173,19 @@ class Journal:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], command: str = "bulkjob", *, readonly: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        command: str = "bulkjob",
+        *,
+        readonly: bool = False,
+        lock: JournalLock | None = None,
     ) -> Journal:
         """Open an existing journal: locked for ``command``, or read-only without a lock.
 
         The file is first read through a read-only connection: something that is not a
         bulkjob journal is refused untouched. An older schema is migrated (under the
-        lock); a newer one is refused.
+        lock); a newer one is refused. ``lock``, already held, is used instead of taking
+        one; the caller releases it if this raises (releasing twice is harmless).
         """
         path = Path(path)
         if not path.is_file():
@@ -191,7 +204,7 @@ class Journal:
             journal.readonly = True
             journal._connect()
             return journal
-        journal._lock = JournalLock.acquire(path, command)
+        journal._lock = lock or JournalLock.acquire(path, command)
         try:
             journal._connect()
             # Read again now that nobody else can change it, through the connection that

@@ -19,10 +19,10 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar, Unpack
 
 from ._client import ApiClient, new_session
-from ._config import settings_for_resume
+from ._config import load_settings
 from ._errors import (
     AmbiguousError,
     ConfigError,
@@ -38,7 +38,7 @@ from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
 from ._merge import merge_files, remove_parts
 from ._report import RunReport, RunStatus, StopSignal
-from ._settings import Settings
+from ._settings import Settings, SettingsValues
 from ._submitter import Submitter
 from ._webhook import WebhookReceiver
 
@@ -68,18 +68,24 @@ _BACKOFF_CAP = 10.0
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def settings_from_journal(journal: JournalArg, **overrides: object) -> Settings:
-    """The settings a run recorded in its journal, with credentials and overrides on top.
+def settings_from_journal(
+    journal: JournalArg,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
+) -> Settings:
+    """The settings a run recorded in its journal, under ``values`` > environment > config.
 
-    The journal never holds secrets: credentials come from ``overrides`` or the
+    The journal never holds secrets: credentials come from ``values`` or the
     ``INSIDEVIEW_*`` environment variables. Settings that shape chunks cannot change.
     A path is read through a read-only connection, without taking the lock.
     """
     if isinstance(journal, Journal):
-        return settings_for_resume(journal.recorded_settings(), flags=overrides)
-    with Journal.open(journal, readonly=True) as opened:
-        recorded = opened.recorded_settings()
-    return settings_for_resume(recorded, flags=overrides)
+        recorded = journal.recorded_settings()
+    else:
+        with Journal.open(journal, readonly=True) as opened:
+            recorded = opened.recorded_settings()
+    return load_settings(values, config=config, recorded=recorded)
 
 
 # -- results of the commands ---------------------------------------------------------------

@@ -32,6 +32,7 @@ from ._journal import ChunkRow, Journal
 from ._logging import get_logger
 from ._progress import Progress, ProgressSink
 from ._report import RunReport, StopReason, StopSignal
+from ._rerun import open_for_submit
 from ._settings import Settings
 from ._source import IdSource, InputSummary
 from ._submitter import AmbiguousPolicy, Submitter
@@ -48,7 +49,9 @@ class Runner:
 
     ``journal`` is a path (the runner claims or opens it, and closes it at the end) or a
     :class:`Journal` handle the caller holds (claimed for a new run, or opened for a
-    resume), which the runner leaves open for the caller's next command.
+    resume), which the runner leaves open for the caller's next command. With
+    ``resume_if_exists``, a journal path that already holds this very run (same inputs,
+    same chunking) is resumed instead of refused; another run's journal still is.
     """
 
     def __init__(
@@ -61,12 +64,14 @@ class Runner:
         session: aiohttp.ClientSession | None = None,
         journal: str | os.PathLike[str] | Journal | None = None,
         resume: bool = False,
+        resume_if_exists: bool = False,
         ambiguous: AmbiguousPolicy = "stop",
     ) -> None:
         self.settings = settings
         self.inputs = list(inputs)
         self._journal_arg = journal
         self._resume = resume
+        self._resume_if_exists = resume_if_exists
         self._ambiguous = ambiguous
         self._stdin = stdin
         self._progress = progress
@@ -148,7 +153,9 @@ class Runner:
         elif self._resume:
             journal = Journal.open(arg, "resume")
         else:
-            journal = Journal.claim(arg, "submit")
+            journal, self._resume = open_for_submit(
+                arg, "submit", self.settings, self.inputs, resume_if_exists=self._resume_if_exists
+            )
         self.report.journal = str(journal.path)
         self.report.resumed = self._resume
         try:

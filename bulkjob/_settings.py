@@ -2,21 +2,26 @@
 
 Every knob of a run lives here, with its default as a named constant. The TOML
 file, ``BULKJOB_*`` / ``INSIDEVIEW_*`` environment variables and CLI flags are all
-mapped onto these same fields by :mod:`bulkjob._config`; nothing else reads them.
+mapped onto these same fields by :mod:`bulkjob._config` (through :meth:`Settings.load`);
+nothing else reads them. :class:`SettingsValues` spells the fields out once more as a
+``TypedDict``, so that ``**values`` keywords are typed for mypy and IDEs; a test keeps
+the two in step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from ._errors import ConfigError
 from ._kinds import KINDS, JobKind
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SettingsValues"]
 
 DEFAULT_BASE_URL = "https://api.insideview.com/api/v1"
 DEFAULT_TOKEN_URL = "https://login.insideview.com/Auth/login/v1/token.json"
@@ -196,9 +201,31 @@ class Settings:
             ):
                 raise ConfigError(f"{f.name}: expected a string, got {value!r}")
 
-    def replace(self, **changes: object) -> Settings:
+    @classmethod
+    def load(
+        cls,
+        *,
+        config: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **values: Unpack[SettingsValues],
+    ) -> Settings:
+        """Settings from ``values`` > environment > config file > defaults, validated.
+
+        The environment (``os.environ`` unless ``env`` is given) supplies
+        ``INSIDEVIEW_ACCESS_TOKEN``, ``INSIDEVIEW_CLIENT_ID``, ``INSIDEVIEW_CLIENT_SECRET``
+        and ``BULKJOB_<FIELD>``; an unknown ``BULKJOB_*`` variable is ignored (other tools
+        share the prefix). ``config`` (else ``BULKJOB_CONFIG``) names a TOML file whose
+        keys are field names; an unknown key there is an error. A value given as ``None``
+        counts as not given. Raises :class:`~bulkjob.ConfigError` naming the source.
+        """
+        # Imported here: the loader needs this class's fields, this class needs the loader.
+        from ._config import load_settings
+
+        return load_settings(values, config=config, env=env)
+
+    def replace(self, **changes: Unpack[SettingsValues]) -> Settings:
         """Return a copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)
 
     def public(self) -> dict[str, object]:
         """The settings as plain data, secrets left out: safe for reports and journals."""
@@ -239,6 +266,59 @@ class Settings:
 
 
 SECRET_FIELDS = ("access_token", "client_secret")
+
+
+class SettingsValues(TypedDict, total=False):
+    """Every :class:`Settings` field as an optional keyword: the type of ``**values``.
+
+    It repeats the fields on purpose (a ``TypedDict`` cannot be derived from a dataclass
+    for a type checker); ``tests/test_settings_load.py`` fails if the two drift apart.
+    """
+
+    base_url: str
+    token_url: str
+    access_token: str | None
+    client_id: str | None
+    client_secret: str | None
+    token_refresh_margin: float
+    kind: str
+    max_requests: int
+    per_seconds: float
+    window_margin: float
+    concurrency: int
+    chunk_size: int
+    accept: Accept
+    retrieve_company_details: bool
+    webhook: str | None
+    column: str | None
+    id_pattern: str
+    dedupe: bool
+    strict: bool
+    connect_timeout: float
+    request_timeout: float
+    max_attempts: int
+    retry_max_time: float
+    backoff_initial: float
+    backoff_max: float
+    throttle_initial_delay: float
+    retry_after_max: float
+    max_throttled: int
+    drain_timeout: float
+    reconcile_skew: float
+    reconcile_grace: float
+    proof_poll_interval: float
+    results_id_column: str | None
+    on_queue_full: QueueFullPolicy
+    max_running_jobs: int | None
+    pacing: Pacing
+    webhook_listen: str | None
+    queue_poll_interval: float
+    require_quota: bool
+    quota_patterns: tuple[str, ...]
+    queue_full_patterns: tuple[str, ...]
+    quota_error_numbers: tuple[str, ...]
+    queue_full_error_numbers: tuple[str, ...]
+    log_format: LogFormat
 
 
 def _int_range(name: str, value: object, low: int, high: int) -> None:

@@ -1,4 +1,9 @@
-"""The async entry point and its synchronous twin for plain scripts and notebooks.
+"""The async entry points and their synchronous twins for plain scripts and notebooks.
+
+Every entry point takes ``config=`` and the settings as typed keywords
+(``**values: Unpack[SettingsValues]``) and builds its settings through
+:func:`~bulkjob._config.load_settings`, the one path the CLI uses too: values >
+environment > config file (> the journal's record, for a run that exists) > default.
 
 ``submit()`` owns its event loop. Called where a loop is already running in this
 thread (a Jupyter cell), it cannot nest ``asyncio.run``; it then runs the whole run on
@@ -12,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar, Unpack
 
 from . import _lifecycle
-from ._config import settings_for_resume
+from ._config import load_settings
+from ._errors import ConfigError
 from ._journal import Journal
 from ._lifecycle import ResultsSummary, RunStatus
 from ._report import RunReport
 from ._runner import AmbiguousPolicy, ProgressSink, Runner
-from ._settings import Settings
+from ._settings import Settings, SettingsValues
 
 __all__ = [
     "results",
@@ -47,16 +54,45 @@ async def submit_async(
     stdin: BinaryIO | None = None,
     progress: ProgressSink | None = None,
     journal: str | os.PathLike[str] | None = None,
-    **changes: object,
+    resume_if_exists: bool = True,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> RunReport:
     """Submit every valid id of ``inputs`` (paths, or ``"-"`` for stdin) and report.
 
-    ``changes`` override fields of ``settings`` (or of the defaults), e.g.
-    ``submit_async(["ids.txt"], access_token=..., max_requests=1000, per_seconds=300)``.
+    Settings come from ``values`` > environment > ``config`` (else ``BULKJOB_CONFIG``)
+    > defaults, as :meth:`Settings.load` reads them, e.g.
+    ``submit_async(["ids.txt"], max_requests=1000, per_seconds=300)`` with the token in
+    ``INSIDEVIEW_ACCESS_TOKEN``. Given a ``settings`` object instead, ``values`` replace
+    its fields and neither the environment nor a config file is read.
+
     With ``journal``, the run is recorded there and can be continued with :func:`resume`.
+    A journal that already holds this same run (same input files, same chunking) is
+    resumed, so calling the same submit again is safe; ``resume_if_exists=False``
+    refuses it instead. A journal of another run is always refused.
     """
-    s = (settings or Settings()).replace(**changes) if changes else (settings or Settings())
-    return await Runner(s, inputs, stdin=stdin, progress=progress, journal=journal).run()
+    s = _settings(settings, config, values)
+    runner = Runner(
+        s,
+        inputs,
+        stdin=stdin,
+        progress=progress,
+        journal=journal,
+        resume_if_exists=resume_if_exists,
+    )
+    return await runner.run()
+
+
+def _settings(
+    settings: Settings | None, config: str | os.PathLike[str] | None, values: Mapping[str, object]
+) -> Settings:
+    """Loaded through the one path, or an explicit object with ``values`` applied."""
+    if settings is None:
+        return load_settings(values, config=config)
+    if config is not None:
+        raise ConfigError("config: not read when a Settings object is given; pass one or the other")
+    given = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(settings, **given) if given else settings  # type: ignore[arg-type]
 
 
 async def resume_async(
@@ -64,15 +100,17 @@ async def resume_async(
     *,
     ambiguous: AmbiguousPolicy = "stop",
     progress: ProgressSink | None = None,
-    **changes: object,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> RunReport:
-    """Continue the run recorded in ``journal``; ``changes`` supply credentials and pacing.
+    """Continue the run recorded in ``journal``.
 
-    Credentials also come from the ``INSIDEVIEW_*`` environment variables. Settings that
-    shape the chunks cannot change. Chunks whose outcome is unknown stop the run unless
+    Settings come from ``values`` > environment > ``config`` > the journal's record (it
+    holds no secrets: credentials come from the first three). Settings that shape the
+    chunks cannot change. Chunks whose outcome is unknown stop the run unless
     ``ambiguous`` is ``"resubmit"`` or ``"abandon"``.
     """
-    async with _held(journal, "resume", **changes) as (handle, s):
+    async with _held(journal, "resume", config, values) as (handle, s):
         runner = Runner(
             s,
             handle.inputs(),
@@ -86,12 +124,16 @@ async def resume_async(
 
 @contextlib.asynccontextmanager
 async def _held(
-    journal: str | os.PathLike[str], command: str, **changes: object
+    journal: str | os.PathLike[str],
+    command: str,
+    config: str | os.PathLike[str] | None,
+    values: Mapping[str, object],
 ) -> AsyncIterator[tuple[Journal, Settings]]:
     """The journal opened (and locked) once for a whole call, with the run's settings."""
     handle = await asyncio.to_thread(Journal.open, journal, command)
     try:
-        yield handle, settings_for_resume(handle.recorded_settings(), flags=changes)
+        recorded = handle.recorded_settings()
+        yield handle, load_settings(values, config=config, recorded=recorded)
     finally:
         handle.close_sync()
 
@@ -103,12 +145,21 @@ def submit(
     stdin: BinaryIO | None = None,
     progress: ProgressSink | None = None,
     journal: str | os.PathLike[str] | None = None,
-    **changes: object,
+    resume_if_exists: bool = True,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> RunReport:
     """Blocking twin of :func:`submit_async`; safe to call from a notebook cell."""
     return run_sync(
         lambda: submit_async(
-            inputs, settings, stdin=stdin, progress=progress, journal=journal, **changes
+            inputs,
+            settings,
+            stdin=stdin,
+            progress=progress,
+            journal=journal,
+            resume_if_exists=resume_if_exists,
+            config=config,
+            **values,
         )
     )
 
@@ -118,11 +169,14 @@ def resume(
     *,
     ambiguous: AmbiguousPolicy = "stop",
     progress: ProgressSink | None = None,
-    **changes: object,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> RunReport:
     """Blocking twin of :func:`resume_async`."""
     return run_sync(
-        lambda: resume_async(journal, ambiguous=ambiguous, progress=progress, **changes)
+        lambda: resume_async(
+            journal, ambiguous=ambiguous, progress=progress, config=config, **values
+        )
     )
 
 
@@ -146,10 +200,14 @@ async def wait_async(
     *,
     poll_interval: float | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - the last snapshot goes with the error
-    **changes: object,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> RunStatus:
-    """Prove lost answers, then poll the jobs of the run in ``journal`` until all are final."""
-    async with _held(journal, "wait", **changes) as (handle, settings):
+    """Prove lost answers, then poll the jobs of the run in ``journal`` until all are final.
+
+    Settings as for :func:`resume_async`.
+    """
+    async with _held(journal, "wait", config, values) as (handle, settings):
         return await _lifecycle.wait(handle, settings, poll_interval=poll_interval, timeout=timeout)
 
 
@@ -158,11 +216,14 @@ def wait(
     *,
     poll_interval: float | None = None,
     timeout: float | None = None,
-    **changes: object,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> RunStatus:
     """Blocking twin of :func:`wait_async`."""
     return run_sync(
-        lambda: wait_async(journal, poll_interval=poll_interval, timeout=timeout, **changes)
+        lambda: wait_async(
+            journal, poll_interval=poll_interval, timeout=timeout, config=config, **values
+        )
     )
 
 
@@ -172,15 +233,17 @@ async def results_async(
     *,
     merge: str | os.PathLike[str] | BinaryIO | None = None,
     keep_parts: bool = True,
-    **changes: object,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> ResultsSummary:
     """Download the finished jobs' CSVs into ``out_dir`` (resumably); ``merge`` into one.
 
     ``merge`` is a path or a binary stream (``sys.stdout.buffer``); without
-    ``keep_parts`` the per-job files are deleted once the merge is complete.
+    ``keep_parts`` the per-job files are deleted once the merge is complete. Settings
+    as for :func:`resume_async`.
     """
     into = Path(merge) if isinstance(merge, str | os.PathLike) else merge
-    async with _held(journal, "results", **changes) as (handle, settings):
+    async with _held(journal, "results", config, values) as (handle, settings):
         return await _lifecycle.results(
             handle, settings, Path(out_dir), merge=into, keep_parts=keep_parts
         )
@@ -192,9 +255,12 @@ def results(
     *,
     merge: str | os.PathLike[str] | BinaryIO | None = None,
     keep_parts: bool = True,
-    **changes: object,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
 ) -> ResultsSummary:
     """Blocking twin of :func:`results_async`."""
     return run_sync(
-        lambda: results_async(journal, out_dir, merge=merge, keep_parts=keep_parts, **changes)
+        lambda: results_async(
+            journal, out_dir, merge=merge, keep_parts=keep_parts, config=config, **values
+        )
     )

@@ -499,3 +499,37 @@ async def test_journal_of_another_input_is_refused(sandbox: SandboxFactory, tmp_
     assert code == 2, err
     assert "input changed" in error_lines(err)[0]
     assert sb.ledger.requests == before
+
+
+@pytest.mark.parametrize("command", ["status", "wait", "results", "cancel", "resume", "submit"])
+async def test_missing_config_file_is_exit_2_for_every_command(
+    sandbox: SandboxFactory, tmp_path: Path, command: str
+) -> None:
+    """--config naming no file is one error line naming it, whatever the command."""
+    sb = await sandbox()
+    journal = await submitted(sb, tmp_path, make_ids(100))
+    before = sb.ledger.requests
+    missing = tmp_path / "missing.toml"
+    target = [str(tmp_path / "ids.txt"), "--journal", str(tmp_path / "new.journal")]
+    args = target if command == "submit" else [str(journal)]
+    more = ["--out", str(tmp_path / "out")] if command == "results" else []
+    code, _, err = await bulkjob(
+        command, *args, *more, "--config", str(missing), env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    )
+    assert code == 2, err
+    assert error_lines(err) == [f"error: {missing}: config file not found"], err
+    assert sb.ledger.requests == before
+
+
+async def test_unknown_bulkjob_variable_is_ignored(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """BULKJOB_VENV (dev.py's own) is no setting: commands run; --debug notes it on stderr."""
+    sb = await sandbox()
+    journal = await submitted(sb, tmp_path, make_ids(100))
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN, "BULKJOB_VENV": str(tmp_path / "venv")}
+    code, out, err = await bulkjob("status", str(journal), env=env)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("chunk state") and not err
+    code, out, err = await bulkjob("status", str(journal), "--debug", env=env)
+    assert code == 0, err
+    assert "config.env_ignored" in err and "BULKJOB_VENV" in err
+    assert "config.env_ignored" not in out

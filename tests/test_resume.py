@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkjob._config import settings_for_resume
+from bulkjob._config import load_settings
 from bulkjob._errors import ConfigError, InputError
 from bulkjob._report import RunReport
 from bulkjob._runner import Runner
@@ -90,7 +90,7 @@ async def test_changed_input_is_refused_before_sending(
 async def test_resume_cannot_change_chunking(tmp_path: Path) -> None:
     """Settings that shape chunks are fixed on resume."""
     with pytest.raises(ConfigError, match="chunk_size"):
-        settings_for_resume({"chunk_size": 100}, flags={"chunk_size": 50}, env={})
+        load_settings({"chunk_size": 50}, env={}, recorded={"chunk_size": 100})
 
 
 async def test_unanswered_sending_chunk_is_reconciled_not_resent(

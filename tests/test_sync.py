@@ -7,6 +7,8 @@ import io
 import threading
 from pathlib import Path
 
+import pytest
+
 from bulkjob import Sandbox, SandboxConfig, submit
 from bulkjob._sync import run_sync
 from tests.conftest import TOKEN, make_ids, parsed_merge
@@ -43,6 +45,23 @@ def test_submit_from_a_plain_script(tmp_path: Path) -> None:
         stop.set()
         thread.join(10)
     assert report.ids_submitted == 250 and len(report.jobs) == 3 and report.accounted
+
+
+def test_submit_reads_credentials_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token in INSIDEVIEW_ACCESS_TOKEN is enough for ``submit()``, as for the CLI."""
+    monkeypatch.setenv("INSIDEVIEW_ACCESS_TOKEN", TOKEN)
+    sb, stop, thread = _serve_in_thread()
+    try:
+        path = tmp_path / "ids.txt"
+        path.write_text("\n".join(make_ids(150)) + "\n")
+        report = submit([str(path)], base_url=sb.base_url, chunk_size=100)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert report.ok and report.ids_submitted == 150
+    assert sb.ledger.ids_accepted == 150
 
 
 async def test_submit_while_a_loop_is_running(tmp_path: Path) -> None:

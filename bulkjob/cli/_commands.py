@@ -16,16 +16,17 @@ from typing import Any
 import click
 
 from .. import _lifecycle as lifecycle
-from .._config import load_settings, settings_for_resume
 from .._errors import STOP_EXIT_CODES, ConfigError, ExitCode, JournalError
 from .._journal import Journal
-from .._logging import configure_logging, redact, register_secret
+from .._logging import configure_logging, redact
 from .._plan import plan
 from .._report import RunReport, RunStatus
+from .._rerun import open_for_submit
 from .._runner import Runner
 from .._settings import Settings
 from ._options import api_options, output_options, run_options, submit_options
 from ._progress_line import ProgressLine
+from ._settings import command_settings
 from ._signals import run_command
 
 __all__ = ["COMMANDS", "default_journal", "finish"]
@@ -67,15 +68,15 @@ class Common:
         )
 
     def settings(self, recorded: dict[str, object] | None = None) -> Settings:
-        """flags > env > config file > (the journal's record) > defaults; every secret in
-        them is registered for redaction before anything can print it."""
-        if recorded is None:
-            settings = load_settings(flags=self.flags, config_path=self.config)
-        else:
-            settings = settings_for_resume(recorded, flags=self.flags, config_path=self.config)
-        register_secret(settings.access_token)
-        register_secret(settings.client_secret)
-        return settings
+        """flags > env > config file > (the journal's record) > defaults, through the one
+        loader the library uses too; every secret is registered for redaction at once."""
+        return command_settings(
+            self.flags,
+            config=self.config,
+            recorded=recorded,
+            debug=self.debug,
+            log_format=self.flags.get("log_format"),  # type: ignore[arg-type]
+        )
 
     def configure(self, settings: Settings, progress: ProgressLine | None = None) -> None:
         """Logging to stderr at the level the flags ask for."""
@@ -98,6 +99,12 @@ class Common:
     metavar="PATH",
     help="the run's journal (default: beside --report, else ./bulkjob-<time>.journal)",
 )
+@click.option(
+    "--resume-if-exists",
+    is_flag=True,
+    help="if --journal already holds this same run (same inputs and chunking), resume it; "
+    "another run's journal is still refused",
+)
 @click.option("--wait", "wait_jobs", is_flag=True, help="then wait until every job is final")
 def submit(**kw: Any) -> int:
     """Submit every id of the INPUT files (plain, CSV/TSV, gzip; '-' or none: stdin)."""
@@ -112,12 +119,18 @@ def submit(**kw: Any) -> int:
     report_path: str | None = kw["report"]
     path = Path(kw["journal"]) if kw["journal"] else default_journal(report_path)
     _distinct(path, report_path)
-    journal = Journal.claim(path, "bulkjob submit")  # locked before anything is written
+    # Locked before anything is written; with --resume-if-exists, this run's journal reopened.
+    journal, resuming = open_for_submit(
+        path, "bulkjob submit", settings, inputs, resume_if_exists=kw["resume_if_exists"]
+    )
     try:
-        if "-" in inputs:
+        if "-" in inputs:  # never when resuming: standard input is not reopened
             inputs = [str(_copy_stdin(path)) if p == "-" else p for p in inputs]
-        click.echo(f"journal: {path} (resume with: bulkjob resume {path})", err=True)
-        runner = Runner(settings, inputs, progress=progress, journal=journal)
+        if resuming:
+            click.echo(f"resuming {path}: it holds this same run", err=True)
+        else:
+            click.echo(f"journal: {path} (resume with: bulkjob resume {path})", err=True)
+        runner = Runner(settings, inputs, progress=progress, journal=journal, resume=resuming)
         code = finish(run_with_signals(runner), report_path)
         if kw["wait_jobs"] and code in (ExitCode.OK, ExitCode.REJECTED):
             final = run_command(
