@@ -11,9 +11,15 @@ from urllib.parse import quote_plus
 
 import aiohttp
 import pytest
-import structlog
 
-from bulkjob._logging import REDACTED, configure_logging, get_logger, redact, register_secret
+from bulkjob._logging import (
+    REDACTED,
+    configure_logging,
+    get_logger,
+    redact,
+    register_secret,
+    unconfigure_logging,
+)
 from bulkjob._runner import Runner
 from tests.conftest import CLIENT_ID, IdsWriter, SandboxFactory, make_ids, settings_for
 
@@ -22,11 +28,11 @@ SECRET = "tok-7f3a9c1e55d04b2a"
 
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
-    """A StringIO for configure_logging; structlog's defaults are restored afterwards."""
+    """A StringIO for configure_logging; the handler it attaches is removed afterwards."""
     buffer = io.StringIO()
     register_secret(SECRET)
     yield buffer
-    structlog.reset_defaults()
+    unconfigure_logging()
 
 
 def _log_everything() -> None:

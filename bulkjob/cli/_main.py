@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -34,10 +34,10 @@ from .._errors import (
 )
 from .._journal import Journal
 from .._logging import configure_logging, redact, register_secret
-from .._report import RunReport, RunStatus
+from .._report import RunReport
 from .._runner import Runner
 from .._settings import Settings
-from ._progress_line import ProgressLine
+from ._progress_line import ProgressLine, progress_logs
 from ._signals import run_command
 
 __all__ = ["EXIT_CODES", "main"]
@@ -108,7 +108,19 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept", choices=["json", "xml"])
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no live progress line on a terminal, no run.progress log lines elsewhere",
+    )
+    p.add_argument(
+        "--progress-interval",
+        dest="progress_interval",
+        type=_number,
+        metavar="SECONDS",
+        help="seconds between run.progress log lines when stderr is not a terminal (default 30)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every job (info level)")
 
 
@@ -148,6 +160,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="refuse to start when the account has fewer credits than ids",
     )
     p.add_argument("--report", metavar="PATH", help="write the run report as JSON")
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=_positive_int,
+        metavar="N",
+        help="serve Prometheus metrics on this port while the run lasts (0: any free port; "
+        "needs pip install 'bulkjob[metrics]')",
+    )
+    p.add_argument(
+        "--metrics-host",
+        dest="metrics_host",
+        metavar="HOST",
+        help="the address --metrics-port listens on (default 127.0.0.1)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -376,9 +402,10 @@ def _submit(args: argparse.Namespace) -> int:
         runner = Runner(settings, inputs, progress=progress, journal=journal)
         code = finish(run_with_signals(runner), args.report)
         if args.wait_jobs and code in (ExitCode.OK, ExitCode.REJECTED):
-            final = run_command(
-                lambda: lifecycle.wait(journal, settings, progress=_wait_line(args))
-            )
+            with progress:  # the line ends before what follows, whatever happens
+                final = run_command(
+                    lambda: lifecycle.wait(journal, settings, progress=progress.update_status)
+                )
             print(final.render(), file=sys.stderr)
         return code
     finally:
@@ -431,8 +458,10 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
     journal = Journal.open(args.journal, f"bulkjob {args.command}", readonly=readonly)
     try:
         settings = _settings(args, journal.recorded_settings())
-        _configure(args, settings)
-        return _lifecyclerun_command(args, journal, settings)
+        progress = _progress(args)
+        _configure(args, settings, progress)
+        with progress:  # a wait's line ends before what follows, whatever happens
+            return _lifecyclerun_command(args, journal, settings, progress)
     except KeyboardInterrupt:
         print(
             f"error: interrupted; the journal is consistent: run `bulkjob {args.command} "
@@ -444,7 +473,9 @@ def _lifecycle_command(args: argparse.Namespace) -> int:
         journal.close_sync()
 
 
-def _lifecyclerun_command(args: argparse.Namespace, journal: Journal, settings: Settings) -> int:
+def _lifecyclerun_command(
+    args: argparse.Namespace, journal: Journal, settings: Settings, progress: ProgressLine
+) -> int:
     if args.command == "status":
         print(
             run_command(lambda: lifecycle.status(journal, settings, refresh=args.refresh)).render()
@@ -455,10 +486,11 @@ def _lifecyclerun_command(args: argparse.Namespace, journal: Journal, settings: 
                 journal,
                 settings,
                 poll_interval=args.poll,
-                progress=_wait_line(args),
+                progress=progress.update_status,
                 timeout=args.timeout,
             )
         )
+        progress.close()
         print(done.render())
     elif args.command == "results":
         return _results(args, journal, settings)
@@ -518,19 +550,6 @@ def _seqs(seqs: Sequence[int]) -> str:
     return shown + (f" and {len(seqs) - 20:,} more" if len(seqs) > 20 else "")
 
 
-def _wait_line(args: argparse.Namespace) -> Callable[[RunStatus], None]:
-    line = ProgressLine(enabled=None if getattr(args, "progress", True) else False)
-
-    def show(st: RunStatus) -> None:
-        if line.enabled:
-            sys.stderr.write(
-                f"\rjobs: {st.total_jobs - st.open_jobs:,}/{st.total_jobs:,} final\x1b[K"
-            )
-            sys.stderr.flush()
-
-    return show
-
-
 def default_journal(report: str | None) -> Path:
     """Beside the report when there is one, else a timestamped file here."""
     if report:
@@ -545,9 +564,15 @@ def _configure(
     args: argparse.Namespace, settings: Settings, progress: ProgressLine | None = None
 ) -> None:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    # With a live progress line, log lines go through it so they print above it.
+    # With a live progress line, log lines go through it so they print above it; without
+    # one (stderr not a terminal), run.progress log lines are the sign of life.
     stream = progress if progress is not None and progress.enabled else None
-    configure_logging(settings.log_format, level=level, stream=stream)  # type: ignore[arg-type]
+    configure_logging(
+        settings.log_format,
+        level=level,
+        stream=stream,  # type: ignore[arg-type]
+        progress=progress_logs(args.progress),
+    )
 
 
 def _progress(args: argparse.Namespace) -> ProgressLine:
