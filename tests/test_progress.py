@@ -214,3 +214,35 @@ async def test_no_progress_means_no_progress_lines(sandbox: SandboxFactory, tmp_
     )
     assert code == 0, err
     assert "run.progress" not in err
+
+
+async def test_wait_logs_progress_when_stderr_is_not_a_terminal(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """bulkjob wait off a terminal: wait.progress lines while jobs run, the last one final."""
+    sb = await sandbox(finished_after=3.0)  # the wait outlasts two processes starting
+    journal = tmp_path / "run.journal"
+    path = write_ids(tmp_path / "ids.txt", make_ids(300))
+    code, err = await run_cli(*submit_args(path, journal, *cli_flags(sb)))
+    assert code == 0, err
+    flags = [f for f in cli_flags(sb) if f != "--no-progress"]
+    code, err = await run_cli(
+        "wait",
+        str(journal),
+        "--poll",
+        "0.1",
+        *flags,
+        "--log-format",
+        "json",
+        env=cli_env(BULKJOB_PROGRESS_INTERVAL="0.2"),
+    )
+    assert code == 0, err
+    events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    *periodic, final = [e for e in events if e["event"] == "wait.progress"]
+    assert periodic and any(e["jobs_open"] for e in periodic)  # jobs still ran then
+    assert (final["final"], final["jobs"], final["jobs_final"], final["jobs_open"]) == (
+        True,
+        3,
+        3,
+        0,
+    )
