@@ -65,6 +65,7 @@ class TokenSource:
         "_settings",
         "_token",
         "mints",
+        "requests",
     )
 
     def __init__(
@@ -84,6 +85,8 @@ class TokenSource:
         self._lock = asyncio.Lock()
         #: How many tokens were minted from the client credentials.
         self.mints = 0
+        #: Requests made to the token endpoint (retries included).
+        self.requests = 0
         register_secret(settings.access_token)
         register_secret(settings.client_secret)
 
@@ -145,6 +148,7 @@ class TokenSource:
             async with contextlib.AsyncExitStack() as slot:
                 if self._limiter is not None:
                     await slot.enter_async_context(self._limiter)
+                self.requests += 1
                 async with self._session.post(
                     s.token_url, params=params, headers={"Accept": "application/json"}
                 ) as resp:

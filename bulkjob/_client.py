@@ -55,14 +55,38 @@ _CLOCK_SAMPLES = 256
 _MAX_REFUSED = 3
 
 
+#: What a request to the API was, for the counts by kind (token requests are counted by
+#: the token source: another host).
+REQUEST_KINDS = ("submit", "status", "results", "cancel", "admin")
+
+
 @dataclass(slots=True)
 class ClientStats:
-    """Counters the report and the progress line read."""
+    """Counters the report, the progress line and the metrics read."""
 
     requests: int = 0
     throttled: int = 0
     retries: int = 0
     token_refreshes: int = 0
+    #: Requests by kind (see :data:`REQUEST_KINDS`); every kind present from the start,
+    #: so that a reader in another thread never sees the dict change size.
+    by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REQUEST_KINDS, 0))
+
+    def count(self, method: str, path: str, *, download: bool) -> None:
+        """One request more, of the kind ``method`` and ``path`` say."""
+        self.requests += 1
+        path = path.strip("/")
+        if download or path.endswith("/results"):
+            kind = "results"
+        elif path.startswith("admin/"):
+            kind = "admin"
+        elif method == "POST":
+            kind = "submit"
+        elif method == "DELETE":
+            kind = "cancel"
+        else:
+            kind = "status"
+        self.by_kind[kind] += 1
 
 
 @dataclass(slots=True)
@@ -127,6 +151,11 @@ class ApiClient:
         return cls(settings, session, limiter, TokenSource(settings, session, limiter))
 
     @property
+    def token_requests(self) -> int:
+        """Requests made to the token endpoint so far."""
+        return self._tokens.requests
+
+    @property
     def limiter(self) -> WindowLimiter:
         """The limiter every request of this client goes through."""
         return self._limiter
@@ -170,7 +199,7 @@ class ApiClient:
             "Content-Type": "text/plain; charset=utf-8",
             "accessToken": token,
         }
-        self.stats.requests += 1
+        self.stats.count(method, path, download=sink is not None)
         try:
             async with self._session.request(
                 method, url, headers=headers, params=params or {}, data=body or None

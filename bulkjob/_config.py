@@ -154,9 +154,9 @@ def _coerce(name: str, raw: str, *, source: str) -> object:
     if type(None) in args and text == "":
         return None
     try:
-        if hint is int:
+        if hint is int or int in args:
             return int(text)
-        if hint is float:
+        if hint is float or float in args:
             return float(text)
     except ValueError:
         raise ConfigError(f"{source}: expected a number, got {raw!r}") from None

@@ -116,12 +116,19 @@ class JobQueue:
         stop.listeners.append(self._changed.set)
         self.queue_full = 0
         self.polls = 0
+        #: Jobs of this run seen final by a poll.
+        self.seen_final = 0
 
     def __repr__(self) -> str:
         return (
             f"<JobQueue limit={self.limit} ({self.source}) open={len(self._open)} "
             f"sending={self._sending} unproven={len(self.unproven)} waiting={self._waiting}>"
         )
+
+    @property
+    def open_jobs(self) -> int:
+        """The run's jobs queued or running, as far as it knows."""
+        return len(self._open)
 
     @property
     def taken(self) -> int:
@@ -243,6 +250,7 @@ class JobQueue:
             job.due = now + self._next_look(now - job.since)
             return
         self._open.pop(job_id, None)
+        self.seen_final += 1
         self._durations.append(now - job.since)
         self._hold_until = 0.0  # a slot of ours is free for certain
         if self._journal is not None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
 from ._merge import merge_files, remove_parts
+from ._progress import ProgressLog
 from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings, SettingsValues
 from ._submitter import Submitter
@@ -166,7 +168,12 @@ async def wait(
     deadline = None if timeout is None else loop.time() + timeout
     delay = first
     heard = asyncio.Event()
+    seen = _WaitProgress()
     async with contextlib.AsyncExitStack() as stack:
+        progress_log = ProgressLog("wait.progress", settings.progress_interval, seen.fields)
+        logger = asyncio.create_task(progress_log.run())
+        stack.callback(logger.cancel)
+        stack.callback(progress_log.emit, final=True)
         if settings.webhook_listen is not None:
             receiver = WebhookReceiver(settings.webhook_listen, lambda _: heard.set())
             await stack.enter_async_context(receiver)
@@ -175,7 +182,7 @@ async def wait(
         )
         await cmd.prove(None if deadline is None else deadline - loop.time())
         while True:
-            snapshot = cmd.snapshot(await cmd.refresh())
+            snapshot = seen.latest = cmd.snapshot(await cmd.refresh())
             if progress is not None:
                 progress(snapshot)
             if snapshot.all_final and not snapshot.chunks.get(str(ChunkState.UNKNOWN)):
@@ -197,6 +204,27 @@ async def wait(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(heard.wait(), pause)  # a webhook: look now
             delay = min(delay * _BACKOFF_FACTOR, first * _BACKOFF_CAP)
+
+
+class _WaitProgress:
+    """The latest snapshot of a ``wait``, as ``wait.progress`` log fields."""
+
+    def __init__(self) -> None:
+        self.latest: RunStatus | None = None
+        self._started = time.monotonic()
+
+    def fields(self) -> dict[str, object]:
+        st = self.latest
+        fields: dict[str, object] = {"elapsed_s": round(time.monotonic() - self._started, 3)}
+        if st is not None:
+            fields.update(
+                jobs=st.total_jobs,
+                jobs_final=st.total_jobs - st.open_jobs,
+                jobs_open=st.open_jobs,
+                ids_total=st.total_ids,
+                by_status={k: n for k, (n, _) in st.jobs.items()},
+            )
+        return fields
 
 
 async def results(

@@ -73,6 +73,8 @@ class WindowLimiter:
         "margin",
         "max_pause",
         "max_requests",
+        "paused_s",
+        "pauses",
         "per_seconds",
         "window",
     )
@@ -106,6 +108,9 @@ class WindowLimiter:
         self._done: collections.deque[float] = collections.deque(_to_monotonic(history))
         self._in_flight = 0
         self._resume_at = 0.0
+        #: Pauses after 429s, and the seconds they added up to (overlaps counted once).
+        self.pauses = 0
+        self.paused_s = 0.0
         self._released: asyncio.Event | None = None
         self._pacer = AsyncLimiter(1, per_seconds / max_requests) if pace else None
         self._recorder = recorder
@@ -179,6 +184,11 @@ class WindowLimiter:
             delay = self._next_delay
             self._next_delay = min(self._next_delay * 2, self.window)
         now = asyncio.get_running_loop().time()
+        # Concurrent 429s share one pause: only what this one adds to it is counted.
+        added = now + delay - max(self._resume_at, now)
+        if added > 0:
+            self.pauses += 1
+            self.paused_s += added
         self._resume_at = max(self._resume_at, now + delay)
         return delay
 

@@ -26,11 +26,12 @@ import aiohttp
 
 from ._account import CreditCheck
 from ._chunker import Chunk, chunked, read_ahead
-from ._client import ApiClient, new_session
-from ._errors import InputError, JournalError, first_error
+from ._client import REQUEST_KINDS, ApiClient, new_session
+from ._counts import RunCounts
+from ._errors import ConfigError, InputError, JournalError, first_error
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
-from ._progress import Progress, ProgressSink
+from ._progress import Progress, ProgressLog, ProgressSink
 from ._report import RunReport, StopReason, StopSignal
 from ._rerun import open_for_submit
 from ._settings import Settings
@@ -86,6 +87,12 @@ class Runner:
         self._deadlines: set[asyncio.Timeout] = set()
         self._credits: CreditCheck | None = None
         self._started = 0.0
+        #: The ``run.progress`` log lines, every ``progress_interval`` seconds.
+        self.progress_log = ProgressLog(
+            "run.progress", settings.progress_interval, lambda: self.snapshot().fields()
+        )
+        #: Where the run's Prometheus metrics are served (with ``metrics_port``), once known.
+        self.metrics_url: str | None = None
 
     def __repr__(self) -> str:
         r = self.report
@@ -125,6 +132,7 @@ class Runner:
             journal, rows = await asyncio.to_thread(self._open_journal, source)
             log.info("run.started", inputs=list(self.summary.files), lines=self.summary.lines)
             async with contextlib.AsyncExitStack() as stack:
+                await self._serve_metrics(stack)
                 session = self._session
                 if session is None:
                     session = await stack.enter_async_context(new_session(s))
@@ -134,7 +142,12 @@ class Runner:
         finally:
             source.close()
             if self._progress is not None:
+                if self.summary is not None:
+                    # The last drawn numbers are the final ones, not the previous tick's.
+                    self._progress.update(self.snapshot())
                 self._progress.close()
+            if self.summary is not None:
+                self.progress_log.emit(final=True)
             if journal is not None:
                 await self._close_journal(journal, owned)
         files = ", ".join(self.summary.files) if self.summary else "input"
@@ -195,6 +208,23 @@ class Runner:
         stack.push_async_callback(receiver.close)
         return s.replace(webhook=receiver.url)
 
+    async def _serve_metrics(self, stack: contextlib.AsyncExitStack) -> None:
+        """With ``metrics_port``, serve /metrics until the run ends."""
+        s = self.settings
+        if s.metrics_port is None:
+            return
+        try:
+            from ._metrics import MetricsServer
+        except ImportError:
+            raise ConfigError(
+                "metrics_port: serving metrics needs prometheus_client: "
+                "pip install 'bulkjob[metrics]'"
+            ) from None
+        server = MetricsServer(s.metrics_host, s.metrics_port, self.counts)
+        await server.start()
+        stack.push_async_callback(server.close)
+        self.metrics_url = server.url
+
     def _heard(self, job_id: str | None) -> None:
         if self._submitter is not None:
             self._submitter.queue.finished(job_id or "")
@@ -218,6 +248,7 @@ class Runner:
         self._submitter = submitter
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         ticker = asyncio.create_task(self._tick()) if self._progress is not None else None
+        logger = asyncio.create_task(self.progress_log.run())
         records = iter(source)
         chunks = chunked(records, s.chunk_size)
         try:
@@ -230,6 +261,7 @@ class Runner:
             await submitter.close()
             if ticker is not None:
                 ticker.cancel()
+            logger.cancel()
             _close(chunks, records)  # now, so the source's counts include what it had read
 
     async def _read(
@@ -285,6 +317,42 @@ class Runner:
             elapsed_s=time.monotonic() - self._started,
             stopping=self.stop.reason,
             awaiting_proof=self._submitter.awaiting_proof if self._submitter else 0,
+            jobs_open=self._submitter.queue.open_jobs if self._submitter else None,
+        )
+
+    def counts(self) -> RunCounts:
+        """Every counter of the run now (what its metrics expose)."""
+        r = self.report
+        source = self._source.stats if self._source else None
+        client = self._client
+        queue = self._submitter.queue if self._submitter else None
+        requests = dict.fromkeys((*REQUEST_KINDS, "token"), 0)
+        if client is not None:
+            requests.update(client.stats.by_kind)
+            requests["token"] = client.token_requests
+        valid = source.ids_valid if source else 0
+        return RunCounts(
+            ids_expected=self.summary.lines if self.summary else 0,
+            ids_read=source.ids_read if source else 0,
+            ids_submitted=r.ids_submitted,
+            ids_rejected=r.ids_rejected,
+            ids_invalid=source.ids_invalid if source else 0,
+            ids_duplicate=source.ids_duplicate if source else 0,
+            ids_pending=max(valid - r.ids_submitted - r.ids_rejected, 0),
+            jobs_accepted=len(r.jobs),
+            jobs_open=queue.open_jobs if queue else 0,
+            jobs_final=queue.seen_final if queue else 0,
+            chunks_rejected=len(r.rejected),
+            awaiting_proof=self._submitter.awaiting_proof if self._submitter else 0,
+            requests=requests,
+            throttled=client.stats.throttled if client else 0,
+            retries=client.stats.retries if client else 0,
+            throttle_pauses=client.limiter.pauses if client else 0,
+            throttle_paused_s=client.limiter.paused_s if client else 0.0,
+            queue_taken=queue.taken if queue else 0,
+            queue_limit=queue.limit if queue else None,
+            queue_full=queue.queue_full if queue else 0,
+            elapsed_s=time.monotonic() - self._started if self._started else 0.0,
         )
 
 

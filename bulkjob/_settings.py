@@ -11,6 +11,7 @@ the two in step.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -57,6 +58,10 @@ DEFAULT_PROOF_POLL = 30.0
 #: The longest pause a server's Retry-After can impose (a lockout may outlast a window).
 DEFAULT_RETRY_AFTER_MAX = 3600.0
 DEFAULT_QUEUE_POLL = 30.0
+#: Seconds between two ``run.progress`` log lines (the sign of life off a terminal).
+DEFAULT_PROGRESS_INTERVAL = 30.0
+#: Where ``metrics_port`` serves /metrics: this machine only, unless asked otherwise.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 # The real 400 texts for these two cases are not public: these patterns match the one
 # text seen publicly ("2 jobs are already running...") and the obvious wordings.
 # They are searched (case-insensitively) in "errorNumber message" of a 400 answer.
@@ -133,6 +138,11 @@ class Settings:
     queue_full_error_numbers: tuple[str, ...] = ()
 
     log_format: LogFormat = "console"
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    #: Serve Prometheus metrics on this port for the run's duration (0: any free port);
+    #: needs ``pip install 'bulkjob[metrics]'``.
+    metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -148,6 +158,16 @@ class Settings:
         _int_range("chunk_size", self.chunk_size, 1, KINDS[self.kind].max_ids)
         _choice("accept", self.accept, ("json", "xml"))
         _choice("log_format", self.log_format, ("console", "json"))
+        _float_range("progress_interval", self.progress_interval, 0.01, 86_400.0)
+        if self.metrics_port is not None:
+            _int_range("metrics_port", self.metrics_port, 0, 65_535)
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise ConfigError(
+                    "metrics_port: serving metrics needs prometheus_client: "
+                    "pip install 'bulkjob[metrics]'"
+                )
+        if not self.metrics_host.strip():
+            raise ConfigError("metrics_host: must be a host name or address")
         _float_range("connect_timeout", self.connect_timeout, 0.001, 3_600.0)
         _float_range("request_timeout", self.request_timeout, 0.001, 3_600.0)
         _int_range("max_attempts", self.max_attempts, 1, 100)
@@ -319,6 +339,9 @@ class SettingsValues(TypedDict, total=False):
     quota_error_numbers: tuple[str, ...]
     queue_full_error_numbers: tuple[str, ...]
     log_format: LogFormat
+    progress_interval: float
+    metrics_port: int | None
+    metrics_host: str
 
 
 def _int_range(name: str, value: object, low: int, high: int) -> None:

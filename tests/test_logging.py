@@ -2,31 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
 import pytest
 import structlog
 
-from bulkjob._logging import REDACTED, configure_logging, get_logger, redact, register_secret
+from bulkjob._logging import (
+    REDACTED,
+    configure_logging,
+    get_logger,
+    redact,
+    register_secret,
+    unconfigure_logging,
+)
 from bulkjob._runner import Runner
-from tests.conftest import CLIENT_ID, IdsWriter, SandboxFactory, make_ids, settings_for
+from tests.conftest import (
+    CLIENT_ID,
+    TOKEN,
+    IdsWriter,
+    SandboxFactory,
+    cli_env,
+    make_ids,
+    settings_for,
+)
 
 SECRET = "tok-7f3a9c1e55d04b2a"
 
 
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
-    """A StringIO for configure_logging; structlog's defaults are restored afterwards."""
+    """A StringIO for configure_logging; the handler it attaches is removed afterwards."""
     buffer = io.StringIO()
     register_secret(SECRET)
     yield buffer
-    structlog.reset_defaults()
+    unconfigure_logging()
 
 
 def _log_everything() -> None:
@@ -147,3 +166,140 @@ def test_percent_encoded_secret_is_redacted_too() -> None:
     url = f"https://login.example/token.json?clientSecret={quote_plus(secret)}"
     assert secret not in redact(url)
     assert quote_plus(secret) not in redact(url)
+
+
+class _Collect(logging.Handler):
+    """An application's handler: keeps every record it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def app_handler() -> Iterator[_Collect]:
+    """A handler attached to the ``bulkjob`` logger as an application would, at INFO."""
+    handler = _Collect()
+    logger = logging.getLogger("bulkjob")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+def _seen_by(record: logging.LogRecord) -> str:
+    """Everything a handler or formatter can read from a record."""
+    return f"{record.getMessage()} {record.args} {record.exc_info} {vars(record)}"
+
+
+async def test_library_use_prints_nothing_when_logging_is_not_configured(
+    sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
+) -> None:
+    """A script calling bulkjob.submit, logging untouched, prints nothing on stdout or stderr
+    even though the run logs warnings (server faults, retries)."""
+    sb = await sandbox(fault_5xx_rate=0.2, seed=3)
+    script = (
+        "import sys, bulkjob\n"
+        "report = bulkjob.submit(\n"
+        f"    [{str(ids(600))!r}], base_url={sb.base_url!r}, token_url={sb.token_url!r},\n"
+        f"    access_token={TOKEN!r}, chunk_size=100, max_requests=10_000, per_seconds=1.0,\n"
+        "    max_attempts=20, backoff_initial=0.01, backoff_max=0.05, reconcile_grace=0.2,\n"
+        "    proof_poll_interval=0.05, request_timeout=5.0,\n"
+        f"    journal={str(tmp_path / 'run.journal')!r})\n"
+        f"open({str(tmp_path / 'ok')!r}, 'w').write(str(report.ok))\n"
+    )
+    env = {k: v for k, v in cli_env().items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(90):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert (tmp_path / "ok").read_text() == "True"
+    assert sum(sb.ledger.faults.values()) > 0  # there were warnings to print
+    assert (out, err) == (b"", b"")
+
+
+async def test_app_handler_gets_bulkjobs_records_redacted(
+    app_handler: _Collect, sandbox: SandboxFactory, ids: IdsWriter
+) -> None:
+    """A handler the application attaches sees job.accepted with its fields, and no secret
+    in any record, message, argument or exception."""
+    sb = await sandbox(access_tokens=(SECRET,))
+    report = await Runner(settings_for(sb, access_token=SECRET), [str(ids(300))]).run()
+    assert report.ok
+    get_logger().warning("request.echoed", url=f"https://x/?accessToken={SECRET}")
+    try:
+        raise RuntimeError(f"server echoed {SECRET}")
+    except RuntimeError:
+        get_logger().exception("request.crashed")
+    accepted = [r for r in app_handler.records if r.getMessage().startswith("job.accepted")]
+    assert len(accepted) == 3
+    assert accepted[0].name == "bulkjob" and accepted[0].levelno == logging.INFO
+    assert {"job_id", "chunk", "ids"} <= set(accepted[0].bulkjob_event)
+    crashed = app_handler.records[-1]
+    assert not crashed.exc_info  # the traceback is text in the message, scrubbed
+    assert "RuntimeError: server echoed ***" in crashed.getMessage()
+    for record in app_handler.records:
+        assert SECRET not in _seen_by(record)
+        # What a plain formatter makes of it, traceback included, holds no secret either.
+        assert SECRET not in logging.Formatter().format(record)
+
+
+async def test_app_can_silence_bulkjob(
+    app_handler: _Collect, sandbox: SandboxFactory, ids: IdsWriter
+) -> None:
+    """logging.getLogger("bulkjob").setLevel silences the library's records."""
+    logging.getLogger("bulkjob").setLevel(logging.CRITICAL)
+    sb = await sandbox(fault_5xx_rate=0.2, seed=3)
+    report = await Runner(settings_for(sb, max_attempts=20), [str(ids(600))]).run()
+    assert report.ok and sum(sb.ledger.faults.values()) > 0
+    assert app_handler.records == []
+
+
+async def test_hosts_structlog_configuration_is_left_alone(
+    sandbox: SandboxFactory, ids: IdsWriter
+) -> None:
+    """A run neither reads nor changes the application's structlog configuration."""
+    seen: list[str] = []
+
+    def record(logger: object, method: str, event: MutableMapping[str, Any]) -> str:
+        seen.append(str(event.get("event")))
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[record])
+    try:
+        before = structlog.get_config()
+        sb = await sandbox()
+        report = await Runner(settings_for(sb), [str(ids(300))]).run()
+        assert report.ok
+        assert structlog.get_config() == before
+        assert seen == []  # bulkjob's events never went through the host's processors
+    finally:
+        structlog.reset_defaults()
+
+
+def test_progress_lines_shown_at_the_default_level(stream: io.StringIO) -> None:
+    """configure_logging(progress=True) shows bulkjob.progress INFO lines at WARNING."""
+    configure_logging("json", level=logging.WARNING, stream=stream, progress=True)
+    get_logger().info("job.accepted")
+    get_logger("bulkjob.progress").info("run.progress", ids_read=5)
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["event"] == "run.progress"
+    assert json.loads(line)["logger"] == "bulkjob.progress"
+
+
+def test_loggers_outside_bulkjob_refused() -> None:
+    """get_logger only hands out bulkjob's own loggers."""
+    with pytest.raises(ValueError, match="bulkjob"):
+        get_logger("app")

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import os
+import pty
+import re
+import sys
+import tty
+from pathlib import Path
+from typing import Any
 
 from bulkjob._progress import Progress, format_duration
 from bulkjob.cli._progress_line import ProgressLine
+from bulkjob.sandbox._server import Sandbox
+from tests.conftest import (
+    SandboxFactory,
+    cli_env,
+    cli_flags,
+    make_ids,
+    run_cli,
+    submit_args,
+    write_ids,
+)
 
 
 def _snap(**kw: object) -> Progress:
@@ -68,3 +87,162 @@ def test_log_lines_print_above_the_progress_line() -> None:
     assert text.count("\r\x1b[K") == 1
     assert "request.retrying attempt=1\n" in text
     assert text.count("ids submitted") == 2
+
+
+# -- a real CLI process on a terminal, and off one ----------------------------------------
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything the terminal's other side gets, until every writer has closed it."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except OSError:  # EIO: the last writer is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def _on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on one pseudo-terminal; (exit code, what it shows)."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # no "\n" -> "\r\n": the bytes exactly as the program wrote them
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bulkjob",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+        )
+    finally:
+        os.close(slave)
+    try:
+        reader = asyncio.ensure_future(asyncio.to_thread(_read_all, master))
+        async with asyncio.timeout(90):
+            code = await proc.wait()
+            out = await reader
+    finally:
+        os.close(master)
+    return code, out.decode()
+
+
+def _draws(out: str, containing: str) -> list[re.Match[str]]:
+    """Every redraw of the live line whose text holds ``containing``."""
+    return [m for m in re.finditer(r"\r([^\r\n]*)\x1b\[K", out) if containing in m.group(1)]
+
+
+def _terminal_flags(sb: Sandbox) -> list[str]:
+    """Aim at ``sb``, 5 submits a second (the run lasts seconds), progress left on."""
+    return [f for f in cli_flags(sb, max_requests=5) if f != "--no-progress"]
+
+
+async def test_terminal_line_ends_exact_and_before_the_next_output(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """submit --wait on a terminal: the last submit line shows 1,000/1,000, the last wait
+    line 10/10, and what follows each starts on a line of its own."""
+    sb = await sandbox(finished_after=0.5)
+    path = write_ids(tmp_path / "ids.txt", make_ids(1000))
+    args = submit_args(path, tmp_path / "run.journal", "--wait", *_terminal_flags(sb))
+    code, out = await _on_a_terminal(*args, env=cli_env(BULKJOB_QUEUE_POLL_INTERVAL="0.1"))
+    assert code == 0, out
+    last = _draws(out, "ids submitted")[-1]
+    assert last.group(1).startswith("1,000/1,000 ids submitted")
+    assert out[last.end() :].startswith("\nids read 1,000: submitted 1,000")
+    last = _draws(out, "final")[-1]
+    assert last.group(1) == "jobs: 10/10 final"
+    assert out[last.end() :].startswith("\nchunk state")
+
+
+async def test_wait_line_ends_before_the_table(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """bulkjob wait on a terminal: the last line shows every job final, then the table starts
+    on a fresh line."""
+    sb = await sandbox(finished_after=1.0)
+    journal = tmp_path / "run.journal"
+    path = write_ids(tmp_path / "ids.txt", make_ids(500))
+    code, err = await run_cli(*submit_args(path, journal, *cli_flags(sb)))
+    assert code == 0, err
+    flags = [f for f in cli_flags(sb) if f != "--no-progress"]
+    code, out = await _on_a_terminal("wait", str(journal), "--poll", "0.1", *flags, env=cli_env())
+    assert code == 0, out
+    last = _draws(out, "final")[-1]
+    assert last.group(1) == "jobs: 5/5 final"
+    assert out[last.end() :].startswith("\nchunk state")
+
+
+def _progress_events(err: str) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e for e in events if e["event"] == "run.progress"]
+
+
+async def test_progress_log_lines_when_stderr_is_not_a_terminal(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """Off a terminal, run.progress JSON lines come every progress_interval with growing
+    counts, and a final one with the final numbers."""
+    sb = await sandbox()
+    path = write_ids(tmp_path / "ids.txt", make_ids(2000))
+    args = submit_args(path, tmp_path / "run.journal", *_terminal_flags(sb), "--log-format", "json")
+    code, err = await run_cli(*args, env=cli_env(BULKJOB_PROGRESS_INTERVAL="0.2"))
+    assert code == 0, err
+    events = _progress_events(err)
+    *periodic, final = events
+    assert final["final"] is True
+    assert (final["ids_submitted"], final["ids_total"], final["jobs"]) == (2000, 2000, 20)
+    # 5 submits a second: 20 take three windows, and a line comes every 0.2 s.
+    assert len(periodic) >= 3
+    submitted = [e["ids_submitted"] for e in periodic]
+    assert submitted == sorted(submitted) and submitted[0] < 2000
+    assert {"ids_read", "jobs_open", "throttled", "requests", "eta_s", "elapsed_s"} <= set(final)
+    assert [e["level"] for e in events] == ["info"] * len(events)
+
+
+async def test_no_progress_means_no_progress_lines(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """--no-progress off a terminal: no run.progress lines at all."""
+    sb = await sandbox()
+    path = write_ids(tmp_path / "ids.txt", make_ids(1000))
+    args = submit_args(path, tmp_path / "run.journal", *cli_flags(sb, max_requests=5))
+    code, err = await run_cli(
+        *args, "--log-format", "json", env=cli_env(BULKJOB_PROGRESS_INTERVAL="0.2")
+    )
+    assert code == 0, err
+    assert "run.progress" not in err
+
+
+async def test_wait_logs_progress_when_stderr_is_not_a_terminal(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """bulkjob wait off a terminal: wait.progress lines while jobs run, the last one final."""
+    sb = await sandbox(finished_after=3.0)  # the wait outlasts two processes starting
+    journal = tmp_path / "run.journal"
+    path = write_ids(tmp_path / "ids.txt", make_ids(300))
+    code, err = await run_cli(*submit_args(path, journal, *cli_flags(sb)))
+    assert code == 0, err
+    flags = [f for f in cli_flags(sb) if f != "--no-progress"]
+    code, err = await run_cli(
+        "wait",
+        str(journal),
+        "--poll",
+        "0.1",
+        *flags,
+        "--log-format",
+        "json",
+        env=cli_env(BULKJOB_PROGRESS_INTERVAL="0.2"),
+    )
+    assert code == 0, err
+    events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    *periodic, final = [e for e in events if e["event"] == "wait.progress"]
+    assert periodic and any(e["jobs_open"] for e in periodic)  # jobs still ran then
+    assert (final["final"], final["jobs"], final["jobs_final"], final["jobs_open"]) == (
+        True,
+        3,
+        3,
+        0,
+    )

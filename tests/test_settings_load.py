@@ -46,6 +46,22 @@ def test_none_counts_as_not_given() -> None:
     assert s.webhook == "https://hook.example/x"
 
 
+@pytest.mark.parametrize(
+    ("var", "raw", "field", "value"),
+    [
+        ("BULKJOB_MAX_RUNNING_JOBS", "3", "max_running_jobs", 3),
+        ("BULKJOB_MAX_RUNNING_JOBS", "", "max_running_jobs", None),
+        ("BULKJOB_METRICS_PORT", "9100", "metrics_port", 9100),
+        ("BULKJOB_PROGRESS_INTERVAL", "0.5", "progress_interval", 0.5),
+    ],
+)
+def test_optional_numbers_from_the_environment(
+    var: str, raw: str, field: str, value: object
+) -> None:
+    """``int | None`` fields take a number (or nothing) from the environment."""
+    assert getattr(Settings.load(env={var: raw}), field) == value
+
+
 def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without ``env``, os.environ is read; ``env={}`` reads nothing."""
     monkeypatch.setenv("BULKJOB_MAX_REQUESTS", "77")

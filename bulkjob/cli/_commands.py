@@ -20,12 +20,12 @@ from .._errors import STOP_EXIT_CODES, ConfigError, ExitCode, JournalError
 from .._journal import Journal
 from .._logging import configure_logging, redact
 from .._plan import plan
-from .._report import RunReport, RunStatus
+from .._report import RunReport
 from .._rerun import open_for_submit
 from .._runner import Runner
 from .._settings import Settings
 from ._options import api_options, output_options, run_options, submit_options
-from ._progress_line import ProgressLine
+from ._progress_line import ProgressLine, progress_logs
 from ._settings import command_settings
 from ._signals import run_command
 
@@ -82,8 +82,14 @@ class Common:
         """Logging to stderr at the level the flags ask for."""
         level = logging.DEBUG if self.debug else logging.INFO if self.verbose else logging.WARNING
         # With a live progress line, log lines go through it so they print above it.
+        # Without one (stderr not a terminal), run.progress log lines are the sign of life.
         stream = progress if progress is not None and progress.enabled else None
-        configure_logging(settings.log_format, level=level, stream=stream)  # type: ignore[arg-type]
+        configure_logging(
+            settings.log_format,
+            level=level,
+            stream=stream,  # type: ignore[arg-type]
+            progress=progress_logs(self.progress),
+        )
 
     def line(self) -> ProgressLine:
         """The live progress line (a no-op off a terminal or with --no-progress)."""
@@ -133,9 +139,10 @@ def submit(**kw: Any) -> int:
         runner = Runner(settings, inputs, progress=progress, journal=journal, resume=resuming)
         code = finish(run_with_signals(runner), report_path)
         if kw["wait_jobs"] and code in (ExitCode.OK, ExitCode.REJECTED):
-            final = run_command(
-                lambda: lifecycle.wait(journal, settings, progress=_wait_line(common))
-            )
+            with progress:  # the line ends before what follows, whatever happens
+                final = run_command(
+                    lambda: lifecycle.wait(journal, settings, progress=progress.update_status)
+                )
             click.echo(final.render(), err=True)
         return code
     finally:
@@ -207,8 +214,10 @@ def _journal_command(
             journal = Journal.open(kw["journal"], f"bulkjob {name}", readonly=readonly(kw))
             try:
                 settings = common.settings(journal.recorded_settings())
-                common.configure(settings)
-                return body(journal, settings, kw)
+                kw["line"] = line = common.line()
+                common.configure(settings, line)
+                with line:  # a wait's line ends before what follows, whatever happens
+                    return body(journal, settings, kw)
             except KeyboardInterrupt:
                 click.echo(
                     f"error: interrupted; the journal is consistent: run `bulkjob {name} "
@@ -257,10 +266,11 @@ def wait(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
             journal,
             settings,
             poll_interval=kw["poll"],
-            progress=_wait_line(kw["common"]),
+            progress=kw["line"].update_status,
             timeout=kw["timeout"],
         )
     )
+    kw["line"].close()
     click.echo(done.render())
     return ExitCode.OK
 
@@ -408,19 +418,6 @@ def _copy_stdin(journal: Path) -> Path:
 def _seqs(seqs: Sequence[int]) -> str:
     shown = ", ".join(str(n) for n in seqs[:20])
     return shown + (f" and {len(seqs) - 20:,} more" if len(seqs) > 20 else "")
-
-
-def _wait_line(common: Common) -> Callable[[RunStatus], None]:
-    line = ProgressLine(enabled=None if common.progress else False)
-
-    def show(st: RunStatus) -> None:
-        if line.enabled:
-            sys.stderr.write(
-                f"\rjobs: {st.total_jobs - st.open_jobs:,}/{st.total_jobs:,} final\x1b[K"
-            )
-            sys.stderr.flush()
-
-    return show
 
 
 def default_journal(report: str | None) -> Path:

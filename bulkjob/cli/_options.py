@@ -89,12 +89,18 @@ _OUTPUT = (
         is_flag=True,
         flag_value=False,
         default=True,
-        help="no live line on a terminal, no periodic progress lines off one",
+        help="no live progress line on a terminal, no run.progress log lines elsewhere",
     ),
 )
 
 _API = (
     *_OUTPUT,
+    setting(
+        "--progress-interval",
+        name="progress_interval",
+        metavar="SECONDS",
+        help="seconds between run.progress log lines when stderr is not a terminal",
+    ),
     setting("--base-url", name="base_url", metavar="URL", help="the API's root"),
     setting("--token-url", name="token_url", metavar="URL", help="where tokens are minted"),
     setting(
@@ -141,6 +147,19 @@ _RUN = (
         "--require-quota",
         name="require_quota",
         help="refuse to start when the account has fewer credits than ids",
+    ),
+    setting(
+        "--metrics-port",
+        name="metrics_port",
+        metavar="N",
+        help="serve Prometheus metrics on this port while the run lasts (0: any free port; "
+        "needs pip install 'bulkjob[metrics]')",
+    ),
+    setting(
+        "--metrics-host",
+        name="metrics_host",
+        metavar="HOST",
+        help="the address --metrics-port listens on",
     ),
     click.option("--report", metavar="PATH", help="write the run report as JSON"),
     click.option(

@@ -1,13 +1,29 @@
-"""The live progress line: ids/s, jobs accepted, throttled, ETA — on a terminal only."""
+"""The live progress line on a terminal, and the choice between it and progress log lines.
+
+On a TTY, one line is redrawn in place: a submit's ids/s, jobs, throttled and ETA, or a
+``wait``'s jobs final. Two promises: the last line drawn holds the final numbers (the
+runner draws once more at its end), and whatever is printed after it starts on a line
+of its own (:meth:`ProgressLine.close` ends the line; use the line as a context manager
+so that an error ends it too). Off a TTY nothing is drawn: the library's ``run.progress``
+log lines (every ``progress_interval`` seconds) are the sign of life instead.
+"""
 
 from __future__ import annotations
 
 import sys
+from types import TracebackType
 from typing import TextIO
 
 from .._progress import Progress, format_duration
+from .._report import RunStatus
 
-__all__ = ["ProgressLine"]
+__all__ = ["ProgressLine", "progress_logs"]
+
+
+def progress_logs(progress: bool, stream: TextIO | None = None) -> bool:
+    """Whether the CLI shows ``run.progress`` log lines: progress wanted, and no terminal
+    to draw the live line on."""
+    return progress and not (stream or sys.stderr).isatty()
 
 
 class ProgressLine:
@@ -24,12 +40,11 @@ class ProgressLine:
 
     def render(self, p: Progress) -> str:
         """The text of the line for one snapshot."""
-        rate = p.ids_submitted / p.elapsed_s if p.elapsed_s > 0 else 0.0
-        remaining = max(p.ids_total - p.ids_submitted, 0)
-        eta = format_duration(remaining / rate) if rate > 0 and remaining else "--"
+        eta = p.eta_s
         text = (
-            f"{p.ids_submitted:,}/{p.ids_total:,} ids submitted · {rate:,.0f} ids/s · "
-            f"{p.jobs:,} jobs · {p.requests:,} requests · throttled {p.throttled:,} · ETA {eta}"
+            f"{p.ids_submitted:,}/{p.ids_total:,} ids submitted · {p.rate:,.0f} ids/s · "
+            f"{p.jobs:,} jobs · {p.requests:,} requests · throttled {p.throttled:,} · "
+            f"ETA {format_duration(eta) if eta else '--'}"
         )
         if p.awaiting_proof:
             text += f" · {p.awaiting_proof:,} chunks awaiting proof"
@@ -37,10 +52,23 @@ class ProgressLine:
             text += f" · stopping ({p.stopping})"
         return text
 
+    @staticmethod
+    def render_status(st: RunStatus) -> str:
+        """The text of the line for one ``wait`` round."""
+        return f"jobs: {st.total_jobs - st.open_jobs:,}/{st.total_jobs:,} final"
+
     def update(self, progress: Progress) -> None:
-        """Redraw with the latest snapshot."""
+        """Redraw with the latest snapshot of a run."""
+        self.show(self.render(progress))
+
+    def update_status(self, status: RunStatus) -> None:
+        """Redraw with the latest round of a ``wait``."""
+        self.show(self.render_status(status))
+
+    def show(self, text: str) -> None:
+        """Redraw the line as ``text``."""
         if self.enabled and not self._mid_line:
-            self._last = self.render(progress)
+            self._last = text
             self._stream.write("\r" + self._last + "\x1b[K")
             self._stream.flush()
             self._drawn = True
@@ -64,8 +92,20 @@ class ProgressLine:
         self._stream.flush()
 
     def close(self) -> None:
-        """End the line so that what follows starts on a fresh one."""
+        """End the line so that what follows starts on a fresh one; drawing again later
+        starts a new line."""
         if self._drawn:
             self._stream.write("\n")
             self._stream.flush()
             self._drawn = False
+
+    def __enter__(self) -> ProgressLine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
