@@ -27,10 +27,13 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._lifecycle import ResultsSummary
+from ._plan import Plan
 from ._report import JobInfo, RejectedChunk, RunReport, RunStatus
 from ._runner import Progress, Runner
 from ._settings import Settings, SettingsValues
 from ._sync import (
+    plan,
+    plan_async,
     results,
     results_async,
     resume,
@@ -57,6 +60,7 @@ __all__ = [
     "JobRejectedError",
     "JournalError",
     "JournalLockedError",
+    "Plan",
     "Progress",
     "ProtocolError",
     "QueueFullError",
@@ -75,6 +79,8 @@ __all__ = [
     "TransportError",
     "WaitTimeoutError",
     "__version__",
+    "plan",
+    "plan_async",
     "results",
     "results_async",
     "resume",

@@ -28,11 +28,15 @@ from ._config import load_settings
 from ._errors import ConfigError
 from ._journal import Journal
 from ._lifecycle import ResultsSummary, RunStatus
+from ._plan import Plan
+from ._plan import plan as _plan
 from ._report import RunReport
 from ._runner import AmbiguousPolicy, ProgressSink, Runner
 from ._settings import Settings, SettingsValues
 
 __all__ = [
+    "plan",
+    "plan_async",
     "results",
     "results_async",
     "resume",
@@ -120,6 +124,45 @@ async def resume_async(
             ambiguous=ambiguous,
         )
         return await runner.run()
+
+
+async def plan_async(
+    inputs: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    *,
+    journal: str | os.PathLike[str] | None = None,
+    stdin: BinaryIO | None = None,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
+) -> Plan:
+    """A dry run: what a submit of ``inputs`` (or a resume of ``journal``) would send.
+
+    Reads the inputs as the run would, leaves out the chunks the journal settled, and asks
+    the account's credits once (``GET /admin/usage``). Nothing is submitted, no journal is
+    written. Settings are read as :func:`submit_async` (or :func:`resume_async`) reads them.
+    """
+    if (inputs is None) == (journal is None):
+        raise ConfigError("plan: give the inputs of a new run, or the journal of one to resume")
+    if journal is None:
+        assert inputs is not None
+        return await _plan(_settings(settings, config, values), inputs, stdin=stdin)
+    async with _held(journal, "plan", config, values) as (handle, s):
+        return await _plan(s, handle.inputs(), journal=handle)
+
+
+def plan(
+    inputs: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    *,
+    journal: str | os.PathLike[str] | None = None,
+    stdin: BinaryIO | None = None,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
+) -> Plan:
+    """Blocking twin of :func:`plan_async`."""
+    return run_sync(
+        lambda: plan_async(inputs, settings, journal=journal, stdin=stdin, config=config, **values)
+    )
 
 
 @contextlib.asynccontextmanager

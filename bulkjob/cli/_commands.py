@@ -171,7 +171,8 @@ def resume(**kw: Any) -> int:
     report_path: str | None = kw["report"]
     _distinct(kw["journal"], report_path)
     dry = bool(kw["dry_run"])
-    journal = Journal.open(kw["journal"], "bulkjob resume", readonly=dry)
+    # Locked even for a dry run: its one request goes through the run's throttle window.
+    journal = Journal.open(kw["journal"], "bulkjob resume")
     try:
         settings = common.settings(journal.recorded_settings())
         if dry:
