@@ -156,3 +156,32 @@ def test_the_print_check_sees_prints() -> None:
     sample = "import sys\nprint('x')\nsys.exit(1)\nsys.stderr.write('y')\nraise SystemExit(2)\n"
     assert sorted(line for line, _ in _prints_or_exits(ast.parse(sample))) == [2, 3, 4, 5]
     assert list(_prints_or_exits(ast.parse(sample.replace("\nprint", "\nlog")))) != []
+
+
+def _readme_tree() -> set[str]:
+    """The module paths the README's layout tree names (``bulkjob/cli/_main.py``, ...)."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        name = line.split()[0]
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        path = "/".join([*(d for _, d in stack), name.rstrip("/")])
+        if name.endswith("/"):
+            stack.append((depth, name.rstrip("/")))
+        elif path.startswith("bulkjob/"):
+            named.add(path)
+    return named
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    actual = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")}
+    named = _readme_tree()
+    assert named, "no layout tree found in the README"
+    assert sorted(actual - named) == [], "modules missing from the README's layout"
+    assert sorted(named - actual) == [], "the README's layout names modules that do not exist"
