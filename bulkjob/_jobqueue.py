@@ -52,6 +52,12 @@ _DENSE = 0.02
 #: ...from this share of it to that one; then back off as for a job of unknown length.
 _DENSE_FROM, _DENSE_TO = 0.95, 1.2
 _MIN_POLL = 0.05  # seconds: no job is looked at more often
+#: A probe above a learned limit that meets a queue-full doubles the quiet time the next
+#: probe waits for, up to this many poll intervals: a stable account pays O(log) refusals.
+_PROBE_BACKOFF_CAP = 64
+#: Webhook calls naming no readable job make every open job due at most this often
+#: (a share of the poll interval): a stream of odd calls cannot become a stream of polls.
+_ANONYMOUS_GAP = 0.25
 
 
 @dataclass(slots=True)
@@ -113,6 +119,11 @@ class JobQueue:
         self._backoff = 0.0
         self._last_full = -float("inf")
         self._poller: asyncio.Task[None] | None = None
+        #: Quiet time (no queue-full) before the limit may grow; see _creep_up.
+        self._quiet = settings.queue_poll_interval
+        self._probing = False  # the limit was last raised above what was learned
+        self._anonymous_at = -float("inf")
+        self._raised_at = -float("inf")
         stop.listeners.append(self._changed.set)
         self.queue_full = 0
         self.polls = 0
@@ -177,13 +188,19 @@ class JobQueue:
             )
         else:
             self.limit = max(1, min(self.limit, mine))
+        if self._probing:  # a probe above the learned limit was refused: probe less often
+            self._probing = False
+            cap = self._settings.queue_poll_interval * _PROBE_BACKOFF_CAP
+            self._quiet = min(self._quiet * 2, cap)
         log.info("queue.full", limit=self.limit, source=self.source, mine=mine)
         if place.since <= self._last_full:
             return  # sent before the last refusal came: the same event
         # Other clients' jobs may hold slots: wait longer each time it happens in a row.
         poll = self._settings.queue_poll_interval
         now = time.monotonic()
-        self._backoff = min(self._backoff * 2, poll) if now - self._last_full < poll else poll / 8
+        # In a row: this refusal came within a poll interval of the hold the last one set.
+        in_a_row = now - self._last_full < poll + self._backoff
+        self._backoff = min(self._backoff * 2, poll) if in_a_row else poll / 8
         self._last_full = now
         self._hold_until = now + self._backoff
 
@@ -192,6 +209,10 @@ class JobQueue:
         self.unproven.discard(seq)
         now = time.monotonic()
         self._open[job_id] = _Open(seq, now, now + self._first_look())
+        # Sends may be waiting on this place (a lost answer proven a job, after the
+        # polls had stopped): they need the poller to hear the job finish.
+        self._start_polling()
+        self._changed.set()
 
     def settled(self, seq: int) -> None:
         """A lost answer was proven not to be a job (or given up): its place is free."""
@@ -199,14 +220,24 @@ class JobQueue:
             self.unproven.discard(seq)
             self._changed.set()
 
-    def finished(self, job_id: str) -> None:
-        """A webhook says ``job_id`` may be final: look at it now."""
-        job = self._open.get(job_id)
-        if job is not None:
-            job.due = time.monotonic()
+    def finished(self, job_id: str | None) -> None:
+        """A webhook says ``job_id`` may be final: look at it now.
+
+        A job not of this run (another client's, or made up) is ignored. A call naming no
+        readable job makes every open job due, at most once per a share of the poll
+        interval."""
+        now = time.monotonic()
+        if job_id:
+            job = self._open.get(job_id)
+            if job is None:
+                return
+            job.due = now
         else:
-            for other in self._open.values():  # a payload without a job we know: look
-                other.due = min(other.due, time.monotonic() + _MIN_POLL)
+            if now - self._anonymous_at < self._settings.queue_poll_interval * _ANONYMOUS_GAP:
+                return
+            self._anonymous_at = now
+            for other in self._open.values():
+                other.due = min(other.due, now + _MIN_POLL)
         self._start_polling()
         self._changed.set()
 
@@ -260,11 +291,22 @@ class JobQueue:
         self._changed.set()
 
     def _creep_up(self, now: float) -> None:
-        """A quiet poll interval since the last queue-full: try one more job at a time."""
-        quiet = now - self._last_full > self._settings.queue_poll_interval
+        """A quiet while since the last queue-full: try one more job at a time.
+
+        Up to the account's known limit first (other clients' jobs have gone). A limit
+        that was learned, not set, is then probed above too: the account's limit may have
+        been raised, or was only ever seen through this run's open jobs. A refused probe
+        doubles the quiet time the next one waits for."""
+        if self.limit is None or now - max(self._last_full, self._raised_at) <= self._quiet:
+            return
         known = self.account_limit
-        if quiet and self.limit is not None and known is not None and self.limit < known:
+        if known is not None and self.limit < known:
             self.limit += 1
+        elif self.source != "setting":
+            self.limit += 1
+            self._probing = True
+            self._raised_at = now  # the next probe waits a quiet time again
+            log.info("queue.probe", limit=self.limit, source=self.source)
 
     def _predicted(self) -> float | None:
         return statistics.median(self._durations[-25:]) if self._durations else None

@@ -67,6 +67,9 @@ _NOT_SENT = (ChunkState.PENDING, ChunkState.SENDING, ChunkState.UNKNOWN)
 #: ``wait`` backs off by this factor per round, up to this multiple of the first interval.
 _BACKOFF_FACTOR = 1.5
 _BACKOFF_CAP = 10.0
+#: A webhook call naming no job makes a full round at most once per this share of the
+#: first poll interval.
+_ANONYMOUS_GAP = 0.25
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -167,7 +170,7 @@ async def wait(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     delay = first
-    heard = asyncio.Event()
+    calls = _Calls(gap=first * _ANONYMOUS_GAP)
     seen = _WaitProgress()
     async with contextlib.AsyncExitStack() as stack:
         progress_log = ProgressLog("wait.progress", settings.progress_interval, seen.fields)
@@ -175,20 +178,30 @@ async def wait(
         stack.callback(logger.cancel)
         stack.callback(progress_log.emit, final=True)
         if settings.webhook_listen is not None:
-            receiver = WebhookReceiver(settings.webhook_listen, lambda _: heard.set())
+            receiver = WebhookReceiver(settings.webhook_listen, calls.heard)
             await stack.enter_async_context(receiver)
         cmd = await stack.enter_async_context(
             _Command(journal, settings, online=True, command="wait")
         )
         await cmd.prove(None if deadline is None else deadline - loop.time())
+        next_full = loop.time()  # the first round looks at every open job
+        named: set[str] = set()
         while True:
-            snapshot = seen.latest = cmd.snapshot(await cmd.refresh())
+            now = loop.time()
+            at_deadline = deadline is not None and now >= deadline
+            if calls.full_round(now, due=now >= next_full or at_deadline):
+                asked = await cmd.refresh()  # every open job: the polling round
+                next_full = loop.time() + delay
+                delay = min(delay * _BACKOFF_FACTOR, first * _BACKOFF_CAP)
+            else:
+                asked = await cmd.refresh(only=named)  # the jobs webhooks named, if ours
+            snapshot = seen.latest = cmd.snapshot(asked)
             if progress is not None:
                 progress(snapshot)
             if snapshot.all_final and not snapshot.chunks.get(str(ChunkState.UNKNOWN)):
                 log.info("wait.done", jobs=snapshot.total_jobs)
                 return _complete(snapshot, cmd.journal.path)
-            pause = delay
+            pause = max(next_full - loop.time(), 0.0)
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -200,10 +213,48 @@ async def wait(
                 # One last round right at the deadline, so the error reports fresh statuses.
                 pause = min(pause, remaining)
             log.info("wait.polling", open=snapshot.open_jobs, next_s=round(pause, 3))
-            heard.clear()
+            named = await calls.wait(pause)  # a webhook: look at its job now
+
+
+class _Calls:
+    """Webhook calls heard by ``wait`` and not yet acted on.
+
+    Each names a job (looked at alone, if it is one of the run's) or none (every open
+    job is looked at, at most once per ``gap`` seconds). Nothing heard while a round
+    runs is lost: what was heard is taken when the next wait begins.
+    """
+
+    def __init__(self, gap: float) -> None:
+        self._event = asyncio.Event()
+        self._named: set[str] = set()
+        self._anonymous = False
+        self._gap = gap
+        self._anonymous_at = -float("inf")
+
+    def heard(self, job_id: str | None) -> None:
+        if job_id:
+            self._named.add(job_id)
+        else:
+            self._anonymous = True
+        self._event.set()
+
+    async def wait(self, pause: float) -> set[str]:
+        """Wait up to ``pause`` for a call (none if one came already); the jobs named."""
+        if not self._event.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(heard.wait(), pause)  # a webhook: look now
-            delay = min(delay * _BACKOFF_FACTOR, first * _BACKOFF_CAP)
+                await asyncio.wait_for(self._event.wait(), pause)
+        self._event.clear()
+        named, self._named = self._named, set()
+        return named
+
+    def full_round(self, now: float, *, due: bool) -> bool:
+        """Whether this round looks at every open job: it is ``due``, or a call named no
+        job and the last such round is ``gap`` seconds past."""
+        if due or (self._anonymous and now - self._anonymous_at >= self._gap):
+            if self._anonymous:
+                self._anonymous, self._anonymous_at = False, now
+            return True
+        return False
 
 
 class _WaitProgress:
@@ -254,6 +305,8 @@ async def results(
     out_dir = Path(out_dir)
     await asyncio.to_thread(_make_dir, out_dir, "--out")
     if isinstance(merge, Path):
+        if await asyncio.to_thread(merge.is_dir):
+            raise ConfigError(f"--merge {merge}: that is a directory; give the merged CSV's path")
         await asyncio.to_thread(_make_dir, merge.parent, "--merge")
     async with _Command(journal, settings, online=True, command="results") as cmd:
         if refresh:
@@ -421,9 +474,14 @@ class _Command:
         """Accepted chunks with a job id, in chunk order."""
         return [row for row in self.journal.rows(ChunkState.ACCEPTED) if row.job_id]
 
-    async def refresh(self) -> int:
-        """Ask the server for every open job's status and record it; returns how many."""
-        open_rows = [row for row in self.jobs() if row.job_status not in _FINAL_STATUSES]
+    async def refresh(self, only: set[str] | None = None) -> int:
+        """Ask the server for every open job's status (or only those of ``only`` that
+        are the run's) and record it; returns how many were asked."""
+        open_rows = [
+            row
+            for row in self.jobs()
+            if row.job_status not in _FINAL_STATUSES and (only is None or row.job_id in only)
+        ]
 
         async def ask(row: ChunkRow) -> None:
             data = await self.client.get_json(f"{self.kind_path}/{row.job_id}")

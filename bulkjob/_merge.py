@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -75,10 +76,10 @@ def merge_files(files: Iterable[Path], dest: Path | BinaryIO) -> int:
     try:
         with open(fd, "wb") as out:
             written = _copy(parts, out)
+        part.replace(dest)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    part.replace(dest)
     return written
 
 
@@ -175,6 +176,7 @@ def _copy(parts: Iterable[_Part], out: BinaryIO) -> int:
         with part.path.open("rb", buffering=0) as src:
             src.seek(part.start)
             last = 0  # the length of the last block read
+            quotes = 0
             while n := src.readinto(buf):
                 if owed:
                     out.write(owed)
@@ -183,6 +185,30 @@ def _copy(parts: Iterable[_Part], out: BinaryIO) -> int:
                 out.write(view[:n])
                 written += n
                 last = n
+                quotes += buf.count(b'"', 0, n)
+        if quotes % 2:  # maybe a quoted field left open: it would swallow what follows
+            _check_closed(part)
         if last:
             owed = b"" if buf[last - 1] == ord("\n") else part.line_end or b"\n"
     return written
+
+
+def _check_closed(part: _Part) -> None:
+    """Raise ProtocolError when ``part``'s rows end inside a quoted field.
+
+    An odd count of quote bytes is the cheap sign; a bare quote inside an unquoted field
+    (``5"10``) gives one too, so the rows are then parsed once, strictly, to tell.
+    """
+    with part.path.open("rb") as src:
+        src.seek(part.start)
+        text = io.TextIOWrapper(src, encoding="utf-8", errors="replace", newline="")
+        try:
+            for _ in csv.reader(text, strict=True):
+                pass
+        except csv.Error as exc:
+            if "unexpected end of data" not in str(exc):
+                return  # malformed otherwise, but closed: a parsed merge reads it the same
+            raise ProtocolError(
+                f"{part.path.name}: its last row ends inside a quoted field (the file is cut "
+                "short); merged, it would swallow the rows after it"
+            ) from None

@@ -227,7 +227,7 @@ class Runner:
 
     def _heard(self, job_id: str | None) -> None:
         if self._submitter is not None:
-            self._submitter.queue.finished(job_id or "")
+            self._submitter.queue.finished(job_id)
 
     async def _pipeline(
         self,

@@ -115,7 +115,9 @@ class WebhookReceiver:
         await self.close()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.text() if request.can_read_body else ""
+        # Bytes, decoded leniently: a sender's wrong charset must not turn into a 500.
+        raw = await request.read() if request.can_read_body else b""
+        body = raw.decode(request.charset or "utf-8", errors="replace")
         job_id = job_id_in(request.content_type, body, dict(request.query))
         self.calls += 1
         log.info("webhook.called", job_id=job_id)
