@@ -24,6 +24,7 @@ from ._errors import (
     RequestError,
     ThrottledError,
     TransportError,
+    UnreachableError,
     WaitTimeoutError,
 )
 from ._lifecycle import ResultsSummary
@@ -72,6 +73,7 @@ __all__ = [
     "Settings",
     "ThrottledError",
     "TransportError",
+    "UnreachableError",
     "WaitTimeoutError",
     "__version__",
     "results",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from ._client import ApiClient, new_session
+from ._client import ApiClient
 from ._config import settings_for_resume
 from ._errors import (
     AmbiguousError,
@@ -37,6 +37,7 @@ from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
 from ._merge import merge_files, remove_parts
+from ._network import new_session
 from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings
 from ._submitter import Submitter

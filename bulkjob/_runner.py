@@ -26,10 +26,11 @@ import aiohttp
 
 from ._account import CreditCheck
 from ._chunker import Chunk, chunked, read_ahead
-from ._client import ApiClient, new_session
-from ._errors import InputError, JournalError, first_error
+from ._client import ApiClient
+from ._errors import InputError, JournalError, UnreachableError, first_error
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
+from ._network import new_session
 from ._progress import Progress, ProgressSink
 from ._report import RunReport, StopReason, StopSignal
 from ._settings import Settings
@@ -136,6 +137,10 @@ class Runner:
         self.report.finish(source.stats, self.stop, time.monotonic() - self._started, files)
         if self._client is not None:
             self.report.count_requests(self._client.stats)
+        if isinstance(self.stop.error, UnreachableError):
+            # The host never answered: a wrong URL or a host that is down, said as one
+            # error rather than a report of nothing. Every chunk it held back is pending.
+            raise self.stop.error
         return self.report
 
     def _open_journal(self, source: IdSource) -> tuple[Journal | None, dict[int, ChunkRow]]:
