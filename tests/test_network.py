@@ -121,6 +121,22 @@ async def test_environment_proxy_carries_a_cli_run(
     assert PROXY_PASSWORD not in err
 
 
+async def test_proxy_flag_carries_a_cli_run(
+    sandbox: SandboxFactory, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    """``--proxy URL`` carries every request of a real CLI run; its password is shown
+    nowhere, not even with --debug logs."""
+    sb = await sandbox()
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(250)), tmp_path / "j.journal"
+    args = [*submit_args(path, journal), *cli_flags(sb), "--proxy", proxy.url, "--debug"]
+    code, err = await run_cli(*args)
+    assert code == 0, err
+    assert sb.ledger.ids_accepted == 250
+    assert len(proxy.forwarded) == sb.ledger.requests > 0 and proxy.refused == 0
+    assert PROXY_PASSWORD not in err
+    assert PROXY_PASSWORD.encode() not in journal.read_bytes()
+
+
 async def test_no_proxy_covering_the_host_goes_direct(
     sandbox: SandboxFactory, proxy: ForwardProxy, tmp_path: Path
 ) -> None:

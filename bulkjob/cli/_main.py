@@ -85,6 +85,11 @@ def _add_api_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", dest="base_url", metavar="URL")
     p.add_argument("--token-url", dest="token_url", metavar="URL")
     p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="http://[user:password@]host:port for every request (default: HTTP(S)_PROXY)",
+    )
+    p.add_argument(
         "--access-token",
         dest="access_token",
         metavar="T",
