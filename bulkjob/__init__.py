@@ -24,6 +24,7 @@ from ._errors import (
     RequestError,
     ThrottledError,
     TransportError,
+    UnreachableError,
     WaitTimeoutError,
 )
 from ._lifecycle import ResultsSummary
@@ -77,6 +78,7 @@ __all__ = [
     "SettingsValues",
     "ThrottledError",
     "TransportError",
+    "UnreachableError",
     "WaitTimeoutError",
     "__version__",
     "plan",

@@ -86,7 +86,7 @@ class CreditCheck:
         try:
             remaining = await remaining_credits(self._client, self._settings, need)
         except BulkJobError as exc:
-            stop.request(exc.stop_reason, str(exc))
+            stop.request(exc.stop_reason, str(exc), error=exc)
             return
         report.credits_remaining = remaining
         if remaining is not None and remaining < need:

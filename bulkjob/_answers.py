@@ -15,6 +15,8 @@ answer to a submit                                     verdict
 401 with the documented error body                     token refused: not accepted, resend
 403 / 405 / 413 / 415 with the documented error body   refused (auth, protocol)
 connection refused (nothing was sent)                  not sent: resend with backoff
+                                                       (never answered yet in this command:
+                                                       the client raises UnreachableError)
 200 without a usable ``jobId`` (truncated, HTML, ...)  **unknown**
 any 5xx, any HTML or unreadable error page             **unknown**
 connection dropped or timed out after sending          **unknown**

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from ._errors import AuthError, Transient, TransportError
+from ._errors import AuthError, Transient, TransportError, UnreachableError
 from ._limiter import WindowLimiter
 from ._logging import get_logger, register_secret
+from ._network import ProxyRoute, connect_failure, proxy_route
 from ._retry import retrying
 from ._settings import Settings
 from ._wire import ErrorBody, parse_body
@@ -60,10 +61,13 @@ class TokenSource:
         "_expires",
         "_limiter",
         "_lock",
+        "_proxy",
+        "_reached",
         "_refresh_at",
         "_session",
         "_settings",
         "_token",
+        "attempts",
         "mints",
         "requests",
     )
@@ -83,10 +87,17 @@ class TokenSource:
         self._expires: float | None = None
         self._refresh_at = float("inf") if settings.access_token else 0.0
         self._lock = asyncio.Lock()
-        #: How many tokens were minted from the client credentials.
+        self._proxy: ProxyRoute = proxy_route(settings, settings.token_url)
+        #: Whether the login host has answered in this command: until then, a connection
+        #: that cannot be made fails at once (a wrong token URL is no outage to ride out).
+        self._reached = False
+        #: How many tokens were minted from the client credentials, and how many requests
+        #: to the token endpoint that took (retries included).
         self.mints = 0
         #: Requests made to the token endpoint (retries included).
         self.requests = 0
+        #: Connection attempts to the token endpoint, made or not.
+        self.attempts = 0
         register_secret(settings.access_token)
         register_secret(settings.client_secret)
 
@@ -144,19 +155,30 @@ class TokenSource:
         s = self._settings
         params = {"clientId": s.client_id or "", "clientSecret": s.client_secret or ""}
         params["grantType"] = "cred"
+        self.attempts += 1
         try:
             async with contextlib.AsyncExitStack() as slot:
                 if self._limiter is not None:
                     await slot.enter_async_context(self._limiter)
                 self.requests += 1
                 async with self._session.post(
-                    s.token_url, params=params, headers={"Accept": "application/json"}
+                    s.token_url,
+                    params=params,
+                    headers={"Accept": "application/json", **self._proxy.headers},
+                    **self._proxy.options,
                 ) as resp:
+                    self._reached = True
                     text = await resp.text(errors="replace")
                     status, ctype = resp.status, resp.content_type
                     server_date = resp.headers.get("Date")
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Never the exception's text: it would hold the URL, and with it the secret.
+            failure = connect_failure(exc)
+            if failure is not None and not self._reached:
+                url = s.token_url.split("?", 1)[0]
+                raise UnreachableError(
+                    f"the token endpoint {url} is unreachable: {failure}", url=url
+                ) from None
             log.warning("token.unreachable", error=type(exc).__name__)
             raise Transient(f"unreachable ({type(exc).__name__})") from None
         data = parse_body(ctype, text)

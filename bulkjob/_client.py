@@ -40,14 +40,15 @@ from ._answers import (
     classify_call,
 )
 from ._auth import TokenSource
-from ._errors import ThrottledError, Transient, TransportError
+from ._errors import ThrottledError, Transient, TransportError, UnreachableError
 from ._limiter import SlotRecorder, WindowLimiter
 from ._logging import get_logger, redact
+from ._network import ProxyRoute, connect_failure, proxy_route
 from ._retry import retrying
 from ._settings import Settings
 from ._wire import parse_body
 
-__all__ = ["ApiClient", "ClientStats", "Tries", "new_session"]
+__all__ = ["ApiClient", "ClientStats", "Tries"]
 
 log = get_logger()
 _CLOCK_SAMPLES = 256
@@ -65,6 +66,8 @@ class ClientStats:
     """Counters the report, the progress line and the metrics read."""
 
     requests: int = 0
+    #: Requests that found no connection (refused, unresolved, timed out connecting).
+    unconnected: int = 0
     throttled: int = 0
     retries: int = 0
     token_refreshes: int = 0
@@ -103,7 +106,17 @@ class Tries:
 class ApiClient:
     """Talks to one API base URL on behalf of one run or command."""
 
-    __slots__ = ("_clock", "_limiter", "_session", "_settings", "_tokens", "rules", "stats")
+    __slots__ = (
+        "_clock",
+        "_limiter",
+        "_proxy",
+        "_session",
+        "_settings",
+        "_tokens",
+        "reached",
+        "rules",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -120,6 +133,11 @@ class ApiClient:
         self._clock: deque[tuple[float, float]] = deque(maxlen=_CLOCK_SAMPLES)
         self.rules = ErrorRules.from_settings(settings)
         self.stats = ClientStats()
+        self._proxy: ProxyRoute = proxy_route(settings, settings.base_url)
+        #: Whether the server has answered anything in this command. Until it has, a
+        #: connection that cannot be made is a wrong URL or a host that is down, and
+        #: fails at once (:class:`UnreachableError`) instead of after every retry.
+        self.reached = False
 
     def __repr__(self) -> str:
         return f"<ApiClient {self._settings.base_url} {self.stats}>"
@@ -198,12 +216,19 @@ class ApiClient:
             else ("application/json" if s.accept == "json" else "application/xml"),
             "Content-Type": "text/plain; charset=utf-8",
             "accessToken": token,
+            **self._proxy.headers,
         }
         self.stats.count(method, path, download=sink is not None)
         try:
             async with self._session.request(
-                method, url, headers=headers, params=params or {}, data=body or None
+                method,
+                url,
+                headers=headers,
+                params=params or {},
+                data=body or None,
+                **self._proxy.options,
             ) as resp:
+                self.reached = True
                 self._note_date(resp.headers.get("Date"))
                 if sink is not None and resp.status == 200:
                     written = 0
@@ -216,10 +241,15 @@ class ApiClient:
                     return Reply(200, resp.content_type, "", None, written)
                 text = await resp.text(errors="replace")
                 return Reply(resp.status, resp.content_type, text, _retry_after(resp))
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # The connection was never established: nothing can have been sent.
-            return Lost(f"cannot connect: {_oneline(exc)}", sent=False)
         except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = connect_failure(exc)
+            if failure is not None:  # never connected: nothing can have been sent
+                self.stats.unconnected += 1
+                if not self.reached:
+                    raise UnreachableError(
+                        f"{s.base_url} is unreachable: {failure}", url=s.base_url
+                    ) from None
+                return Lost(f"cannot connect: {failure}", sent=False)
             log.warning("request.lost", method=method, path=path, error=type(exc).__name__)
             return Lost(f"no answer ({type(exc).__name__}: {_oneline(exc)})", sent=True)
 
@@ -374,12 +404,3 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 
 def _oneline(exc: BaseException) -> str:
     return redact(" ".join(str(exc).split()))[:200] or type(exc).__name__
-
-
-def new_session(settings: Settings) -> aiohttp.ClientSession:
-    """The HTTP session of a run or command: connect and read timeouts, a bounded pool."""
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
-    )
-    connector = aiohttp.TCPConnector(limit=settings.concurrency + 2)
-    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)

@@ -20,7 +20,9 @@ run reports when it ends on it::
         ├── ProtocolError        415, or an answer bulkjob cannot use          1
         ├── AmbiguousError       a submit's outcome cannot be proven           8
         └── TransportError       5xx / timeouts / resets after every retry     7
-            └── ThrottledError   429 and still 429 after every pause           7
+            ├── ThrottledError   429 and still 429 after every pause           7
+            └── UnreachableError no connection at the first try (wrong URL,    7
+                                 no such host, nothing listening): not retried
 
 Errors are translated where they enter (``raise ... from exc``) and carry the context
 they were raised in as attributes, never a secret: request errors keep the HTTP
@@ -54,6 +56,7 @@ __all__ = [
     "ThrottledError",
     "Transient",
     "TransportError",
+    "UnreachableError",
     "WaitTimeoutError",
     "error_for_stop",
     "first_error",
@@ -282,6 +285,21 @@ class TransportError(RequestError):
 
 class ThrottledError(TransportError):
     """The server kept answering 429 past every pause."""
+
+
+class UnreachableError(TransportError):
+    """No connection could be made, and none ever was in this command: a wrong URL, a
+    name that does not resolve, nothing listening, a proxy that refuses.
+
+    Raised at the first attempt instead of after every retry: a host that has never
+    answered is far likelier misconfigured than restarting. Once it has answered (or
+    anything was accepted), the same failure is retried with the usual backoff.
+    Nothing was sent, so nothing can have been created. ``url`` is the URL aimed at.
+    """
+
+    def __init__(self, message: str, *, url: str, chunk: int | None = None) -> None:
+        super().__init__(message, chunk=chunk)
+        self.url = url
 
 
 class Transient(Exception):

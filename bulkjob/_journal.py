@@ -244,14 +244,22 @@ class Journal:
                 conn = sqlite3.connect(
                     f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
                 )
-                conn.execute("PRAGMA query_only=ON")
-                return conn
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed "sending"/"accepted" survives power loss, not just kill -9.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(SCHEMA)
+            else:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                if readonly:
+                    conn.execute("PRAGMA query_only=ON")
+                    return conn
+                conn.execute("PRAGMA journal_mode=WAL")
+                # FULL: a committed "sending"/"accepted" survives power loss, not just kill -9.
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=5000")
+                conn.executescript(SCHEMA)
+            except BaseException:
+                # A file that is no database fails here, after the connection was made:
+                # closed now, not left to the garbage collector (a ResourceWarning on 3.13).
+                conn.close()
+                raise
             return conn
 
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")

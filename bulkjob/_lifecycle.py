@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar, Unpack
 
-from ._client import ApiClient, new_session
+from ._client import ApiClient
 from ._config import load_settings
 from ._errors import (
     AmbiguousError,
@@ -38,6 +38,7 @@ from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
 from ._merge import merge_files, remove_parts
+from ._network import new_session
 from ._progress import ProgressLog
 from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings, SettingsValues

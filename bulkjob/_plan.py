@@ -17,10 +17,11 @@ from typing import BinaryIO
 
 from ._account import read_credits
 from ._chunker import chunked
-from ._client import ApiClient, new_session
+from ._client import ApiClient
 from ._errors import BulkJobError
 from ._journal import Journal
 from ._journal_schema import UNSETTLED, ChunkRow, ChunkState
+from ._network import new_session
 from ._settings import Settings
 from ._source import IdSource
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._chunker import Chunk
-from ._errors import InputError, StopReason, stop_reason_for
+from ._errors import BulkJobError, InputError, StopReason, UnreachableError, stop_reason_for
 from ._logging import get_logger, redact
 
 if TYPE_CHECKING:  # for annotations only: the client and the source never import the report
@@ -40,11 +40,13 @@ log = get_logger()
 class StopSignal:
     """The run's one stop: the first reason given wins; nothing new starts after it."""
 
-    __slots__ = ("event", "listeners", "message", "reason")
+    __slots__ = ("error", "event", "listeners", "message", "reason")
 
     def __init__(self) -> None:
         self.reason: StopReason | None = None
         self.message: str | None = None
+        #: The error behind the stop, when one was given.
+        self.error: BulkJobError | None = None
         self.event = asyncio.Event()
         #: Called once, synchronously, when the stop is requested.
         self.listeners: list[Callable[[], None]] = []
@@ -57,12 +59,16 @@ class StopSignal:
         """Whether a stop was requested."""
         return self.reason is not None
 
-    def request(self, reason: StopReason, message: str | None = None) -> None:
+    def request(
+        self, reason: StopReason, message: str | None = None, *, error: BulkJobError | None = None
+    ) -> None:
         """Stop starting new work; only the first call counts."""
         if self.reason is None:
-            self.reason, self.message = reason, message
+            self.reason, self.message, self.error = reason, message, error
             self.event.set()
-            log.warning("run.stopping", reason=reason, message=redact(message or ""))
+            # An unreachable host ends the run with that error, raised: said once, there.
+            say = log.debug if isinstance(error, UnreachableError) else log.warning
+            say("run.stopping", reason=reason, message=redact(message or ""))
             for listener in self.listeners:
                 listener()
 

@@ -26,11 +26,12 @@ import aiohttp
 
 from ._account import CreditCheck
 from ._chunker import Chunk, chunked, read_ahead
-from ._client import REQUEST_KINDS, ApiClient, new_session
+from ._client import REQUEST_KINDS, ApiClient
 from ._counts import RunCounts
-from ._errors import ConfigError, InputError, JournalError, first_error
+from ._errors import ConfigError, InputError, JournalError, UnreachableError, first_error
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
+from ._network import new_session
 from ._progress import Progress, ProgressLog, ProgressSink
 from ._report import RunReport, StopReason, StopSignal
 from ._rerun import open_for_submit
@@ -154,6 +155,10 @@ class Runner:
         self.report.finish(source.stats, self.stop, time.monotonic() - self._started, files)
         if self._client is not None:
             self.report.count_requests(self._client.stats)
+        if isinstance(self.stop.error, UnreachableError):
+            # The host never answered: a wrong URL or a host that is down, said as one
+            # error rather than a report of nothing. Every chunk it held back is pending.
+            raise self.stop.error
         return self.report
 
     def _open_journal(self, source: IdSource) -> tuple[Journal | None, dict[int, ChunkRow]]:

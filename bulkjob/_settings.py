@@ -15,17 +15,21 @@ import importlib.util
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict, Unpack
 
 from ._errors import ConfigError
 from ._kinds import KINDS, JobKind
+from ._logging import register_secret
 
 __all__ = ["Settings", "SettingsValues"]
 
 DEFAULT_BASE_URL = "https://api.insideview.com/api/v1"
 DEFAULT_TOKEN_URL = "https://login.insideview.com/Auth/login/v1/token.json"
+#: No proxy of our own: HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment apply.
+DEFAULT_PROXY: str | None = None
 #: The documented form of a new contact id: 64 characters of [A-Za-z0-9_-].
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_-]{64}"
 #: The documented per-job maximum of the submit endpoint.
@@ -94,6 +98,9 @@ class Settings:
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
     token_refresh_margin: float = DEFAULT_TOKEN_REFRESH_MARGIN
+    #: An http(s) proxy URL for every request (API, token, results), ahead of the
+    #: environment's. Its credentials (``http://user:pass@host:port``) are a secret.
+    proxy: str | None = field(default=DEFAULT_PROXY, repr=False)
 
     kind: str = "new-contact-details"
     max_requests: int = DEFAULT_MAX_REQUESTS
@@ -150,6 +157,8 @@ class Settings:
         _url("token_url", self.token_url)
         if self.webhook is not None:
             _url("webhook", self.webhook)
+        if self.proxy is not None:
+            _proxy_url("proxy", self.proxy)
         _int_range("max_requests", self.max_requests, 1, 1_000_000)
         _float_range("per_seconds", self.per_seconds, 0.001, 86_400.0)
         _float_range("window_margin", self.window_margin, 0.0, 1.0)
@@ -250,7 +259,7 @@ class Settings:
     def public(self) -> dict[str, object]:
         """The settings as plain data, secrets left out: safe for reports and journals."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for secret in SECRET_FIELDS:
+        for secret in (*SECRET_FIELDS, *NOT_RECORDED):
             data.pop(secret, None)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
@@ -286,6 +295,10 @@ class Settings:
 
 
 SECRET_FIELDS = ("access_token", "client_secret")
+#: Not in reports and journals either: the proxy may carry credentials, and it belongs
+#: to the network a command runs in, so ``resume``, ``wait`` and ``results`` take it
+#: again from where they run (the setting or the environment), like credentials.
+NOT_RECORDED = ("proxy",)
 
 
 class SettingsValues(TypedDict, total=False):
@@ -301,6 +314,7 @@ class SettingsValues(TypedDict, total=False):
     client_id: str | None
     client_secret: str | None
     token_refresh_margin: float
+    proxy: str | None
     kind: str
     max_requests: int
     per_seconds: float
@@ -366,6 +380,25 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 def _url(name: str, value: object) -> None:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
         raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+
+
+def _proxy_url(name: str, value: object) -> None:
+    """An http(s) URL with a host; the error never shows the value, which may hold a
+    password. Its credentials are registered for redaction at once."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected an http(s) URL, got {type(value).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL (http://[user:password@]host:port)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{name}: expected an http(s) URL such as http://[user:password@]host:port"
+        )
+    register_secret(parts.password)
+    if parts.password:
+        register_secret(urllib.parse.unquote(parts.password))
 
 
 def _host_port(name: str, value: str) -> None:

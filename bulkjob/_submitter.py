@@ -56,6 +56,7 @@ from ._errors import (
     StopRequested,
     Transient,
     TransportError,
+    UnreachableError,
 )
 from ._evidence import (
     FINAL_STATUSES,
@@ -281,7 +282,7 @@ class Submitter:
             return
         except BulkJobError as exc:  # retries exhausted, credentials refused, journal failed
             self._report.add_pending(chunk)
-            self._stop.request(exc.stop_reason, str(exc))
+            self._stop.request(exc.stop_reason, str(exc), error=exc)
             if exc.stop_reason != "journal":
                 await self._settle(chunk.seq, ChunkState.PENDING, str(exc))
             return
@@ -424,6 +425,9 @@ class Submitter:
                 failures = 0
             except AuthError as exc:
                 self._stop.request("auth", str(exc))
+                return
+            except UnreachableError as exc:  # never answered: no round can do better
+                self._stop.request(exc.stop_reason, str(exc), error=exc)
                 return
             except RequestError as exc:  # the list or a result could not be read: later
                 failures += 1

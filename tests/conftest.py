@@ -115,9 +115,30 @@ FAST_ENV = {
 }
 
 
+#: Proxy variables: the tests talk to 127.0.0.1 directly unless a test sets its own.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ws_proxy", "wss_proxy")
+
+
+def _is_proxy_variable(name: str) -> bool:
+    return name.lower() in PROXY_VARIABLES
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy set for the machine (CI behind a corporate proxy) must not carry the tests'
+    requests to 127.0.0.1: the session trusts the environment's proxy variables."""
+    for name in [n for n in os.environ if _is_proxy_variable(n)]:
+        monkeypatch.delenv(name)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI process: no stray settings, the sandbox token, FAST_ENV."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSIDEVIEW_", "BULKJOB_"))}
+    """The environment of a CLI process: no stray settings or proxies, the sandbox token,
+    FAST_ENV."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("INSIDEVIEW_", "BULKJOB_")) and not _is_proxy_variable(k)
+    }
     env["INSIDEVIEW_ACCESS_TOKEN"] = TOKEN
     env.update(FAST_ENV)
     env.update(extra)

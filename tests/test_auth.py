@@ -9,9 +9,16 @@ import aiohttp
 import pytest
 
 from bulkjob._auth import TokenSource, parse_expiration
-from bulkjob._errors import AuthError, TransportError
+from bulkjob._errors import AuthError, TransportError, UnreachableError
 from bulkjob.sandbox import Sandbox
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, TOKEN, SandboxFactory, settings_for
+from tests.conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TOKEN,
+    SandboxFactory,
+    settings_for,
+    wait_until,
+)
 
 
 async def _accepted_by(sandbox: Sandbox, session: aiohttp.ClientSession, token: str) -> int:
@@ -168,18 +175,46 @@ async def test_wrong_secret_is_auth_error_without_the_secret(sandbox: SandboxFac
 
 
 async def test_unreachable_token_endpoint_hides_the_secret(sandbox: SandboxFactory) -> None:
-    """A token endpoint that is down gives TransportError without the secret in it."""
+    """A token endpoint that is down at the first mint fails at the first attempt, with an
+    UnreachableError (a TransportError) without the secret in it."""
     sb = await sandbox()
     url = sb.token_url
     await sb.close()
     secret = "down-secret-Pw7k"
-    settings = settings_for(sb, token_url=url, client_id=CLIENT_ID, client_secret=secret)
+    settings = settings_for(
+        sb, token_url=url, client_id=CLIENT_ID, client_secret=secret, max_attempts=5
+    )
     async with aiohttp.ClientSession() as session:
         tokens = TokenSource(settings, session)
-        with pytest.raises(TransportError) as info:
+        with pytest.raises(UnreachableError, match="token endpoint") as info:
             await tokens.get()
-    assert secret not in str(info.value)
+    assert isinstance(info.value, TransportError)
+    assert tokens.attempts == 1
+    assert secret not in str(info.value) and secret not in info.value.url
     assert info.value.__cause__ is None
+
+
+async def test_token_endpoint_down_after_a_mint_is_ridden_out(sandbox: SandboxFactory) -> None:
+    """Once the login host has answered, a refused connection is retried: a login host
+    restarting between two mints is waited for."""
+    sb = await sandbox()
+    settings = settings_for(
+        sb, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, max_attempts=50, backoff_max=0.02
+    )
+    async with aiohttp.ClientSession() as session:
+        tokens = TokenSource(settings, session)
+        first = await tokens.get()
+        port = sb.port
+        await sb.close()
+        mint = asyncio.create_task(tokens.refresh(first))
+        await wait_until(lambda: tokens.attempts >= 3)
+        again = Sandbox()
+        await again.start("127.0.0.1", port)
+        try:
+            assert await mint not in (None, first)
+        finally:
+            await again.close()
+    assert tokens.mints == 2 and again.ledger.token_requests == 1
 
 
 @pytest.mark.parametrize("kind", ["5xx", "reset", "garbage"])

@@ -190,7 +190,8 @@ async def test_rejected_jobs_exit_6(sandbox: SandboxFactory, tmp_path: Path) -> 
 
 
 async def test_unreachable_base_url_exits_7(tmp_path: Path) -> None:
-    """Nothing listening at the base URL: retries run out and the run exits 7."""
+    """Nothing listening at the base URL, never answered: the run exits 7 at once, with
+    one error line and no retries (see test_network.py for the attempts counted)."""
     path = tmp_path / "ids.txt"
     path.write_text("\n".join(make_ids(5)) + "\n")
     code, _, err = await bulkjob(
@@ -206,7 +207,8 @@ async def test_unreachable_base_url_exits_7(tmp_path: Path) -> None:
         },
     )
     assert code == 7, err
-    assert "stopped: transport" in err
+    assert "error: http://127.0.0.1:9/api/v1 is unreachable" in err
+    assert "retrying" not in err and "stopped:" not in err
 
 
 def _binary(p: Path) -> None:

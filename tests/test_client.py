@@ -4,6 +4,7 @@ them; the client itself only carries requests."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -20,6 +21,7 @@ from bulkjob._errors import (
     QuotaExhaustedError,
     RequestError,
     TransportError,
+    UnreachableError,
 )
 from bulkjob._limiter import WindowLimiter
 from bulkjob._report import RunReport, StopSignal
@@ -27,7 +29,14 @@ from bulkjob._settings import Settings
 from bulkjob._source import Origin
 from bulkjob._submitter import Submitter
 from bulkjob.sandbox import Sandbox
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, SandboxFactory, make_ids, settings_for
+from tests.conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SandboxFactory,
+    make_ids,
+    settings_for,
+    wait_until,
+)
 
 ClientFactory = Callable[..., Awaitable["Api"]]
 
@@ -202,15 +211,42 @@ async def test_dropped_connection_to_a_submit_is_an_unknown_outcome(
     assert sb.ledger.requests == 1
 
 
-async def test_connection_refused_is_transport_error(
+async def test_server_never_reached_fails_at_the_first_attempt(
     sandbox: SandboxFactory, client: ClientFactory
 ) -> None:
-    """A server that is not there gives TransportError after the retries."""
+    """A server that has not answered once in this command is not retried: one attempt,
+    UnreachableError (a TransportError), nothing sent."""
     sb = await sandbox()
-    settings = settings_for(sb, max_attempts=2)
+    settings = settings_for(sb, max_attempts=5)
     await sb.close()
-    with pytest.raises(TransportError, match="cannot connect"):
-        await (await client(settings)).submit(chunk_of(make_ids(1)))
+    api = await client(settings)
+    with pytest.raises(UnreachableError, match="cannot connect") as raised:
+        await api.submit(chunk_of(make_ids(1)))
+    assert isinstance(raised.value, TransportError)
+    assert raised.value.url == settings.base_url
+    assert (api.stats.requests, api.stats.unconnected, api.stats.retries) == (1, 1, 0)
+
+
+async def test_refused_after_an_answer_is_ridden_out(
+    sandbox: SandboxFactory, client: ClientFactory
+) -> None:
+    """Once the server has answered, refused connections are retried with backoff, so a
+    server restarting mid-run is waited for."""
+    sb = await sandbox()
+    api = await client(settings_for(sb, max_attempts=50, backoff_max=0.02))
+    await api.get_json("admin/usage")
+    port = sb.port
+    await sb.close()
+    call = asyncio.create_task(api.get_json("admin/usage"))
+    await wait_until(lambda: api.stats.unconnected >= 2)
+    again = Sandbox()
+    await again.start("127.0.0.1", port)
+    try:
+        await call
+    finally:
+        await again.close()
+    assert api.stats.retries >= 2 and api.stats.unconnected == api.stats.retries
+    assert again.ledger.requests == 1
 
 
 # -- 401 ---------------------------------------------------------------------------------------

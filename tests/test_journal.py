@@ -4,6 +4,7 @@ and files that are not journals left untouched."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -312,3 +313,23 @@ async def test_the_schema_is_read_again_under_the_lock(tmp_path: Path) -> None:
         second.close_sync()
     finally:
         keep_wal.close()
+
+
+def test_a_journal_that_cannot_be_set_up_leaves_no_connection_open(tmp_path: Path) -> None:
+    """When setting up the connection fails after it was made (another program holds the
+    database locked), the journal's connection is closed, not left to the garbage
+    collector (Python 3.13 warns about that: an error under this suite's settings)."""
+    path = tmp_path / "run.journal"
+    Journal.claim(path, "t").close_sync()
+    with Journal.claim(path, "t") as journal:
+        journal.start({}, [])
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode=DELETE")
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(JournalError, match="cannot open"):
+            Journal.open(path, "t")
+        gc.collect()  # an unclosed connection would warn here
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

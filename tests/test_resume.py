@@ -26,6 +26,7 @@ from tests.conftest import (
     settings_for,
     start_cli,
     submit_args,
+    wait_until,
 )
 
 
@@ -182,7 +183,10 @@ async def test_kill_9_at_random_points_then_resume_exactly_once(
         path.write_text("".join(f"{v}\n" for v in values))
         journal = tmp_path / f"run{round_}.journal"
         proc = await start_cli(*submit_args(path, journal), *cli_flags(sb, max_requests=20))
-        await asyncio.sleep(rng.uniform(0.4, 1.2))
+        # Mid-run: from the first request on (a loaded machine can take longer than a fixed
+        # delay just to start the process), at a random point.
+        await wait_until(lambda: sb.ledger.requests > 0)  # noqa: B023
+        await asyncio.sleep(rng.uniform(0.0, 0.8))
         kill_9(proc)
         await proc.wait()
         assert sb.ledger.ids_accepted < 3000

@@ -100,7 +100,9 @@ async def test_faults_lose_and_duplicate_nothing(sandbox: SandboxFactory, ids: I
     report = await run(settings_for(sb, max_attempts=20), ids(values))
     assert report.ok
     assert sb.ledger.faults["5xx"] + sb.ledger.faults["drop"] > 0
-    assert report.retries > 0
+    # Which requests the seeded faults hit depends on the order requests arrive in (it
+    # differs between Python versions): a faulted submit is proven, anything else retried.
+    assert report.retries + len(report.proven_chunks) > 0
     assert set(sb.ledger.accepted_ids) == set(values)
     assert_no_double_pay(report, sb)
     assert_accounted(report)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bulkjob import Sandbox, SandboxConfig, submit
 from bulkjob._sync import run_sync
-from tests.conftest import TOKEN, make_ids, parsed_merge
+from tests.conftest import TOKEN, assert_paid_once, make_ids, parsed_merge
 
 
 def _serve_in_thread() -> tuple[Sandbox, threading.Event, threading.Thread]:
@@ -140,3 +142,47 @@ def test_results_merge_into_a_stream_without_parts(tmp_path: Path) -> None:
     assert got.merged is None
     assert got.removed == got.files
     assert not any(p.exists() for p in got.files)
+
+
+async def test_notebook_pattern_sandbox_running_in_a_thread(tmp_path: Path) -> None:
+    """The notebook recipe, inside a running loop: ``with Sandbox.running()`` and a blocking
+    ``submit()`` in the same cell complete, every id accepted once."""
+    asyncio.get_running_loop()  # a loop is running here, as in a notebook cell
+    path = tmp_path / "ids.txt"
+    ids = make_ids(250)
+    path.write_text("\n".join(ids) + "\n")
+    with Sandbox.running() as sb:
+        report = submit([str(path)], base_url=sb.base_url, access_token=sb.token, chunk_size=100)
+        assert sb.ledger.ids_accepted == 250  # read from this thread while it serves
+        assert_paid_once(sb, ids)
+    assert report.ids_submitted == 250 and len(report.jobs) == 3 and report.accounted
+
+
+def test_sandbox_running_stops_on_exit_and_on_error() -> None:
+    """The block's end stops the server, an exception in it too (and goes on up)."""
+    port = 0
+
+    def fail_inside() -> None:
+        nonlocal port
+        with Sandbox.running() as sb:
+            port = sb.port
+            ask = urllib.request.Request(f"{sb.base_url}/admin/usage")
+            ask.add_header("accessToken", sb.token)
+            with urllib.request.urlopen(ask, timeout=30) as answer:  # it serves
+                assert answer.status == 200
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        fail_inside()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_sandbox_running_on_a_taken_port_raises_here() -> None:
+    """A sandbox that cannot listen raises its error in the caller's thread."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="in use"), Sandbox.running(port=port):
+            pass

@@ -115,6 +115,12 @@ _API = (
         metavar="ID",
         help="mint tokens with this client id (secret: INSIDEVIEW_CLIENT_SECRET)",
     ),
+    setting(
+        "--proxy",
+        name="proxy",
+        metavar="URL",
+        help="http://[user:password@]host:port for every request (default: HTTP(S)_PROXY)",
+    ),
     setting("--max-requests", name="max_requests", metavar="N", help="requests per window"),
     setting("--per", name="per_seconds", metavar="SECONDS", help="the window's length"),
     setting("--concurrency", name="concurrency", metavar="N", help="requests at once"),

@@ -58,7 +58,9 @@ def _install_signals(
 ) -> list[tuple[signal.Signals, object]]:
     """Route SIGINT/SIGTERM to ``handler`` on the loop; returns what to restore.
 
-    Where the loop cannot (Windows), ``signal.signal`` hands the signal to the loop.
+    Where the loop cannot (Windows), ``signal.signal`` hands the signal to the loop:
+    the handler runs in the main thread between two bytecodes, and
+    ``call_soon_threadsafe`` wakes the loop (its selector or proactor) to run ``handler``.
     """
     installed: list[tuple[signal.Signals, object]] = []
     for sig in _SIGNALS:
@@ -66,7 +68,12 @@ def _install_signals(
             loop.add_signal_handler(sig, handler)
             installed.append((sig, None))
         except (NotImplementedError, RuntimeError):
-            previous = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(handler))
+            try:
+                previous = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(handler))
+            except ValueError:
+                # Not the main thread (an embedding host ran the command in one): only the
+                # main thread may handle signals, so they stay its business.
+                continue
             installed.append((sig, previous))
     return installed
 

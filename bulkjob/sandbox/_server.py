@@ -38,17 +38,19 @@ are neither counted nor throttled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .._errors import SandboxRefusal
+from ._background import serve_in_thread
 from ._bodies import (
     API_PREFIX,
     TOKEN_PATH,
@@ -136,6 +138,29 @@ class Sandbox:
     @property
     def token_url(self) -> str:
         return f"http://{self._url_host}:{self.port}{TOKEN_PATH}.json"
+
+    @property
+    def token(self) -> str:
+        """An access token this sandbox accepts (the config's first fixed one)."""
+        if not self.config.access_tokens:
+            raise RuntimeError("this sandbox has no fixed token: mint one from client_id")
+        return self.config.access_tokens[0]
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(
+        cls, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> Iterator[Sandbox]:
+        """``with Sandbox.running() as sb:`` a started sandbox served from a thread of its
+        own, stopped at the end of the block: for notebooks, where a sandbox on the
+        kernel's loop would deadlock a blocking ``bulkjob.submit``, and plain scripts.
+
+        Its counts (``sb.ledger.requests``, ``ids_accepted``...) can be read from the
+        caller's thread at any time; collections (``ledger.jobs``, ``accepted_ids``) once
+        the calls that fill them have returned.
+        """
+        with serve_in_thread(cls(config), host, port) as sandbox:
+            yield sandbox
 
     def add_quota(self, n: int) -> None:
         """Give the account ``n`` more credits (an unlimited quota stays unlimited)."""
