@@ -260,6 +260,10 @@ async def test_kill_9_at_random_points_with_lost_answers(
         path, journal = write_ids(tmp_path / f"{round_}.txt", values), tmp_path / f"{round_}.j"
         flags = cli_flags(sb, max_requests=40)
         proc = await start_cli(*submit_args(path, journal), *flags)
+        # The run's journal exists once it sends (a slow start must not be killed first).
+        async with asyncio.timeout(60):
+            while not sb.ledger.requests:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         for _ in range(2):  # killed twice: once in the submit, once in the first resume
             await asyncio.sleep(rng.uniform(0.3, 1.0))
             kill_9(proc)
