@@ -297,8 +297,10 @@ class Settings:
 SECRET_FIELDS = ("access_token", "client_secret")
 #: Not in reports and journals either: the proxy may carry credentials, and it belongs
 #: to the network a command runs in, so ``resume``, ``wait`` and ``results`` take it
-#: again from where they run (the setting or the environment), like credentials.
-NOT_RECORDED = ("proxy",)
+#: again from where they run (the setting or the environment), like credentials. The
+#: metrics address is the serving process's, not the run's: a resume elsewhere (or
+#: without the extra) must not inherit it.
+NOT_RECORDED = ("proxy", "metrics_port", "metrics_host")
 
 
 class SettingsValues(TypedDict, total=False):

@@ -195,3 +195,12 @@ def test_mypy_accepts_every_entry_point_spelt_right(
         "    await bulkjob.results_async(j, 'out', dedupe=True)\n",
     )
     assert (status, report.strip()) == (0, "")
+
+
+def test_process_settings_are_not_inherited_by_a_resume() -> None:
+    """The proxy and the metrics address belong to a process, not to the run: a journal's
+    record (Settings.public) leaves them out, so a resume reads them where it runs."""
+    s = Settings(proxy="http://proxy.example:3128", metrics_port=9100, metrics_host="0.0.0.0")
+    recorded = s.public()
+    assert not {"proxy", "metrics_port", "metrics_host"} & set(recorded)
+    assert recorded["max_requests"] == s.max_requests
