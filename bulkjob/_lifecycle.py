@@ -37,7 +37,7 @@ from ._errors import (
 from ._evidence import FINAL_STATUSES as _FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
-from ._merge import merge_files, remove_parts
+from ._merge import check_closed, merge_files, remove_parts
 from ._network import new_session
 from ._progress import ProgressLog
 from ._report import RunReport, RunStatus, StopSignal
@@ -321,6 +321,14 @@ async def results(
             safe_id = _UNSAFE_FILENAME.sub("_", row.job_id)
             dest = (out_dir / f"{row.seq:06d}-{safe_id}.csv").resolve()
             size = await cmd.client.download(f"{cmd.kind_path}/{row.job_id}/results", dest)
+            try:  # a file cut short would swallow the next file's rows in the merge
+                await asyncio.to_thread(check_closed, dest)
+            except ProtocolError as exc:
+                await asyncio.to_thread(dest.unlink, missing_ok=True)
+                raise ProtocolError(
+                    f"job {row.job_id} (chunk {row.seq}): {exc}; the file was not kept, run "
+                    "`results` again to download it again"
+                ) from None
             await cmd.journal.job_update(row.seq, results_path=str(dest))
             present[row.seq] = dest
             sizes.append(size)

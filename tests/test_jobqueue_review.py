@@ -15,7 +15,7 @@ import bulkjob._jobqueue as jobqueue_module
 from bulkjob._errors import ConfigError, ProtocolError, QueueFullError
 from bulkjob._jobqueue import JobQueue
 from bulkjob._lifecycle import wait
-from bulkjob._merge import merge_files
+from bulkjob._merge import check_closed, merge_files
 from bulkjob._report import StopSignal
 from bulkjob._runner import Runner
 from bulkjob._settings import Settings
@@ -194,30 +194,48 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def test_merge_refuses_a_file_cut_inside_a_quoted_field(tmp_path: Path) -> None:
-    """A file ending inside quotes would swallow the next files' rows: an error instead,
-    and no merged file is left behind."""
-    files = [
-        _write(tmp_path / "1.csv", 'id,name\nid1,"Smith, J\n'),
-        _write(tmp_path / "2.csv", "id,name\nid2,Jones\n"),
-    ]
-    dest = tmp_path / "all.csv"
+def test_a_file_cut_inside_a_quoted_field_is_caught(tmp_path: Path) -> None:
+    """A file ending inside quotes would swallow the next file's rows in the byte merge."""
+    cut = _write(tmp_path / "1.csv", 'id,name\nid1,"Smith, J\n')
     with pytest.raises(ProtocolError, match=r"1\.csv: its last row ends inside a quoted"):
-        merge_files(files, dest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.csv", "2.csv"]
+        check_closed(cut)
+    check_closed(_write(tmp_path / "2.csv", 'id,name\nid2,"Jones, K"\n'))
 
 
-def test_merge_keeps_bare_quotes_inside_unquoted_fields(tmp_path: Path) -> None:
+def test_bare_quotes_inside_unquoted_fields_are_no_cut(tmp_path: Path) -> None:
     """An odd count of quotes is not always an open field: ``5"10`` is read as it is."""
     files = [
         _write(tmp_path / "1.csv", 'id,height\nid1,5"10\n'),
         _write(tmp_path / "2.csv", 'id,height\nid2,"6\'1"\n'),
     ]
+    for path in files:
+        check_closed(path)
     dest = tmp_path / "all.csv"
     merge_files(files, dest)
     rows = list(csv.reader(io.StringIO(dest.read_text())))
     assert rows == [["id", "height"], ["id1", '5"10'], ["id2", "6'1"]]
     assert rows == list(csv.reader(io.StringIO(parsed_merge(files).decode())))
+
+
+async def test_results_cut_short_by_the_server_are_not_kept(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """The sandbox serves a results file cut inside quotes: `results` refuses to keep it
+    (so no merge can swallow rows with it), and a later call downloads it again."""
+    from bulkjob._lifecycle import results
+
+    sb = await sandbox(results_cut_rate=1.0)
+    journal = tmp_path / "j.journal"
+    settings = settings_for(sb, concurrency=1)
+    path = write_ids(tmp_path / "ids.txt", make_ids(100))
+    assert (await Runner(settings, [str(path)], journal=journal).run()).ok
+    out = tmp_path / "out"
+    with pytest.raises(ProtocolError, match="ends inside a quoted field"):
+        await results(journal, settings, out, merge=tmp_path / "all.csv")
+    assert list(out.iterdir()) == [] and not (tmp_path / "all.csv").exists()
+    sb.config.results_cut_rate = 0.0
+    got = await results(journal, settings, out, merge=tmp_path / "all.csv")
+    assert got.downloaded == 1 and sb.ledger.faults["results_cut"] == 1
 
 
 async def test_merge_into_a_directory_is_a_usage_error(

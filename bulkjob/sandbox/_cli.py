@@ -153,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
         help="share of ids that come back not found",
     )
     jobs.add_argument(
+        "--results-cut-rate",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="share of results files served cut short inside a quoted field",
+    )
+    jobs.add_argument(
         "--results-id-column",
         metavar="NAME",
         help="the results' id column for every kind (default: per kind)",
@@ -265,6 +272,7 @@ def parse_args(argv: list[str]) -> tuple[SandboxConfig, str, int]:
             failed_results=args.failed_results,
             no_match_rate=args.no_match_rate,
             results_id_column=args.results_id_column,
+            results_cut_rate=args.results_cut_rate,
             clock_skew=args.clock_skew,
             fault_5xx_rate=args.fault_5xx,
             fault_html=args.fault_html,

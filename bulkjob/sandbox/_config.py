@@ -34,6 +34,7 @@ _RATES = (
     "accept_then_garbage_rate",
     "job_fail_rate",
     "no_match_rate",
+    "results_cut_rate",
     "token_fault_rate",
     "finished_jitter",
     "webhook_loss_rate",
@@ -97,6 +98,8 @@ class SandboxConfig:
     failed_results: bool = False
     #: Share of ids (fixed per id, from its hash) that come back in the results as not found.
     no_match_rate: float = 0.0
+    #: Share of results files served cut short inside a quoted field (a broken file).
+    results_cut_rate: float = 0.0
     #: Name of the results' id column for every kind; None = the kind's own name.
     results_id_column: str | None = None
     #: Seconds a job waits after acceptance before ``GET /admin/jobs`` lists it.

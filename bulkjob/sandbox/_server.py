@@ -415,8 +415,14 @@ class Sandbox:
         if status not in (FINISHED, FAILED):
             self.ledger.rejected["not_finished"] += 1
             raise SandboxRefusal(400, NOT_FINISHED, "Job is not finished")
+        text = job.results_csv()
+        if self.config.results_cut_rate and (
+            self._state.faults_rng.random() < self.config.results_cut_rate
+        ):
+            self.ledger.faults["results_cut"] += 1
+            text += 'cut-short,"an open quote\n'  # the file ends inside a quoted field
         return web.Response(
-            text=job.results_csv(),
+            text=text,
             content_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job.job_id}.csv"'},
         )
