@@ -185,7 +185,7 @@ class TokenSource:
         if status == 429 or status >= 500 or (status < 400 and status != 200):
             log.warning("token.failed", status=status)
             if status == 429 and self._limiter is not None:
-                self._limiter.throttled(None)
+                await self._limiter.throttled(None)
             raise Transient(f"answered {status}", status=status)
         if status != 200:
             err = ErrorBody.from_data(data, text)

@@ -41,11 +41,12 @@ from ._answers import (
 )
 from ._auth import TokenSource
 from ._errors import ThrottledError, Transient, TransportError, UnreachableError
-from ._limiter import SlotRecorder, WindowLimiter
+from ._limiter import WindowLimiter
 from ._logging import get_logger, redact
 from ._network import ProxyRoute, connect_failure, proxy_route
 from ._retry import retrying
 from ._settings import Settings
+from ._window_store import WindowStore, open_store
 from ._wire import parse_body
 
 __all__ = ["ApiClient", "ClientStats", "Tries"]
@@ -147,14 +148,12 @@ class ApiClient:
         cls,
         settings: Settings,
         session: aiohttp.ClientSession,
-        history: tuple[float, ...] | list[float] = (),
-        recorder: SlotRecorder | None = None,
+        store: WindowStore | None = None,
     ) -> ApiClient:
         """A client with its own limiter and token source: one per command or run.
 
-        ``history``: completion times of the run's recent requests, and ``recorder``
-        where this command's go (see :mod:`bulkjob._windowlog`), so that a new command
-        does not start with a fresh window.
+        The limiter's window lives in ``store`` (by default the one ``throttle_store``
+        names, shared with every process of the account); :meth:`aclose` gives it back.
         """
         limiter = WindowLimiter(
             settings.max_requests,
@@ -163,8 +162,7 @@ class ApiClient:
             initial_delay=settings.throttle_initial_delay,
             max_pause=settings.retry_after_max,
             pace=settings.pacing == "even",
-            history=history,
-            recorder=recorder,
+            store=store or open_store(settings),
         )
         return cls(settings, session, limiter, TokenSource(settings, session, limiter))
 
@@ -172,6 +170,10 @@ class ApiClient:
     def token_requests(self) -> int:
         """Requests made to the token endpoint so far."""
         return self._tokens.requests
+
+    async def aclose(self) -> None:
+        """Give back the window store (this process's slots in it count as completed)."""
+        await self._limiter.store.close()
 
     @property
     def limiter(self) -> WindowLimiter:
@@ -265,7 +267,7 @@ class ApiClient:
         if isinstance(verdict, Throttled):
             tries.throttled_in_a_row += 1
             self.stats.throttled += 1
-            pause = self._limiter.throttled(verdict.retry_after)
+            pause = await self._limiter.throttled(verdict.retry_after)
             log.warning(
                 "request.throttled",
                 chunk=tries.chunk,

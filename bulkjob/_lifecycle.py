@@ -455,8 +455,8 @@ class _Command:
             self._journal = journal
             if self._online:
                 session = await stack.enter_async_context(new_session(s))
-                history, log = journal.open_window(s.window)
-                self._client = ApiClient.for_settings(s, session, history, log)
+                self._client = client = ApiClient.for_settings(s, session)
+                stack.push_async_callback(client.aclose)
                 stack.push_async_callback(journal.flush)
             self._stack = stack.pop_all()
         return self

@@ -24,51 +24,41 @@ On a 429 every worker pauses together (:meth:`WindowLimiter.throttled`): the pau
 honours Retry-After as sent, up to ``max_pause`` (a lockout may outlast one window, so
 the cap is not the window); without Retry-After it starts at ``initial_delay`` and
 doubles on each consecutive 429, capped at one window.
+
+The log, the pause and the backoff step live in a :class:`~bulkjob._window_store.WindowStore`:
+this process's memory, or a store every process of the account shares, so that several
+runs on one account keep one window between them. The pacer stays per process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import time
-from collections.abc import Sequence
+import contextlib
+import math
 from types import TracebackType
-from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["SlotRecorder", "WindowLimiter"]
+from ._window_store import EPSILON, MemoryStore, StoreParams, WindowStore
 
-_EPSILON = 1e-6
+__all__ = ["WindowLimiter"]
 
-
-def _to_monotonic(wall_times: Sequence[float]) -> list[float]:
-    """Wall-clock times as event-loop times (asyncio's loop clock is time.monotonic)."""
-    offset = time.monotonic() - time.time()
-    return sorted(t + offset for t in wall_times)
-
-
-class SlotRecorder(Protocol):
-    """Where a limiter writes its slots down (see :mod:`bulkjob._windowlog`)."""
-
-    def taken(self) -> None:
-        """A request took a slot and is about to leave."""
-
-    def freed(self) -> None:
-        """A request's slot came back."""
+_EPSILON = EPSILON
+#: With every slot in flight, a shared store is asked again this often (a share of the
+#: spacing ``per / N``, bounded): a release by another process wakes no one here.
+_POLL_SHARE, _POLL_MIN, _POLL_MAX = 0.5, 0.002, 0.05
 
 
 class WindowLimiter:
     """At most ``max_requests`` request slots in any sliding window of ``per_seconds``."""
 
     __slots__ = (
-        "_done",
+        "_held",
         "_in_flight",
-        "_next_delay",
         "_pacer",
-        "_recorder",
+        "_poll",
         "_released",
-        "_resume_at",
+        "_reset_backoff",
         "initial_delay",
         "margin",
         "max_pause",
@@ -76,6 +66,7 @@ class WindowLimiter:
         "paused_s",
         "pauses",
         "per_seconds",
+        "store",
         "window",
     )
 
@@ -88,8 +79,7 @@ class WindowLimiter:
         initial_delay: float = 5.0,
         pace: bool = True,
         max_pause: float = 3600.0,
-        history: Sequence[float] = (),
-        recorder: SlotRecorder | None = None,
+        store: WindowStore | None = None,
     ) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests: must be at least 1, got {max_requests}")
@@ -103,101 +93,83 @@ class WindowLimiter:
         self.initial_delay = min(initial_delay, per_seconds)
         #: The longest pause a Retry-After can ask for.
         self.max_pause = max_pause
-        self._next_delay = self.initial_delay
-        # Completion times of the last requests, oldest first; never longer than max_requests.
-        self._done: collections.deque[float] = collections.deque(_to_monotonic(history))
+        self.store: WindowStore = store or MemoryStore(
+            StoreParams(max_requests, self.window, self.initial_delay, max_pause)
+        )
         self._in_flight = 0
-        self._resume_at = 0.0
-        #: Pauses after 429s, and the seconds they added up to (overlaps counted once).
+        #: Pauses after 429s seen by this process, and the seconds they added to the
+        #: account's pause (overlaps counted once).
         self.pauses = 0
         self.paused_s = 0.0
         self._released: asyncio.Event | None = None
-        self._pacer = AsyncLimiter(1, per_seconds / max_requests) if pace else None
-        self._recorder = recorder
+        self._reset_backoff = False
+        self._held: dict[asyncio.Task[object] | None, list[str]] = {}
+        spacing = per_seconds / max_requests
+        self._poll = min(max(spacing * _POLL_SHARE, _POLL_MIN), _POLL_MAX)
+        self._pacer = AsyncLimiter(1, spacing) if pace else None
 
     def __repr__(self) -> str:
         return (
             f"<WindowLimiter {self.max_requests}/{self.per_seconds:g}s "
-            f"in_flight={self._in_flight} recent={len(self._done)} "
-            f"paused_until={self._resume_at:.3f}>"
+            f"in_flight={self._in_flight} store={self.store.name}>"
         )
 
     @property
     def in_flight(self) -> int:
-        """Requests holding a slot right now."""
+        """Requests of this process holding a slot right now."""
         return self._in_flight
 
-    async def acquire(self) -> None:
-        """Wait for a slot; the caller must :meth:`release` it once the answer is back."""
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            if now + _EPSILON < self._resume_at:
-                await asyncio.sleep(self._resume_at - now)
-                continue
-            self._expire(now)
-            if self._in_flight + len(self._done) < self.max_requests:
-                break
-            if self._done:
-                # The oldest completed request leaves the window at done[0] + window;
-                # a release could free nothing earlier, since in-flight slots re-enter the log.
-                await asyncio.sleep(self._done[0] + self.window - now)
-            else:
-                # Every slot is in flight: only a release changes anything.
-                await self._wait_release()
+    async def acquire(self) -> str:
+        """Wait for a slot and return it; the caller must :meth:`release` it once the
+        answer is back."""
         self._in_flight += 1
         try:
             if self._pacer is not None:
                 await self._pacer.acquire()
-            # A 429 may have paused everyone while this caller waited for the pacer. A
-            # deadline, not an event: another 429 can move it while this one sleeps.
-            while (wait := self._resume_at - loop.time()) > _EPSILON:  # noqa: ASYNC110
-                await asyncio.sleep(wait)
+            while True:
+                slot, wait = await self.store.acquire()
+                if slot is not None:
+                    return slot
+                if not math.isinf(wait):
+                    await asyncio.sleep(wait)  # a pause, or the oldest completion leaving
+                elif self.store.name == "memory":
+                    await self._wait_release()  # every slot in flight here: a release frees
+                else:
+                    # Every slot in flight, some maybe in other processes, whose releases
+                    # are not heard here: ask the store again soon (or at a release here).
+                    await self._wait_release(self._poll)
         except BaseException:
             self._in_flight -= 1
             raise
-        if self._recorder is not None:
-            self._recorder.taken()
 
-    def release(self) -> None:
+    async def release(self, slot: str) -> None:
         """Return a slot: its window starts now, when the answer (or failure) came back."""
-        if self._in_flight <= 0:
-            raise RuntimeError("release() without a matching acquire()")
-        self._in_flight -= 1
-        self._done.append(asyncio.get_running_loop().time())
-        if self._recorder is not None:
-            self._recorder.freed()
-        if self._released is not None:
-            self._released.set()
-            self._released = None
+        reset, self._reset_backoff = self._reset_backoff, False
+        try:
+            await self.store.release(slot, reset_backoff=reset)
+        finally:
+            self._in_flight -= 1
+            if self._released is not None:
+                self._released.set()
+                self._released = None
 
-    def throttled(self, retry_after: float | None = None) -> float:
-        """A 429 arrived: pause every worker; returns the pause in seconds.
-
-        With Retry-After the pause is what the server asked for, up to ``max_pause``.
-        Without it the pause starts at ``initial_delay`` and doubles per consecutive 429
-        up to one window, the documented length of a lockout.
-        """
-        if retry_after is not None and retry_after >= 0:
-            delay = min(retry_after, self.max_pause)
-        else:
-            delay = self._next_delay
-            self._next_delay = min(self._next_delay * 2, self.window)
-        now = asyncio.get_running_loop().time()
-        # Concurrent 429s share one pause: only what this one adds to it is counted.
-        added = now + delay - max(self._resume_at, now)
+    async def throttled(self, retry_after: float | None = None) -> float:
+        """A 429 arrived: pause every worker of every process on the account; returns the
+        pause in seconds (see the module docstring)."""
+        delay, added = await self.store.throttled(retry_after)
         if added > 0:
             self.pauses += 1
             self.paused_s += added
-        self._resume_at = max(self._resume_at, now + delay)
         return delay
 
     def succeeded(self) -> None:
-        """A request went through: the next 429 starts the backoff from the beginning."""
-        self._next_delay = self.initial_delay
+        """A request went through: the next 429 starts the backoff from the beginning
+        (the store hears it with this process's next release)."""
+        self._reset_backoff = True
 
     async def __aenter__(self) -> WindowLimiter:
-        await self.acquire()
+        slot = await self.acquire()
+        self._held.setdefault(asyncio.current_task(), []).append(slot)
         return self
 
     async def __aexit__(
@@ -206,16 +178,18 @@ class WindowLimiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        task = asyncio.current_task()
+        slots = self._held.get(task)
+        if not slots:
+            raise RuntimeError("release() without a matching acquire()")
+        slot = slots.pop()
+        if not slots:
+            del self._held[task]
+        await self.release(slot)
 
-    def _expire(self, now: float) -> None:
-        # A timer may fire a hair before its deadline (the loop's clock resolution, float
-        # rounding); counting that as expired avoids spinning on sub-microsecond sleeps.
-        done = self._done
-        while done and done[0] + self.window <= now + _EPSILON:
-            done.popleft()
-
-    async def _wait_release(self) -> None:
+    async def _wait_release(self, at_most: float | None = None) -> None:
+        """Until a slot of this process comes back (or ``at_most`` seconds)."""
         if self._released is None:
             self._released = asyncio.Event()
-        await self._released.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), at_most)

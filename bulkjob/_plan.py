@@ -150,11 +150,8 @@ async def _credits(settings: Settings, journal: Journal | None) -> tuple[int | N
     """The account's remaining credits, or why they are unknown."""
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(new_session(settings))
-        if journal is not None and journal.locked:
-            history, log = journal.open_window(settings.window)
-            client = ApiClient.for_settings(settings, session, history, log)
-        else:
-            client = ApiClient.for_settings(settings, session)
+        client = ApiClient.for_settings(settings, session)
+        stack.push_async_callback(client.aclose)
         try:
             return await read_credits(client), None
         except BulkJobError as exc:

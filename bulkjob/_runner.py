@@ -242,13 +242,25 @@ class Runner:
         journal: Journal | None,
         rows: dict[int, ChunkRow],
     ) -> None:
-        history, log = journal.open_window(s.window) if journal is not None else ([], None)
-        self._client = ApiClient.for_settings(s, session, history, log)
+        self._client = client = ApiClient.for_settings(s, session)
+        try:
+            await self._with_client(client, s, source, journal, rows)
+        finally:
+            await client.aclose()
+
+    async def _with_client(
+        self,
+        client: ApiClient,
+        s: Settings,
+        source: IdSource,
+        journal: Journal | None,
+        rows: dict[int, ChunkRow],
+    ) -> None:
         assert self.summary is not None
         if s.require_quota:  # the account's credits, only when asked: it costs a request
-            self._credits = CreditCheck(self._client, s, self.summary.lines)
+            self._credits = CreditCheck(client, s, self.summary.lines)
         submitter = Submitter(
-            s, self._client, journal, self.report, self.stop, rows, ambiguous=self._ambiguous
+            s, client, journal, self.report, self.stop, rows, ambiguous=self._ambiguous
         )
         self._submitter = submitter
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)

@@ -18,6 +18,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, TypedDict, Unpack
 
 from ._errors import ConfigError
@@ -30,6 +31,12 @@ DEFAULT_BASE_URL = "https://api.insideview.com/api/v1"
 DEFAULT_TOKEN_URL = "https://login.insideview.com/Auth/login/v1/token.json"
 #: No proxy of our own: HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment apply.
 DEFAULT_PROXY: str | None = None
+#: Where the account's throttle window lives: "local" (a SQLite file per account in the
+#: state directory, shared by this user's processes), "memory" (this process only), or a
+#: redis:// / rediss:// URL (shared across hosts).
+DEFAULT_THROTTLE_STORE = "local"
+#: How long a Redis slot lease lasts unless its live holder renews it.
+DEFAULT_SLOT_LEASE = 30.0
 #: The documented form of a new contact id: 64 characters of [A-Za-z0-9_-].
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_-]{64}"
 #: The documented per-job maximum of the submit endpoint.
@@ -144,6 +151,11 @@ class Settings:
     quota_error_numbers: tuple[str, ...] = ()
     queue_full_error_numbers: tuple[str, ...] = ()
 
+    throttle_store: str = field(default=DEFAULT_THROTTLE_STORE, repr=False)
+    state_dir: str | None = None
+    account: str | None = None
+    slot_lease: float = DEFAULT_SLOT_LEASE
+
     log_format: LogFormat = "console"
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     #: Serve Prometheus metrics on this port for the run's duration (0: any free port);
@@ -159,6 +171,10 @@ class Settings:
             _url("webhook", self.webhook)
         if self.proxy is not None:
             _proxy_url("proxy", self.proxy)
+        _store("throttle_store", self.throttle_store)
+        if self.account is not None and not self.account.strip():
+            raise ConfigError("account: must be a non-empty name")
+        _float_range("slot_lease", self.slot_lease, 1.0, 3_600.0)
         _int_range("max_requests", self.max_requests, 1, 1_000_000)
         _float_range("per_seconds", self.per_seconds, 0.001, 86_400.0)
         _float_range("window_margin", self.window_margin, 0.0, 1.0)
@@ -264,6 +280,15 @@ class Settings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @property
+    def resolved_state_dir(self) -> Path:
+        """``state_dir``, else ``$XDG_STATE_HOME/bulkjob``, else ``~/.local/state/bulkjob``."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        xdg = os.environ.get("XDG_STATE_HOME")
+        base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+        return base / "bulkjob"
+
+    @property
     def window(self) -> float:
         """How long a request's slot stays counted: the window, plus its margin."""
         return self.per_seconds * (1.0 + self.window_margin)
@@ -299,8 +324,9 @@ SECRET_FIELDS = ("access_token", "client_secret")
 #: to the network a command runs in, so ``resume``, ``wait`` and ``results`` take it
 #: again from where they run (the setting or the environment), like credentials. The
 #: metrics address is the serving process's, not the run's: a resume elsewhere (or
-#: without the extra) must not inherit it.
-NOT_RECORDED = ("proxy", "metrics_port", "metrics_host")
+#: without the extra) must not inherit it. The throttle store is where the account's
+#: window lives for the process at hand (a redis:// URL may carry a password).
+NOT_RECORDED = ("proxy", "metrics_port", "metrics_host", "throttle_store", "state_dir")
 
 
 class SettingsValues(TypedDict, total=False):
@@ -354,6 +380,10 @@ class SettingsValues(TypedDict, total=False):
     queue_full_patterns: tuple[str, ...]
     quota_error_numbers: tuple[str, ...]
     queue_full_error_numbers: tuple[str, ...]
+    throttle_store: str
+    state_dir: str | None
+    account: str | None
+    slot_lease: float
     log_format: LogFormat
     progress_interval: float
     metrics_port: int | None
@@ -416,3 +446,25 @@ def _regex(name: str, value: object) -> None:
         re.compile(value)
     except re.error as exc:
         raise ConfigError(f"{name}: invalid regular expression {value!r}: {exc}") from None
+
+
+def _store(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected memory, local or a redis:// URL, got {value!r}")
+    if value in ("memory", "local"):
+        return
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(
+            f"{name}: expected memory, local or a redis:// (rediss://) URL with a host, "
+            f"got {_without_password(value)!r}"
+        )
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password in it replaced, for error messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,289 @@
+"""``throttle_store = "local"``: the account's window in a SQLite file, shared on one host.
+
+One file per account (``throttle-<account hash>.sqlite3``) in the state directory. Every
+acquire, release and 429 is one short ``BEGIN IMMEDIATE`` transaction, so processes of
+the same user on this host see one window: the check for room and the taking of a slot
+cannot interleave. Times are the host's wall clock, which every process shares.
+
+A slot is a row: who holds it (host, pid, and the process's start time, so that a
+reused pid is not taken for its holder) and, once its answer is back, when. A holder
+that died with a slot in flight (``kill -9``) is noticed when the window is full: its
+slot then counts as completed at that moment, which is no earlier than the request's
+arrival at the server, so the window never overfills; it also no longer blocks anyone.
+
+The file holds no secret: the account is a hash, and only counts and times are kept.
+A corrupt or foreign file, or one locked for longer than ``_BUSY_TIMEOUT``, is a
+:class:`~bulkjob._errors.ConfigError` that names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from ._errors import ConfigError
+from ._window_store import EPSILON, Holder, StoreParams, WindowState, next_pause
+
+__all__ = ["LocalStore", "process_start"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+_BUSY_TIMEOUT = 10.0  # seconds a transaction waits for another process's
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS slots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    taken REAL NOT NULL,
+    done REAL
+);
+CREATE INDEX IF NOT EXISTS slots_done ON slots(done);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v REAL NOT NULL);
+"""
+_MARK = ("bulkjob-window", 1)  # the meta row that says what this file is
+
+
+def process_start(pid: int) -> str:
+    """When ``pid`` started, as the kernel says (Linux /proc); "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""  # field 22, starttime
+
+
+def _alive(holder: Holder) -> bool:
+    """Whether the process of ``holder`` (on this host) still runs."""
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return not holder.started or process_start(holder.pid) in ("", holder.started)
+
+
+class LocalStore:
+    """The account's window in ``state_dir/throttle-<account>.sqlite3``."""
+
+    name = "local"
+
+    def __init__(self, params: StoreParams, account: str, state_dir: Path) -> None:
+        self.params = params
+        self.account = account
+        self.path = state_dir / f"throttle-{account}.sqlite3"
+        self.me = Holder(socket.gethostname(), os.getpid(), process_start(os.getpid()))
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()  # one connection: one transaction at a time
+        self._mine: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"<LocalStore {self.path} in_flight={len(self._mine)}>"
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    async def acquire(self) -> tuple[str | None, float]:
+        slot, wait = await self._run(self._acquire)
+        if slot is not None:
+            self._mine.add(slot)
+            return str(slot), 0.0
+        return None, wait
+
+    async def release(self, slot: str, *, reset_backoff: bool) -> None:
+        await self._run(self._release, int(slot), reset_backoff)
+        self._mine.discard(int(slot))
+
+    async def throttled(self, retry_after: float | None) -> tuple[float, float]:
+        return await self._run(self._throttled, retry_after)
+
+    async def state(self) -> WindowState:
+        return await self._run(self._state)
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        try:
+            if self._mine:
+                mine = sorted(self._mine)
+                await self._run(self._release_all, mine)
+        finally:
+            db, self._db = self._db, None
+            db.close()
+
+    # -- transactions (run in a worker thread, one at a time) ----------------------------------
+
+    async def _run(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(lambda: self._transaction(op, *args, **kw))
+
+    def _transaction(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = op(*args, **kw)
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()
+            return result
+        except sqlite3.OperationalError as exc:
+            raise ConfigError(
+                f"throttle store {self.path}: {exc} (another program holds it? "
+                "--throttle-store memory runs without it)"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"throttle store {self.path}: not a usable bulkjob window file ({exc}); "
+                "delete it to start a fresh window"
+            ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"state_dir {self.path.parent}: cannot create it: {exc.strerror}"
+            ) from None
+        db = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # the window, not the journal: no fsync
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT v FROM meta WHERE k = ?", (_MARK[0],)).fetchone()
+            if row is None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", _MARK)
+            elif row[0] != _MARK[1]:
+                raise sqlite3.DatabaseError(f"window file version {row[0]}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _meta(self, key: str, default: float) -> float:
+        assert self._db is not None
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return float(row[0]) if row else default
+
+    def _set(self, key: str, value: float) -> None:
+        assert self._db is not None
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def _acquire(self) -> tuple[int | None, float]:
+        db = self._db
+        assert db is not None
+        now = time.time()
+        resume_at = self._meta("resume_at", 0.0)
+        if now + EPSILON < resume_at:
+            return None, resume_at - now
+        window = self.params.window
+        # Completions are kept for the longest window any process of the account uses.
+        keep = max(window, self._meta("keep", 0.0))
+        self._set("keep", keep)
+        db.execute("DELETE FROM slots WHERE done IS NOT NULL AND done + ? <= ?", (keep, now))
+        for _ in range(2):  # once more after counting the slots of dead holders completed
+            (recent,) = db.execute(
+                "SELECT COUNT(*) FROM slots WHERE done IS NOT NULL AND done + ? > ?",
+                (window, now + EPSILON),
+            ).fetchone()
+            (flying,) = db.execute("SELECT COUNT(*) FROM slots WHERE done IS NULL").fetchone()
+            if recent + flying < self.params.max_requests:
+                cur = db.execute(
+                    "INSERT INTO slots(host, pid, started, taken) VALUES (?, ?, ?, ?)",
+                    (self.me.host, self.me.pid, self.me.started, now),
+                )
+                assert cur.lastrowid is not None
+                return cur.lastrowid, 0.0
+            if not flying or not self._reap(now):
+                break
+        oldest = db.execute(
+            "SELECT MIN(done) FROM slots WHERE done IS NOT NULL AND done + ? > ?",
+            (window, now + EPSILON),
+        ).fetchone()[0]
+        if oldest is None:
+            return None, float("inf")
+        return None, max(float(oldest) + window - now, EPSILON)
+
+    def _reap(self, now: float) -> bool:
+        """Count the in-flight slots of dead processes on this host as completed now."""
+        assert self._db is not None
+        dead = [
+            slot
+            for slot, pid, started in self._db.execute(
+                "SELECT id, pid, started FROM slots WHERE done IS NULL AND host = ?",
+                (self.me.host,),
+            )
+            if pid != self.me.pid and not _alive(Holder(self.me.host, pid, started))
+        ]
+        if dead:
+            self._db.executemany("UPDATE slots SET done = ? WHERE id = ?", [(now, s) for s in dead])
+        return bool(dead)
+
+    def _release(self, slot: int, reset_backoff: bool) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "UPDATE slots SET done = ? WHERE id = ? AND done IS NULL", (time.time(), slot)
+        )
+        if reset_backoff:
+            self._set("next_delay", self.params.initial_delay)
+
+    def _release_all(self, slots: list[int]) -> None:
+        assert self._db is not None
+        now = time.time()
+        self._db.executemany(
+            "UPDATE slots SET done = ? WHERE id = ? AND done IS NULL", [(now, s) for s in slots]
+        )
+
+    def _throttled(self, retry_after: float | None) -> tuple[float, float]:
+        now = time.time()
+        step = self._meta("next_delay", self.params.initial_delay)
+        delay, step = next_pause(self.params, step, retry_after)
+        resume_at = self._meta("resume_at", 0.0)
+        added = max(now + delay - max(resume_at, now), 0.0)
+        self._set("resume_at", max(resume_at, now + delay))
+        self._set("next_delay", step)
+        self._set("last_429", now)
+        return delay, added
+
+    def _state(self) -> WindowState:
+        assert self._db is not None
+        now = time.time()
+        window = self.params.window
+        (recent,) = self._db.execute(
+            "SELECT COUNT(*) FROM slots WHERE done IS NOT NULL AND done + ? > ?", (window, now)
+        ).fetchone()
+        holders = tuple(
+            (Holder(host, pid, started), count)
+            for host, pid, started, count in self._db.execute(
+                "SELECT host, pid, started, COUNT(*) FROM slots WHERE done IS NULL "
+                "GROUP BY host, pid, started ORDER BY host, pid"
+            )
+        )
+        last = self._meta("last_429", -1.0)
+        return WindowState(
+            store=self.name,
+            account=self.account,
+            max_requests=self.params.max_requests,
+            window=window,
+            recent=int(recent),
+            in_flight=sum(count for _, count in holders),
+            holders=holders,
+            paused_for=max(self._meta("resume_at", 0.0) - now, 0.0),
+            last_429_ago=None if last < 0 else now - last,
+            next_delay=self._meta("next_delay", self.params.initial_delay),
+            extra={"path": str(self.path)},
+        )
