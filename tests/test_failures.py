@@ -219,8 +219,11 @@ async def test_sigterm_exits_130_in_lifecycle_commands(
     sb = await sandbox(processing_after=60)
     journal = await a_journal(sb, tmp_path)
     sb.config.latency = 5.0  # every status call hangs: the signal lands mid-request
+    before = sb.ledger.routes["status"]
     proc = await start_cli(command[0], str(journal), *command[1:])
-    await asyncio.sleep(1.0)
+    async with asyncio.timeout(60):  # a slow start (a loaded machine) is not the point
+        while sb.ledger.routes["status"] == before:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     code, err = await finish_cli(proc)
     assert code == 130, err
@@ -236,7 +239,9 @@ async def test_sigterm_exits_130_in_submit(sandbox: SandboxFactory, tmp_path: Pa
         *submit_args(path, journal),
         *cli_flags(sb, max_requests=20),
     )
-    await asyncio.sleep(1.0)
+    async with asyncio.timeout(60):  # once the run sends, so that it has a journal
+        while sb.ledger.ids_accepted == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     code, err = await finish_cli(proc)
     assert code == 130, err

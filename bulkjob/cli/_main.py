@@ -13,6 +13,8 @@ the same redaction as everything else). Shell completion: ``bulkjob completion b
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sandbox_main(args[1:])
     debug = "--debug" in args
+    _terminate_as_interrupt()
     try:
         code = cli.main(args, prog_name="bulkjob", standalone_mode=False)
     except click.exceptions.Exit as done:  # --help, --version
@@ -94,6 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return ExitCode.INTERNAL
     return int(code) if isinstance(code, int) else ExitCode.OK
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM before a command installs its own handling (a slow start, the imports)
+    ends like Ctrl-C: one line and exit 130, not a silent death by signal."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _traceback(exc: BaseException, debug: bool) -> None:
