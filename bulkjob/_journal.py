@@ -60,7 +60,6 @@ from ._journal_schema import (
     verify_chunks,
 )
 from ._lock import JournalLock
-from ._windowlog import WindowLog
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -88,7 +87,6 @@ class Journal:
         self._ops: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: JournalError | None = None
-        self._window: WindowLog | None = None
         self.readonly = False
         #: Transactions committed (each one may carry many writes).
         self.commits = 0
@@ -436,14 +434,6 @@ class Journal:
             (status, results_path, time.time(), seq),
         )
 
-    def open_window(self, window: float) -> tuple[list[float], WindowLog]:
-        """The run's throttle window: the completion times still inside ``window`` seconds,
-        and the log this command's requests are written to (closed with the journal)."""
-        assert self.locked, "only the journal's holder sends requests"
-        if self._window is None:
-            self._window = WindowLog(self.path)
-        return self._window.open(window), self._window
-
     async def flush(self) -> None:
         """Wait until everything written so far is committed (raises a past failure)."""
         await self._write("SELECT 1", ())
@@ -533,8 +523,6 @@ class Journal:
 
     def release(self) -> None:
         """Give up the lock (the file is closed first by :meth:`close_sync`)."""
-        if self._window is not None:
-            self._window.close()
         if self._lock is not None:
             self._lock.release()
 

@@ -126,8 +126,8 @@ class LocalStore:
             return await asyncio.to_thread(lambda: self._transaction(op, *args, **kw))
 
     def _transaction(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
-        db = self._connect()
         try:
+            db = self._connect()
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = op(*args, **kw)

@@ -240,3 +240,49 @@ def open_store(settings: Settings) -> WindowStore:
 
         return LocalStore(params, key, settings.resolved_state_dir)
     raise ConfigError("throttle_store: redis stores are not built yet")  # TODO(issue 10)
+
+
+async def window_state(settings: Settings) -> WindowState:
+    """The account's window as ``settings.throttle_store`` sees it; nothing is sent."""
+    store = open_store(settings)
+    try:
+        return await store.state()
+    finally:
+        await store.close()
+
+
+def state_dict(state: WindowState) -> dict[str, object]:
+    """``state`` as plain data (``bulkjob throttle --json``)."""
+    return {
+        "store": state.store,
+        "account": state.account,
+        "max_requests": state.max_requests,
+        "window_s": round(state.window, 6),
+        "used": state.used,
+        "recent": state.recent,
+        "in_flight": state.in_flight,
+        "holders": [{"host": h.host, "pid": h.pid, "slots": n} for h, n in state.holders],
+        "paused_for_s": round(state.paused_for, 3),
+        "last_429_ago_s": None if state.last_429_ago is None else round(state.last_429_ago, 3),
+        "next_backoff_s": round(state.next_delay, 3),
+        **state.extra,
+    }
+
+
+def render_state(state: WindowState) -> str:
+    """A few lines for a person (``bulkjob throttle``)."""
+    lines = [
+        f"store: {state.store}" + (f" ({state.extra['path']})" if "path" in state.extra else ""),
+        f"account: {state.account}",
+        f"window: {state.used:,} of {state.max_requests:,} requests counted in the last "
+        f"{state.window:g}s ({state.recent:,} answered, {state.in_flight:,} in flight)",
+    ]
+    for holder, slots in state.holders:
+        lines.append(f"  in flight: {slots:,} slot(s) held by pid {holder.pid} on {holder.host}")
+    if state.paused_for > 0:
+        lines.append(f"paused: {state.paused_for:.1f}s more (after a 429)")
+    else:
+        lines.append("paused: no")
+    last = "never" if state.last_429_ago is None else f"{state.last_429_ago:.1f}s ago"
+    lines.append(f"last 429: {last}; next backoff step {state.next_delay:g}s")
+    return "\n".join(lines)

@@ -124,6 +124,16 @@ def _is_proxy_variable(name: str) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def _own_state_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each test's throttle stores (``throttle_store = "local"``, the default) live in a
+    state directory of its own, for it and the CLI processes it starts: tests (and suites
+    running side by side) never share an account's window by accident."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def _no_ambient_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy set for the machine (CI behind a corporate proxy) must not carry the tests'
     requests to 127.0.0.1: the session trusts the environment's proxy variables."""

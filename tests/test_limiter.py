@@ -91,7 +91,7 @@ def test_throttled_pauses_every_worker_and_doubles() -> None:
     async def main() -> tuple[list[float], float, list[float]]:
         limiter = WindowLimiter(100, 10.0, margin=0.0, initial_delay=1.0, pace=False)
         loop = asyncio.get_running_loop()
-        delays = [limiter.throttled() for _ in range(6)]
+        delays = [await limiter.throttled() for _ in range(6)]
         paused_at = loop.time()
         stamps: list[float] = []
 
@@ -112,9 +112,12 @@ def test_retry_after_is_honoured_and_success_resets_backoff() -> None:
 
     async def main() -> list[float]:
         limiter = WindowLimiter(10, 60.0, initial_delay=2.0)
-        out = [limiter.throttled(7.0), limiter.throttled(), limiter.throttled()]
-        limiter.succeeded()
-        out.append(limiter.throttled())
+        out = [await limiter.throttled(7.0), await limiter.throttled()]
+        out.append(await limiter.throttled())
+        limiter.succeeded()  # the store hears it with the next release
+        async with limiter:
+            pass
+        out.append(await limiter.throttled())
         return out
 
     assert run_virtual(main) == [7.0, 2.0, 4.0, 2.0]
@@ -124,7 +127,7 @@ def test_release_without_acquire_is_an_error() -> None:
     """Releasing more slots than were taken is a bug and says so."""
 
     async def main() -> None:
-        WindowLimiter(1, 1.0).release()
+        await WindowLimiter(1, 1.0).__aexit__(None, None, None)
 
     with pytest.raises(RuntimeError, match="without a matching"):
         run_virtual(main)
@@ -135,13 +138,13 @@ def test_cancelled_waiter_gives_its_slot_back() -> None:
 
     async def main() -> int:
         limiter = WindowLimiter(1, 10.0, pace=False)
-        await limiter.acquire()
+        slot = await limiter.acquire()
         waiter = asyncio.ensure_future(limiter.acquire())
         await asyncio.sleep(1)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        limiter.release()
+        await limiter.release(slot)
         return limiter.in_flight
 
     assert run_virtual(main) == 0
@@ -169,7 +172,7 @@ def test_pause_also_holds_callers_already_past_the_window_check() -> None:
 
         tasks = [asyncio.ensure_future(one()) for _ in range(8)]
         await asyncio.sleep(0.35)
-        limiter.throttled(5.0)
+        await limiter.throttled(5.0)
         await asyncio.gather(*tasks)
         return sent
 

@@ -4,6 +4,7 @@ happened. Errors propagate to :func:`bulkjob.cli.main`, which maps them to exit 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from .._report import RunReport
 from .._rerun import open_for_submit
 from .._runner import Runner
 from .._settings import Settings
+from .._window_store import render_state, state_dict, window_state
 from ._options import api_options, output_options, run_options, submit_options
 from ._progress_line import ProgressLine, progress_logs
 from ._settings import command_settings
@@ -379,6 +381,23 @@ def sandbox(args: tuple[str, ...]) -> int:
     return sandbox_main(list(args))
 
 
+@click.command("throttle")
+@click.option("--json", "as_json", is_flag=True, help="print the window as JSON")
+@api_options
+def throttle(**kw: Any) -> int:
+    """The account's throttle window as its store sees it (no request is sent)."""
+    common = Common.take(kw)
+    settings = common.settings()
+    common.configure(settings)
+    settings.require_credentials()  # the account is named by them (as a hash)
+    state = run_command(lambda: window_state(settings))
+    if kw["as_json"]:
+        click.echo(json.dumps(state_dict(state), indent=2))
+    else:
+        click.echo(render_state(state))
+    return ExitCode.OK
+
+
 @click.command("completion")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> int:
@@ -393,7 +412,18 @@ def completion(shell: str) -> int:
     return ExitCode.OK
 
 
-COMMANDS = (submit, resume, status, wait, results, cancel, demo, sandbox, completion)
+COMMANDS = (
+    submit,
+    resume,
+    status,
+    wait,
+    results,
+    cancel,
+    throttle,
+    demo,
+    sandbox,
+    completion,
+)
 
 
 def _distinct(journal: str | Path, report: str | None) -> None:

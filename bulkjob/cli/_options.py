@@ -122,6 +122,20 @@ _API = (
         help="http://[user:password@]host:port for every request (default: HTTP(S)_PROXY)",
     ),
     setting("--max-requests", name="max_requests", metavar="N", help="requests per window"),
+    setting(
+        "--throttle-store",
+        name="throttle_store",
+        metavar="local|memory|URL",
+        help="where the account's window lives: local (shared by this user's processes "
+        "here), memory (this process only), or redis://host:port/db (shared by hosts)",
+    ),
+    setting(
+        "--account",
+        name="account",
+        metavar="NAME",
+        help="group credentials into one account's window (default: the client id, else "
+        "the access token's hash)",
+    ),
     setting("--per", name="per_seconds", metavar="SECONDS", help="the window's length"),
     setting("--concurrency", name="concurrency", metavar="N", help="requests at once"),
     setting(
