@@ -12,7 +12,17 @@ import importlib
 import sys
 import time
 
-NAMES = ("throttle", "throughput", "memory", "journal", "proof", "queue", "ab", "merge")
+NAMES = (
+    "throttle",
+    "throughput",
+    "memory",
+    "journal",
+    "proof",
+    "queue",
+    "ab",
+    "merge",
+    "shared",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,6 +166,15 @@ class JournalError(BulkJobError):
         return ExitCode.JOURNAL if self.usable else ExitCode.USAGE
 
 
+class StoreError(JournalError):
+    """The account's throttle store cannot be written (a full disk, an I/O error): like a
+    journal that cannot be written, a disk to look at (exit 11)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, problem)
+        self.args = (f"throttle store {path}: {problem}",)
+
+
 class JournalLockedError(JournalError):
     """Another process drives this journal; nothing was changed."""
 

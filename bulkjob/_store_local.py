@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from ._errors import ConfigError
+from ._errors import ConfigError, StoreError
 from ._window_store import EPSILON, Holder, StoreParams, WindowState, next_pause
 
 __all__ = ["LocalStore", "process_start"]
@@ -137,6 +137,8 @@ class LocalStore:
             db.commit()
             return result
         except sqlite3.OperationalError as exc:
+            if "disk" in str(exc):  # "disk I/O error", "database or disk is full"
+                raise StoreError(str(self.path), f"cannot be written: {exc}") from None
             raise ConfigError(
                 f"throttle store {self.path}: {exc} (another program holds it? "
                 "--throttle-store memory runs without it)"
@@ -162,6 +164,9 @@ class LocalStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # the window, not the journal: no fsync
+            # A few hundred rows at most: keep the write-ahead log as small as they are.
+            db.execute("PRAGMA wal_autocheckpoint=32")
+            db.execute("PRAGMA journal_size_limit=262144")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT v FROM meta WHERE k = ?", (_MARK[0],)).fetchone()
             if row is None:

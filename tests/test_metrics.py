@@ -98,7 +98,8 @@ async def test_two_runs_never_add_up(sandbox: SandboxFactory, ids: IdsWriter) ->
     # Two requests a minute each: both runs send two submits, then wait for the window.
     runners = [
         Runner(
-            settings_for(sb, max_requests=2, per_seconds=60.0, metrics_port=0),
+            # Two accounts: runs of one account would share its window (two requests in all).
+            settings_for(sb, max_requests=2, per_seconds=60.0, metrics_port=0, account=f"a{n}"),
             [str(ids(n, name=f"{n}.txt"))],
         )
         for n in (300, 500)

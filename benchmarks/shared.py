@@ -1,0 +1,188 @@
+"""One account, several processes: the shared window next to per-process windows.
+
+Part 1 runs 1, 2 and 4 ``bulkjob submit`` processes at once on one token, each told the
+licence's full N per window, against a fresh sandbox (its own process) that locks the
+account out for a window once exceeded. The combined rate is all their jobs over the wall
+time, divided by the allowed rate; 429s come from the server's ledger. With
+``--throttle-store local`` (the default) they share one window; with ``memory`` each keeps
+its own, as before this store existed.
+
+Part 2 times one acquire + release of each store, in one process, one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import TOKEN, machine_line, median, quiet_logging, sandbox_process, table
+
+CHUNK = 100
+CONCURRENCY = 4
+
+
+def _params(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"n": 20, "window": 0.5, "jobs": 60, "rounds": 1, "ops": 300}
+    return {"n": 50, "window": 1.0, "jobs": 300, "rounds": 3, "ops": 3000}
+
+
+def _write_ids(path: Path, count: int, prefix: str) -> None:
+    import base64
+
+    with path.open("w", encoding="ascii") as out:
+        for i in range(count):
+            raw = f"{prefix}-{i}".encode().ljust(48, b"_")[:48]
+            out.write(base64.urlsafe_b64encode(raw).decode("ascii") + "\n")
+
+
+def _round(procs: int, store: str, p: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    n, window, jobs = p["n"], p["window"], p["jobs"]
+    state = Path(tempfile.mkdtemp(dir=tmp, prefix="state-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BULKJOB_", "INSIDEVIEW_"))}
+    env.update(
+        INSIDEVIEW_ACCESS_TOKEN=TOKEN,
+        XDG_STATE_HOME=str(state),
+        BULKJOB_THROTTLE_INITIAL_DELAY="0.05",
+    )
+    with sandbox_process(n, window, track_ids=True) as server:
+        files = []
+        for i in range(procs):
+            path = tmp / f"ids-{procs}-{store}-{i}-{time.monotonic_ns()}.txt"
+            _write_ids(path, jobs // procs * CHUNK, f"{procs}{store}{i}{time.monotonic_ns()}")
+            files.append(path)
+        t0 = time.perf_counter()
+        running = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bulkjob",
+                    "submit",
+                    str(path),
+                    "--base-url",
+                    server.base_url,
+                    "--max-requests",
+                    str(n),
+                    "--per",
+                    str(window),
+                    "--concurrency",
+                    str(CONCURRENCY),
+                    "--chunk-size",
+                    str(CHUNK),
+                    "--throttle-store",
+                    store,
+                    "--journal",
+                    str(path.with_suffix(".journal")),
+                    "--no-progress",
+                ],
+                env=env,
+                cwd=tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for path in files
+        ]
+        codes = [proc.wait(timeout=600) for proc in running]
+        wall = time.perf_counter() - t0
+        ledger = server.ledger()
+    total_jobs = jobs // procs * procs
+    return {
+        "rate": total_jobs / (n / window) / wall,
+        "throttled": ledger["throttled"],
+        "max_in_window": ledger["max_in_window"],
+        "failed": sum(1 for c in codes if c != 0),
+        "duplicates": ledger["duplicates"],
+    }
+
+
+async def _store_cost(store: str, ops: int, state: Path) -> list[float]:
+    from bulkjob._settings import Settings
+    from bulkjob._window_store import open_store
+
+    settings = Settings(
+        access_token=f"bench-{store}",
+        throttle_store=store,
+        state_dir=str(state),
+        max_requests=1_000_000,
+        per_seconds=1.0,
+    )
+    s = open_store(settings)
+    times = []
+    try:
+        for _ in range(ops):
+            t0 = time.perf_counter()
+            slot, _ = await s.acquire()
+            assert slot is not None
+            await s.release(slot, reset_backoff=True)
+            times.append(time.perf_counter() - t0)
+    finally:
+        await s.close()
+    return times
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+def main(quick: bool) -> str:
+    quiet_logging()
+    p = _params(quick)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bulkjob-bench-shared-") as name:
+        tmp = Path(name)
+        for procs in (1, 2, 4):
+            for store in ("local", "memory"):
+                runs = [_round(procs, store, p, tmp) for _ in range(p["rounds"])]
+                rates = [r["rate"] for r in runs]
+                rows.append(
+                    (
+                        procs,
+                        store,
+                        f"**{median(rates):.3f}** ({min(rates):.3f} to {max(rates):.3f})",
+                        sum(r["throttled"] for r in runs),
+                        f"{max(r['max_in_window'] for r in runs)} / {p['n']}",
+                        sum(r["duplicates"] for r in runs),
+                        sum(r["failed"] for r in runs),
+                    )
+                )
+        cost_rows = []
+        base = None
+        for store in ("memory", "local"):
+            times = asyncio.run(_store_cost(store, p["ops"], tmp / "cost"))
+            med, p99 = statistics.median(times) * 1e6, _p99(times) * 1e6
+            base = base or med
+            cost_rows.append((store, f"{med:,.0f}", f"{p99:,.0f}", f"{med / base:.1f}"))
+    part1 = (
+        f"### shared: 1, 2 and 4 processes on one account, {p['jobs']} jobs of {CHUNK} ids in "
+        f"all, each process told {p['n']} per {p['window']:g} s; sandbox with lockout\n\n"
+        + table(
+            (
+                "processes",
+                "store",
+                "combined rate ÷ allowed",
+                "429s",
+                "max requests in a window",
+                "ids duplicated",
+                "runs failed",
+            ),
+            rows,
+        )
+        + f"\n\nMedian (and range) of {p['rounds']} rounds, each a fresh sandbox process; "
+        "counts summed over rounds."
+    )
+    part2 = f"### shared: one acquire + release, {p['ops']:,} in a row, one process\n\n" + table(
+        ("store", "median µs", "p99 µs", "÷ memory"), cost_rows
+    )
+    return part1 + "\n\n" + part2 + "\n\n" + machine_line()
+
+
+if __name__ == "__main__":
+    print(main("--quick" in sys.argv))
