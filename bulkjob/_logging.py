@@ -53,11 +53,14 @@ _secrets: set[str] = set()
 _lock = threading.Lock()
 # A secret whose value was never registered (a server echoing a URL back, a setting read
 # by someone else) is still recognisable by its name: ``clientSecret=...``, ``"accessToken":
-# "..."``. Only name-and-value pairs match, so "a valid accessToken in header" is left alone.
+# "..."``. Only name-and-value pairs match (``=``, or a quote on either side of ``:``), so
+# prose is left alone: "a valid accessToken in header", "client_secret: required when...".
 _NAMED_SECRET = re.compile(
     r"""(?ix)
-    (client[_-]?secret|access[_-]?token)   # the name
-    (["']?\s*[:=]\s*["']?)                 # = or : , maybe quoted
+    (client[_-]?secret|access[_-]?token)   # the name, then how its value follows:
+    (\s*=\s*["']?                           #   name=value, name = 'value'
+    |["']\s*:\s*["']?                       #   "name": value (JSON, a dict's repr)
+    |\s*:\s*["'])                           #   name: "value"
     ([^&\s"',;<>]+)                         # the value, up to a delimiter
     """
 )
