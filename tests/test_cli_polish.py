@@ -115,3 +115,50 @@ async def test_resume_dry_run_counts_only_what_is_left(
     assert "journal: 2 job(s) (2,000 ids) settled" in out
     assert "would submit: 3,000 ids in 3 job(s)" in out
     assert "credits left on the account: 0 (NOT enough)" in out
+
+
+async def test_submit_dry_run_on_a_journal_forecasts_what_the_submit_would_do(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """``submit --dry-run --journal J`` reads J as the real submit does: with
+    --resume-if-exists it forecasts the resume (only what is left), without it it is
+    refused as the submit is (exit 2, the same line); J is never changed, and a dry run
+    on a journal path that does not exist creates nothing."""
+    sb = await sandbox(quota=2_000)
+    path = _ids(tmp_path, 5_000)
+    journal = tmp_path / "run.journal"
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    flags = [*fast_flags(sb), "--chunk-size", "1000", "--concurrency", "1"]
+    on_journal = [str(path), *flags, "--journal", str(journal)]
+    code, _, err = await run_cli("submit", *on_journal, env=env)
+    assert code == 3, err  # the quota stopped it after two jobs
+    written = journal.read_bytes()
+
+    code, out, err = await run_cli(
+        "submit", *on_journal, "--resume-if-exists", "--dry-run", env=env
+    )
+    assert code == 0, err
+    assert "journal: 2 job(s) (2,000 ids) settled" in out
+    assert "would submit: 3,000 ids in 3 job(s)" in out
+
+    code, out, refused = await run_cli("submit", *on_journal, "--dry-run", env=env)
+    assert code == 2 and out == "", refused
+    assert len(error_lines(refused)) == 1 and "a journal of another run is here" in refused
+    code, _, err = await run_cli("submit", *on_journal, env=env)
+    assert code == 2 and error_lines(err) == error_lines(refused)
+
+    assert sb.ledger.ids_accepted == 2_000 and journal.read_bytes() == written
+    fresh = tmp_path / "new.journal"
+    code, out, err = await run_cli(
+        "submit",
+        str(path),
+        *flags,
+        "--journal",
+        str(fresh),
+        "--resume-if-exists",
+        "--dry-run",
+        env=env,
+    )
+    assert code == 0, err
+    assert "would submit: 5,000 ids in 5 job(s)" in out
+    assert not fresh.exists()

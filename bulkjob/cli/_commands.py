@@ -21,7 +21,7 @@ from .._journal import Journal
 from .._logging import configure_logging, redact
 from .._plan import plan
 from .._report import RunReport
-from .._rerun import open_for_submit
+from .._rerun import open_for_dry_run, open_for_submit
 from .._runner import Runner
 from .._settings import Settings
 from ._options import api_options, output_options, run_options, submit_options
@@ -119,7 +119,7 @@ def submit(**kw: Any) -> int:
     inputs = list(kw["inputs"]) or ["-"]
     if kw["dry_run"]:
         common.configure(settings)
-        return _dry_run(settings, inputs, None)
+        return _submit_dry_run(settings, inputs, kw["journal"], kw["resume_if_exists"])
     progress = common.line()
     common.configure(settings, progress)
     report_path: str | None = kw["report"]
@@ -192,6 +192,22 @@ def resume(**kw: Any) -> int:
         return finish(run_with_signals(runner), report_path)
     finally:
         journal.close_sync()
+
+
+def _submit_dry_run(
+    settings: Settings, inputs: Sequence[str], path: str | None, resume_if_exists: bool
+) -> int:
+    """What the submit would send: a new run's all, a resumed journal's rest, or its refusal."""
+    journal = None
+    if path is not None:
+        journal = open_for_dry_run(
+            path, "bulkjob submit --dry-run", settings, inputs, resume_if_exists=resume_if_exists
+        )
+    try:
+        return _dry_run(settings, inputs, journal)
+    finally:
+        if journal is not None:
+            journal.close_sync()
 
 
 def _dry_run(settings: Settings, inputs: Sequence[str], journal: Journal | None) -> int:
