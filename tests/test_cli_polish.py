@@ -162,3 +162,30 @@ async def test_submit_dry_run_on_a_journal_forecasts_what_the_submit_would_do(
     assert code == 0, err
     assert "would submit: 5,000 ids in 5 job(s)" in out
     assert not fresh.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "off"),
+    [("config", "--no-require-quota"), ("env", "--no-strict")],
+)
+async def test_a_boolean_setting_turned_on_elsewhere_is_turned_off_by_its_flag(
+    sandbox: SandboxFactory, tmp_path: Path, where: str, off: str
+) -> None:
+    """``require_quota = true`` in a config file (the account lacks credits) and
+    ``BULKJOB_STRICT=1`` (an invalid id in the input) refuse the run; ``--no-require-quota``
+    and ``--no-strict`` on the command line win over them, and the run goes."""
+    sb = await sandbox(quota=1_000)
+    path = _ids(tmp_path, 1_500)  # and one invalid line
+    env = {"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    args = ["submit", str(path), *fast_flags(sb), "--chunk-size", "500"]
+    if where == "config":
+        config = tmp_path / "bulkjob.toml"
+        config.write_text("require_quota = true\n")
+        args += ["--config", str(config)]
+    else:
+        env["BULKJOB_STRICT"] = "1"
+    code, _, err = await run_cli(*args, "--journal", str(tmp_path / "refused.journal"), env=env)
+    assert code != 0, err  # refused before anything was sent
+    assert sb.ledger.ids_accepted == 0
+    code, _, err = await run_cli(*args, "--journal", str(tmp_path / "run.journal"), off, env=env)
+    assert sb.ledger.ids_accepted == 1_000, err  # it went, until the account's credits ran out

@@ -54,10 +54,14 @@ def _shown(name: str) -> str:
 
 
 def setting(*decls: str, name: str, help: str = "", **kw: Any) -> Callable[[F], F]:
-    """A flag for the Settings field ``name``; ``None`` when not given."""
+    """A flag for the Settings field ``name``; ``None`` when not given.
+
+    A boolean field gets an on and an off flag (``--strict/--no-strict``): a config file
+    or the environment may have turned it on, and the command line must be able to say no.
+    """
     hint = _HINTS[name]
     if hint is bool and not kw.get("is_flag") and all("/" not in d for d in decls):
-        kw.update(is_flag=True, flag_value=True)
+        decls = tuple(f"{d}/--no-{d[2:]}" if d.startswith("--") else d for d in decls)
     kw.setdefault("type", _click_type(name))
     if kw["type"] is None:
         del kw["type"]
