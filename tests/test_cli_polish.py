@@ -189,3 +189,30 @@ async def test_a_boolean_setting_turned_on_elsewhere_is_turned_off_by_its_flag(
     assert sb.ledger.ids_accepted == 0
     code, _, err = await run_cli(*args, "--journal", str(tmp_path / "run.journal"), off, env=env)
     assert sb.ledger.ids_accepted == 1_000, err  # it went, until the account's credits ran out
+
+
+@pytest.mark.parametrize(
+    ("words", "answer"),
+    [
+        ("bulkjob submit ru", "file,ru"),
+        ("bulkjob submit ids.txt --journal ru", "file,ru"),
+        ("bulkjob submit ids.txt --report ru", "file,ru"),
+        ("bulkjob status ru", "file,ru"),
+        ("bulkjob resume ru", "file,ru"),
+        ("bulkjob results run.journal --merge ru", "file,ru"),
+        ("bulkjob results run.journal --out ru", "dir,ru"),
+    ],
+)
+async def test_file_arguments_complete_as_files(words: str, answer: str) -> None:
+    """Where a command takes a path, completion tells the shell to complete a file (or a
+    directory) name from what was typed: click's script then lets the shell list the
+    directory's entries (``compopt -o default`` in bash). Without a path type the answer
+    is empty and the shell offers nothing."""
+    env = {
+        "_BULKJOB_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    code, out, err = await run_cli(env=env)
+    assert code == 0, err
+    assert out.split() == [answer]

@@ -24,7 +24,15 @@ from .._report import RunReport
 from .._rerun import open_for_dry_run, open_for_submit
 from .._runner import Runner
 from .._settings import Settings
-from ._options import api_options, output_options, run_options, submit_options
+from ._options import (
+    DIR_PATH,
+    FILE_PATH,
+    INPUT_PATH,
+    api_options,
+    output_options,
+    run_options,
+    submit_options,
+)
 from ._progress_line import ProgressLine, progress_logs
 from ._settings import command_settings
 from ._signals import run_command
@@ -97,12 +105,13 @@ class Common:
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...", type=INPUT_PATH)
 @run_options
 @submit_options
 @click.option(
     "--journal",
     metavar="PATH",
+    type=FILE_PATH,
     help="the run's journal (default: beside --report, else ./bulkjob-<time>.journal)",
 )
 @click.option(
@@ -150,7 +159,7 @@ def submit(**kw: Any) -> int:
 
 
 @click.command()
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @run_options
 @click.option(
     "--resubmit-ambiguous",
@@ -253,7 +262,7 @@ def _journal_command(
 
 
 @click.command("status")
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @click.option("--refresh", is_flag=True, help="ask the server for the jobs' status")
 @api_options
 @_journal_command("status", readonly=lambda kw: not kw["refresh"])
@@ -265,7 +274,7 @@ def status(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
 
 
 @click.command("wait")
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @click.option("--poll", type=float, metavar="SECONDS", help="the first poll interval")
 @click.option("--timeout", type=float, metavar="SECONDS", help="give up after (exit 9)")
 @click.option(
@@ -293,11 +302,14 @@ def wait(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
 
 
 @click.command("results")
-@click.argument("journal", metavar="JOURNAL")
-@click.option("--out", required=True, metavar="DIR", help="where the per-job CSVs go")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
+@click.option(
+    "--out", required=True, metavar="DIR", type=DIR_PATH, help="where the per-job CSVs go"
+)
 @click.option(
     "--merge",
     metavar="FILE|-",
+    type=INPUT_PATH,
     help="also copy every results file into one CSV, header once ('-': to stdout, and "
     "every message to stderr)",
 )
@@ -353,7 +365,7 @@ def results(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
 
 
 @click.command("cancel")
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @api_options
 @_journal_command("cancel", readonly=lambda kw: False)
 def cancel(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
