@@ -216,3 +216,27 @@ async def test_file_arguments_complete_as_files(words: str, answer: str) -> None
     code, out, err = await run_cli(env=env)
     assert code == 0, err
     assert out.split() == [answer]
+
+
+async def test_bare_bulkjob_prints_its_help_exit_0() -> None:
+    """``bulkjob`` alone asks for the help: on stdout, exit 0, no ``error:`` line."""
+    code, out, err = await run_cli()
+    assert code == 0, err
+    assert err == ""
+    assert out.startswith("Usage: bulkjob [OPTIONS] COMMAND [ARGS]...")
+    assert "submit" in out and "error:" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--port", "abc"], "argument --port: expected a whole number, got 'abc'"),
+        (["--port", "70000"], "argument --port: must be from 0 to 65535, got 70000"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+async def test_sandbox_usage_error_is_one_line_exit_2(args: list[str], said: str) -> None:
+    """A bad ``bulkjob sandbox`` argument is one line, as the other commands say it."""
+    code, out, err = await run_cli("sandbox", *args)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"error: {said} (see bulkjob sandbox --help)"]
