@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -194,10 +193,11 @@ def configure_logging(
     fmt: str = "console",
     *,
     level: int = logging.INFO,
-    stream: TextIO | None = None,
+    stream: TextIO,
     progress: bool = False,
 ) -> logging.Handler:
-    """For the CLI: print bulkjob's records to ``stream`` (stderr) as console text or JSON.
+    """For the CLI: print bulkjob's records to ``stream`` (its stderr) as console text or
+    JSON. The stream is the caller's to name: the library never picks a process stream.
 
     ``level`` applies to the ``bulkjob`` logger. ``progress`` shows the periodic
     ``run.progress`` lines (INFO) whatever ``level`` is: a CLI off a terminal wants them
@@ -208,7 +208,7 @@ def configure_logging(
     logger = logging.getLogger(LOGGER_NAME)
     if _handler is not None:
         logger.removeHandler(_handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(StructFormatter(fmt))
     logger.addHandler(handler)
     logger.setLevel(level)

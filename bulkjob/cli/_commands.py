@@ -91,7 +91,7 @@ class Common:
         level = logging.DEBUG if self.debug else logging.INFO if self.verbose else logging.WARNING
         # With a live progress line, log lines go through it so they print above it.
         # Without one (stderr not a terminal), run.progress log lines are the sign of life.
-        stream = progress if progress is not None and progress.enabled else None
+        stream = progress if progress is not None and progress.enabled else sys.stderr
         configure_logging(
             settings.log_format,
             level=level,
