@@ -39,7 +39,7 @@ def quiet_logging() -> None:
     """bulkjob logs every accepted job at INFO; a benchmark wants only warnings."""
     from bulkjob._logging import configure_logging
 
-    configure_logging("console", level=logging.WARNING)
+    configure_logging("console", level=logging.WARNING, stream=sys.stderr)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

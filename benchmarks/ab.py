@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ _CHILD = """
 import json, resource, sys, time
 import bulkjob
 from bulkjob._logging import configure_logging
-configure_logging("console", level=30)
+configure_logging("console", level=30, stream=sys.stderr)
 args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 report = bulkjob.submit([args["path"]], base_url=args["base_url"], access_token=args["token"],

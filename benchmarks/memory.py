@@ -32,7 +32,7 @@ _CHILD = """
 import sys
 import bulkjob
 from bulkjob._logging import configure_logging
-configure_logging("console", level=30)
+configure_logging("console", level=30, stream=sys.stderr)
 path, base_url, dedupe = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 report = bulkjob.submit([path], base_url=base_url, access_token={token!r},
                         max_requests={max_requests}, per_seconds={per_seconds}, dedupe=dedupe)

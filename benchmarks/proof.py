@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -92,7 +93,7 @@ def main(quick: bool) -> str:
     # Every lost answer is a warning; here they are the point, not news.
     from bulkjob._logging import configure_logging
 
-    configure_logging("console", level=logging.ERROR)
+    configure_logging("console", level=logging.ERROR, stream=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bulkjob-bench-proof-") as tmp:
         path = Path(tmp) / "ids.txt"

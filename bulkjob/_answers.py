@@ -14,6 +14,8 @@ answer to a submit                                     verdict
 400 with the documented error body                     refused: quota, queue full, rejected
 401 with the documented error body                     token refused: not accepted, resend
 403 / 405 / 413 / 415 with the documented error body   refused (auth, protocol)
+407 (a proxy's answer, sent instead of forwarding)     not sent; the client raises
+                                                       ProxyRefusedError: the run stops
 connection refused (nothing was sent)                  not sent: resend with backoff
                                                        (never answered yet in this command:
                                                        the client raises UnreachableError)

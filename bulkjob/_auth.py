@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from ._errors import AuthError, Transient, TransportError, UnreachableError
+from ._errors import AuthError, ProxyRefusedError, Transient, TransportError, UnreachableError
 from ._limiter import WindowLimiter
 from ._logging import get_logger, register_secret
 from ._network import ProxyRoute, connect_failure, proxy_route
@@ -181,6 +181,8 @@ class TokenSource:
                 ) from None
             log.warning("token.unreachable", error=type(exc).__name__)
             raise Transient(f"unreachable ({type(exc).__name__})") from None
+        if status == ProxyRefusedError.STATUS:  # the proxy's answer: the endpoint saw nothing
+            raise ProxyRefusedError(url=s.token_url.split("?", 1)[0])
         data = parse_body(ctype, text)
         if status == 429 or status >= 500 or (status < 400 and status != 200):
             log.warning("token.failed", status=status)

@@ -40,7 +40,13 @@ from ._answers import (
     classify_call,
 )
 from ._auth import TokenSource
-from ._errors import ThrottledError, Transient, TransportError, UnreachableError
+from ._errors import (
+    ProxyRefusedError,
+    ThrottledError,
+    Transient,
+    TransportError,
+    UnreachableError,
+)
 from ._limiter import WindowLimiter
 from ._logging import get_logger, redact
 from ._network import ProxyRoute, connect_failure, proxy_route
@@ -230,6 +236,11 @@ class ApiClient:
                 data=body or None,
                 **self._proxy.options,
             ) as resp:
+                if resp.status == ProxyRefusedError.STATUS:
+                    # The proxy's answer in place of the API's: nothing was forwarded, and
+                    # the same credentials will be refused again.
+                    self.stats.unconnected += 1
+                    raise ProxyRefusedError(url=s.base_url)
                 self.reached = True
                 self._note_date(resp.headers.get("Date"))
                 if sink is not None and resp.status == 200:

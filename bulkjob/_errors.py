@@ -311,6 +311,27 @@ class UnreachableError(TransportError):
         self.url = url
 
 
+class ProxyRefusedError(UnreachableError):
+    """The proxy answered 407 (Proxy Authentication Required): it wants other credentials.
+
+    Only a proxy sends a 407, and it sends it instead of forwarding the request, so
+    nothing reached the API and nothing was created. No resend can do better with the
+    same credentials: raised at once, whether or not the API answered before (exit 7).
+    ``url`` is the URL the refused request was for.
+    """
+
+    #: The HTTP status a proxy refuses credentials with.
+    STATUS: ClassVar[int] = 407
+
+    def __init__(self, *, url: str, chunk: int | None = None) -> None:
+        super().__init__(
+            f"the proxy refused the request for {url}: 407 Proxy Authentication Required "
+            "(check the proxy's user and password)",
+            url=url,
+            chunk=chunk,
+        )
+
+
 class Transient(Exception):
     """Internal: one attempt failed in a way that is safe to repeat (the request
     certainly did not create anything, or it is idempotent). Never leaves the package:

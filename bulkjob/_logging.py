@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -53,11 +52,14 @@ _secrets: set[str] = set()
 _lock = threading.Lock()
 # A secret whose value was never registered (a server echoing a URL back, a setting read
 # by someone else) is still recognisable by its name: ``clientSecret=...``, ``"accessToken":
-# "..."``. Only name-and-value pairs match, so "a valid accessToken in header" is left alone.
+# "..."``. Only name-and-value pairs match (``=``, or a quote on either side of ``:``), so
+# prose is left alone: "a valid accessToken in header", "client_secret: required when...".
 _NAMED_SECRET = re.compile(
     r"""(?ix)
-    (client[_-]?secret|access[_-]?token)   # the name
-    (["']?\s*[:=]\s*["']?)                 # = or : , maybe quoted
+    (client[_-]?secret|access[_-]?token)   # the name, then how its value follows:
+    (\s*=\s*["']?                           #   name=value, name = 'value'
+    |["']\s*:\s*["']?                       #   "name": value (JSON, a dict's repr)
+    |\s*:\s*["'])                           #   name: "value"
     ([^&\s"',;<>]+)                         # the value, up to a delimiter
     """
 )
@@ -191,10 +193,11 @@ def configure_logging(
     fmt: str = "console",
     *,
     level: int = logging.INFO,
-    stream: TextIO | None = None,
+    stream: TextIO,
     progress: bool = False,
 ) -> logging.Handler:
-    """For the CLI: print bulkjob's records to ``stream`` (stderr) as console text or JSON.
+    """For the CLI: print bulkjob's records to ``stream`` (its stderr) as console text or
+    JSON. The stream is the caller's to name: the library never picks a process stream.
 
     ``level`` applies to the ``bulkjob`` logger. ``progress`` shows the periodic
     ``run.progress`` lines (INFO) whatever ``level`` is: a CLI off a terminal wants them
@@ -205,7 +208,7 @@ def configure_logging(
     logger = logging.getLogger(LOGGER_NAME)
     if _handler is not None:
         logger.removeHandler(_handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(StructFormatter(fmt))
     logger.addHandler(handler)
     logger.setLevel(level)

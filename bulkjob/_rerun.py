@@ -24,7 +24,7 @@ from ._lock import JournalLock
 from ._logging import get_logger
 from ._settings import Settings
 
-__all__ = ["claim_or_reopen", "open_for_submit"]
+__all__ = ["claim_or_reopen", "open_for_dry_run", "open_for_submit"]
 
 log = get_logger()
 
@@ -44,6 +44,31 @@ def open_for_submit(
     if resume_if_exists:
         return claim_or_reopen(path, command, settings, inputs)
     return Journal.claim(path, command), False
+
+
+def open_for_dry_run(
+    path: str | os.PathLike[str],
+    command: str,
+    settings: Settings,
+    inputs: Sequence[str],
+    *,
+    resume_if_exists: bool,
+) -> Journal | None:
+    """The journal a submit's dry run forecasts from: the one the submit would resume
+    (locked, as a resume's dry run holds it), or None when the submit would start anew.
+
+    Refused exactly as :func:`open_for_submit` refuses the real submit, and nothing is
+    created: a path without chunks is left as it is.
+    """
+    if not Journal.has_chunks(path):
+        return None
+    if not resume_if_exists:
+        Journal.ensure_new(path)  # raises: the real submit's refusal
+    journal, resuming = claim_or_reopen(path, command, settings, inputs)
+    if not resuming:  # the chunks went in between the look and the lock: a new run after all
+        journal.close_sync()
+        return None
+    return journal
 
 
 def claim_or_reopen(

@@ -333,9 +333,19 @@ class Runner:
             requests=stats.requests if stats else 0,
             elapsed_s=time.monotonic() - self._started,
             stopping=self.stop.reason,
-            awaiting_proof=self._submitter.awaiting_proof if self._submitter else 0,
+            awaiting_proof=self._awaiting_proof(),
             jobs_open=self._submitter.queue.open_jobs if self._submitter else None,
         )
+
+    def _awaiting_proof(self) -> int:
+        """Chunks whose outcome is still to be proven: parked now, or already in the report.
+
+        The submitter's close() moves what is parked into the report (and a stopping run
+        reports journaled chunks there without parking them): the final snapshot, drawn
+        after close(), must count those too. A chunk is in one place or the other.
+        """
+        parked = self._submitter.awaiting_proof if self._submitter else 0
+        return parked + len(self.report.awaiting_proof)
 
     def counts(self) -> RunCounts:
         """Every counter of the run now (what its metrics expose)."""
@@ -360,7 +370,7 @@ class Runner:
             jobs_open=queue.open_jobs if queue else 0,
             jobs_final=queue.seen_final if queue else 0,
             chunks_rejected=len(r.rejected),
-            awaiting_proof=self._submitter.awaiting_proof if self._submitter else 0,
+            awaiting_proof=self._awaiting_proof(),
             requests=requests,
             throttled=client.stats.throttled if client else 0,
             retries=client.stats.retries if client else 0,

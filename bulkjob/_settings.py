@@ -235,16 +235,19 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             hint = str(f.type)
+            # The wrong value is echoed to help, except a secret's: an unquoted token in
+            # a TOML file is still the token.
+            got = "" if f.name in SECRET_VALUED else f", got {value!r}"
             if hint.startswith("tuple[str"):
                 if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-                    raise ConfigError(f"{f.name}: expected a list of strings, got {value!r}")
+                    raise ConfigError(f"{f.name}: expected a list of strings{got}")
             elif hint == "bool":
                 if not isinstance(value, bool):
-                    raise ConfigError(f"{f.name}: expected true or false, got {value!r}")
+                    raise ConfigError(f"{f.name}: expected true or false{got}")
             elif hint in ("str", "str | None") and not (
                 isinstance(value, str) or (value is None and "None" in hint)
             ):
-                raise ConfigError(f"{f.name}: expected a string, got {value!r}")
+                raise ConfigError(f"{f.name}: expected a string{got}")
 
     @classmethod
     def load(
@@ -327,6 +330,9 @@ SECRET_FIELDS = ("access_token", "client_secret")
 #: without the extra) must not inherit it. The throttle store is where the account's
 #: window lives for the process at hand (a redis:// URL may carry a password).
 NOT_RECORDED = ("proxy", "metrics_port", "metrics_host", "throttle_store", "state_dir")
+#: Fields whose value is never shown in an error: the secrets, and the URLs that may hold
+#: a password (the proxy, a redis:// throttle store).
+SECRET_VALUED = frozenset({*SECRET_FIELDS, "proxy", "throttle_store"})
 
 
 class SettingsValues(TypedDict, total=False):

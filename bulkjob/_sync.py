@@ -18,10 +18,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, TypeVar, Unpack
+from typing import BinaryIO, Generic, TypeVar, Unpack
 
 from . import _lifecycle
 from ._config import load_settings
@@ -225,17 +228,108 @@ def resume(
 
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     """Run the coroutine ``make()`` to completion, whether or not a loop is running here."""
-
-    async def main() -> T:
-        return await make()
-
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+
+        async def main() -> T:
+            return await make()
+
         return asyncio.run(main())
     # A loop is running in this thread: nesting is impossible, so use a thread of our own.
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bulkjob") as pool:
-        return pool.submit(asyncio.run, main()).result()
+    return _InWorker(make).result()
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt here while the caller blocks, under ``asyncio.run`` too.
+
+    ``asyncio.run`` replaces Python's SIGINT handler with one that only cancels its main
+    task, and that task is the one blocked in this call: the interrupt would wait for the
+    whole run. For the wait, in the main thread, Python's own handler is put back.
+    Any other handler (a host's own, or an ignored SIGINT) is left as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    current = signal.getsignal(signal.SIGINT)
+    method = current.func if isinstance(current, functools.partial) else current
+    if not isinstance(getattr(method, "__self__", None), asyncio.Runner):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, current)
+
+
+INTERRUPT_GRACE_SECONDS = 30.0
+"""How long an interrupted blocking call waits for its run to wind down in the worker.
+
+The run stops as on a second Ctrl-C (requests in flight are abandoned, the journal is
+closed as cancellation unwinds), which takes well under a second; the bound only guards
+against a run stuck in a blocking call. A second interrupt stops the wait at once."""
+
+
+class _InWorker(Generic[T]):
+    """A coroutine run on a private loop in a daemon thread, interruptible from the caller.
+
+    The caller's thread (a notebook kernel's main thread) is the one that gets
+    KeyboardInterrupt. Waiting on the worker's result must not swallow it until the run
+    ends, so the interrupt cancels the run's main task on the worker's loop
+    (``call_soon_threadsafe``), waits a bounded while for it to unwind, and is re-raised.
+    The thread is a daemon so that an abandoned wait never holds up interpreter exit.
+    """
+
+    def __init__(self, make: Callable[[], Awaitable[T]]) -> None:
+        self._make = make
+        self._future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._lock = threading.Lock()
+        self._interrupted = False
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Task[object]] | None = None
+        thread = threading.Thread(target=self._work, name="bulkjob-run", daemon=True)
+        thread.start()
+
+    async def _main(self) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        with self._lock:
+            if self._interrupted:
+                raise asyncio.CancelledError
+            self._running = (asyncio.get_running_loop(), task)
+        return await self._make()
+
+    def _work(self) -> None:
+        try:
+            value = asyncio.run(self._main())
+        except BaseException as exc:  # handed over to the caller's thread
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(value)
+
+    def result(self) -> T:
+        with _interruptible():
+            return self._wait()
+
+    def _wait(self) -> T:
+        try:
+            return self._future.result()
+        except KeyboardInterrupt:
+            self._cancel()
+            with contextlib.suppress(BaseException):
+                # A second KeyboardInterrupt lands here too: it stops the wait.
+                self._future.result(timeout=INTERRUPT_GRACE_SECONDS)
+            raise
+
+    def _cancel(self) -> None:
+        with self._lock:
+            self._interrupted = True
+            running = self._running
+        if running is not None:
+            loop, task = running
+            with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to stop
+                loop.call_soon_threadsafe(task.cancel)
 
 
 async def wait_async(

@@ -33,6 +33,7 @@ from tests.conftest import (
     SandboxFactory,
     cli_env,
     make_ids,
+    run_cli,
     settings_for,
 )
 
@@ -303,3 +304,37 @@ def test_loggers_outside_bulkjob_refused() -> None:
     """get_logger only hands out bulkjob's own loggers."""
     with pytest.raises(ValueError, match="bulkjob"):
         get_logger("app")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "https://x/token?clientSecret=val-Ue81&grant=1",
+            "https://x/token?clientSecret=***&grant=1",
+        ),
+        ("access_token = 'val-Ue81'", "access_token = '***'"),
+        ('{"accessToken": "val-Ue81"}', '{"accessToken": "***"}'),
+        ("{'client_secret': 'val-Ue81'}", "{'client_secret': '***'}"),
+        ('accessToken: "val-Ue81"', 'accessToken: "***"'),
+        # Prose: a config error names the field, then says what is wrong with it.
+        (
+            "client_secret: required when client_id is set",
+            "client_secret: required when client_id is set",
+        ),
+        ("access_token: expected a string", "access_token: expected a string"),
+    ],
+)
+def test_named_secrets_are_pairs_not_prose(text: str, expected: str) -> None:
+    """A name followed by ``=``, or a quote around ``:``, is a pair and its value blanked;
+    ``name: words`` is a sentence about the setting and stays as written."""
+    assert redact(text) == expected
+
+
+async def test_cli_config_error_about_a_secret_is_readable() -> None:
+    """The CLI's one error line about a secret setting reads as written, with no value."""
+    env = cli_env()
+    del env["INSIDEVIEW_ACCESS_TOKEN"]
+    code, err = await run_cli("submit", "-", "--dry-run", "--client-id", "abc", env=env)
+    assert code == 2, err
+    assert err.strip() == "error: client_secret: required when client_id is set"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import bulkjob
-from bulkjob._errors import ConfigError
+from bulkjob._errors import ConfigError, ProxyRefusedError
 from bulkjob._journal import ChunkState
 from bulkjob._settings import Settings
 from bulkjob.sandbox import Sandbox
@@ -293,3 +293,62 @@ async def test_library_unreachable_base_url_raises_at_once(
     rows = journal_rows(journal)
     assert all(row.state is ChunkState.PENDING for row in rows.values())
     assert [row.attempts for row in rows.values()] == [1]  # concurrency 1: one was tried
+
+
+# -- a proxy refusing the credentials ---------------------------------------------------------
+
+
+def _wrong_password(proxy: ForwardProxy) -> str:
+    return proxy.url.replace(PROXY_PASSWORD, "not-the-password")
+
+
+async def test_cli_proxy_refusing_credentials_fails_at_once(
+    sandbox: SandboxFactory, proxy: ForwardProxy, tmp_path: Path
+) -> None:
+    """An http:// base URL through a proxy that answers 407 (wrong password): the proxy
+    forwarded nothing, so no chunk is of unknown outcome; the run ends at once with one
+    line naming the 407, exit 7, every chunk pending."""
+    sb = await sandbox()
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(250)), tmp_path / "j.journal"
+    args = [*submit_args(path, journal), *cli_flags(sb), "--proxy", _wrong_password(proxy)]
+    code, err = await run_cli(*args, "--concurrency", "1")
+    assert code == 7, err
+    assert len(_error_lines(err)) == 1 and _other_lines(err) == [], err
+    assert "407 Proxy Authentication Required" in _error_lines(err)[0]
+    assert proxy.refused >= 1 and proxy.forwarded == [] and sb.ledger.requests == 0
+    rows = journal_rows(journal)
+    assert {row.state for row in rows.values()} == {ChunkState.PENDING}
+
+
+@pytest.mark.parametrize("first_request", ["status poll", "token mint"])
+async def test_library_wait_through_a_proxy_refusing_credentials_raises(
+    sandbox: SandboxFactory, proxy: ForwardProxy, tmp_path: Path, first_request: str
+) -> None:
+    """The idempotent requests (``wait``'s status polls) and the token endpoint meet the 407
+    too: ProxyRefusedError (an UnreachableError, exit 7) at the first answer, not retries
+    until they run out."""
+    sb = await sandbox(finished_after=60.0)
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(50)), tmp_path / "j.journal"
+    if first_request == "token mint":
+        credentials: dict[str, object] = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    else:
+        credentials = {"access_token": TOKEN}
+    await bulkjob.submit_async(
+        [str(path)],
+        journal=journal,
+        base_url=sb.base_url,
+        token_url=sb.token_url,
+        **credentials,  # type: ignore[arg-type]
+    )
+    with pytest.raises(ProxyRefusedError) as info:
+        await bulkjob.wait_async(
+            journal,
+            base_url=sb.base_url,
+            token_url=sb.token_url,
+            proxy=_wrong_password(proxy),
+            max_attempts=50,
+            **credentials,  # type: ignore[arg-type]
+        )
+    assert isinstance(info.value, bulkjob.UnreachableError)
+    assert info.value.exit_code == 7 and "407" in str(info.value)
+    assert proxy.refused == 1 and proxy.forwarded == []

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import json
 import os
 import pty
 import re
+import struct
 import sys
+import termios
 import tty
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bulkjob._progress import Progress, format_duration
 from bulkjob.cli._progress_line import ProgressLine
@@ -58,8 +63,9 @@ def test_silent_when_not_a_tty() -> None:
     assert out.getvalue() == ""
 
 
-def test_redraws_in_place_and_ends_the_line() -> None:
+def test_redraws_in_place_and_ends_the_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """Updates return to the line start; close() ends the line once."""
+    monkeypatch.setenv("COLUMNS", "200")  # a stream without a terminal: COLUMNS, else 80
     out = io.StringIO()
     line = ProgressLine(out, enabled=True)
     line.update(_snap())
@@ -106,10 +112,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    """Run the CLI with stdout and stderr on one pseudo-terminal; (exit code, what it shows)."""
+async def _on_a_terminal(*args: str, env: dict[str, str], columns: int = 200) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on one pseudo-terminal ``columns`` wide; (exit code,
+    what it shows)."""
     master, slave = pty.openpty()
     tty.setraw(slave)  # no "\n" -> "\r\n": the bytes exactly as the program wrote them
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -159,6 +167,26 @@ async def test_terminal_line_ends_exact_and_before_the_next_output(
     last = _draws(out, "final")[-1]
     assert last.group(1) == "jobs: 10/10 final"
     assert out[last.end() :].startswith("\nchunk state")
+
+
+async def test_terminal_line_fits_an_80_column_terminal(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """On a terminal 80 columns wide (with COLUMNS unset, as under most shells' exports) no
+    drawn line is 80 columns or more: a wider one wraps, and every redraw would leave the
+    wrapped rows behind. The submit line and the wait line both fit in 79."""
+    sb = await sandbox(finished_after=0.5)
+    path = write_ids(tmp_path / "ids.txt", make_ids(1000))
+    args = submit_args(path, tmp_path / "run.journal", "--wait", *_terminal_flags(sb))
+    env = cli_env(BULKJOB_QUEUE_POLL_INTERVAL="0.1")
+    env.pop("COLUMNS", None)
+    code, out = await _on_a_terminal(*args, env=env, columns=80)
+    assert code == 0, out
+    drawn = [m.group(1) for m in re.finditer(r"\r([^\r\n]*)\x1b\[K", out)]
+    assert _draws(out, "ids submitted") and _draws(out, "final")
+    assert max(len(text) for text in drawn) == 79  # cut to fit, not shortened further
+    last = _draws(out, "ids submitted")[-1]
+    assert last.group(1).startswith("1,000/1,000 ids submitted")
 
 
 async def test_wait_line_ends_before_the_table(sandbox: SandboxFactory, tmp_path: Path) -> None:

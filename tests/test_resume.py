@@ -208,7 +208,9 @@ async def test_sigint_exits_130_and_resume_completes(
     path.write_text("".join(f"{v}\n" for v in values))
     journal = tmp_path / "run.journal"
     proc = await start_cli(*submit_args(path, journal), *cli_flags(sb, max_requests=20))
-    await asyncio.sleep(0.8)
+    async with asyncio.timeout(60):  # once it sends: a slow start (a loaded machine) aside
+        while sb.ledger.ids_accepted == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130, err.decode()

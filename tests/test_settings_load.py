@@ -18,6 +18,7 @@ import bulkjob
 from bulkjob import ConfigError, Settings, SettingsValues
 from bulkjob._config import load_settings
 from bulkjob._logging import configure_logging
+from tests.conftest import cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,3 +205,19 @@ def test_process_settings_are_not_inherited_by_a_resume() -> None:
     recorded = s.public()
     assert not {"proxy", "metrics_port", "metrics_host"} & set(recorded)
     assert recorded["max_requests"] == s.max_requests
+
+
+@pytest.mark.parametrize("field", ["access_token", "client_secret", "proxy"])
+async def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path, field: str) -> None:
+    """An unquoted token in a TOML file is still the token: the type error names the field
+    and never its value, in the library's exception and in the CLI's line."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"{field} = 987654321987654\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Settings.load(config=config)
+    assert str(info.value) == f"{field}: expected a string"
+    env = cli_env()
+    del env["INSIDEVIEW_ACCESS_TOKEN"]  # the file's token is the one read
+    code, err = await run_cli("submit", "-", "--dry-run", "--config", str(config), env=env)
+    assert code == 2, err
+    assert err.strip() == f"error: {field}: expected a string"

@@ -14,6 +14,7 @@ from bulkjob._errors import IncompleteError
 from bulkjob._evidence import IdSet
 from bulkjob._journal import ChunkState
 from bulkjob._lifecycle import status, wait
+from bulkjob._progress import Progress
 from bulkjob._runner import Runner
 from tests.conftest import (
     SandboxFactory,
@@ -361,3 +362,36 @@ async def test_a_stop_with_a_full_parking_lot_ends_at_once(
     assert report.accounted
     assert len(report.awaiting_proof) == 16
     assert sb.ledger.ids_accepted == 0
+
+
+async def test_final_progress_counts_the_chunks_left_awaiting_proof(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """A run stopped while chunks are parked: its last progress snapshot (the TTY line and
+    the final ``run.progress`` line) and its counts (the metrics) say as many chunks await
+    proof as the report does, not 0 because the parking lot was emptied into the report."""
+    sb = await sandbox(drop_after_accept_rate=0.5, finished_after=1.0, seed=4)
+    path, journal = write_ids(tmp_path / "ids.txt", make_ids(800)), tmp_path / "j.journal"
+    snapshots: list[Progress] = []
+
+    class Sink:
+        def update(self, progress: Progress) -> None:
+            snapshots.append(progress)
+
+        def close(self) -> None:
+            pass
+
+    runner = Runner(settings_for(sb), [str(path)], journal=journal, progress=Sink())
+
+    async def stop_while_parked() -> None:
+        while not (sb.ledger.ids_accepted == 800 and runner.snapshot().awaiting_proof):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        runner.request_stop("interrupted", "test")
+
+    stopper = asyncio.create_task(stop_while_parked())
+    report = await runner.run()
+    await stopper
+    assert report.awaiting_proof
+    assert snapshots[-1].awaiting_proof == len(report.awaiting_proof)
+    assert runner.snapshot().awaiting_proof == len(report.awaiting_proof)
+    assert runner.counts().awaiting_proof == len(report.awaiting_proof)

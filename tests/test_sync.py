@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import socket
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -13,7 +15,16 @@ import pytest
 
 from bulkjob import Sandbox, SandboxConfig, submit
 from bulkjob._sync import run_sync
-from tests.conftest import TOKEN, assert_paid_once, make_ids, parsed_merge
+from tests.conftest import (
+    TOKEN,
+    SandboxFactory,
+    assert_paid_once,
+    cli_env,
+    journal_rows,
+    make_ids,
+    parsed_merge,
+    wait_until,
+)
 
 
 def _serve_in_thread() -> tuple[Sandbox, threading.Event, threading.Thread]:
@@ -186,3 +197,65 @@ def test_sandbox_running_on_a_taken_port_raises_here() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match="in use"), Sandbox.running(port=port):
             pass
+
+
+#: A notebook cell in a real process: a blocking submit inside a running loop, as
+#: ``asyncio.run`` (its own SIGINT handler) or a kernel's ``run_until_complete`` (Python's)
+#: runs it. It prints how the call ended.
+_CELL = """
+import asyncio, sys
+import bulkjob
+
+async def cell():
+    try:
+        bulkjob.submit([sys.argv[1]], base_url=sys.argv[2], access_token=sys.argv[3],
+                       chunk_size=10, concurrency=1, journal=sys.argv[4])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+    print("returned", flush=True)
+
+if sys.argv[5] == "asyncio.run":
+    asyncio.run(cell())
+else:
+    asyncio.new_event_loop().run_until_complete(cell())
+"""
+
+
+@pytest.mark.parametrize("host", ["asyncio.run", "run_until_complete"])
+async def test_interrupt_stops_a_blocking_submit_inside_a_running_loop(
+    sandbox: SandboxFactory, tmp_path: Path, host: str
+) -> None:
+    """Ctrl-C ("interrupt kernel") during a blocking ``submit()`` in a running loop ends the
+    call with KeyboardInterrupt while the run is young, not when the whole run is done: the
+    run's task on the worker loop is cancelled and the interrupt re-raised."""
+    sb = await sandbox(latency=0.2)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(make_ids(3000)) + "\n")  # 300 requests of 0.2 s, one at a time
+    journal = tmp_path / "run.journal"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CELL,
+        str(path),
+        sb.base_url,
+        TOKEN,
+        str(journal),
+        host,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    try:
+        async with asyncio.timeout(30):
+            await wait_until(lambda: sb.ledger.ids_accepted > 0)
+            proc.send_signal(signal.SIGINT)
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out.decode().split() == ["interrupted"], err.decode()
+    assert "KeyboardInterrupt" in err.decode()
+    assert sb.ledger.ids_accepted <= 300  # a few requests, not the run's 3,000 ids
+    assert journal_rows(journal)  # the journal opens again: closed, consistent, resumable

@@ -22,11 +22,19 @@ from .._journal import Journal
 from .._logging import configure_logging, redact
 from .._plan import plan
 from .._report import RunReport
-from .._rerun import open_for_submit
+from .._rerun import open_for_dry_run, open_for_submit
 from .._runner import Runner
 from .._settings import Settings
 from .._window_store import render_state, state_dict, window_state
-from ._options import api_options, output_options, run_options, submit_options
+from ._options import (
+    DIR_PATH,
+    FILE_PATH,
+    INPUT_PATH,
+    api_options,
+    output_options,
+    run_options,
+    submit_options,
+)
 from ._progress_line import ProgressLine, progress_logs
 from ._settings import command_settings
 from ._signals import run_command
@@ -85,7 +93,7 @@ class Common:
         level = logging.DEBUG if self.debug else logging.INFO if self.verbose else logging.WARNING
         # With a live progress line, log lines go through it so they print above it.
         # Without one (stderr not a terminal), run.progress log lines are the sign of life.
-        stream = progress if progress is not None and progress.enabled else None
+        stream = progress if progress is not None and progress.enabled else sys.stderr
         configure_logging(
             settings.log_format,
             level=level,
@@ -99,12 +107,13 @@ class Common:
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...", type=INPUT_PATH)
 @run_options
 @submit_options
 @click.option(
     "--journal",
     metavar="PATH",
+    type=FILE_PATH,
     help="the run's journal (default: beside --report, else ./bulkjob-<time>.journal)",
 )
 @click.option(
@@ -121,7 +130,7 @@ def submit(**kw: Any) -> int:
     inputs = list(kw["inputs"]) or ["-"]
     if kw["dry_run"]:
         common.configure(settings)
-        return _dry_run(settings, inputs, None)
+        return _submit_dry_run(settings, inputs, kw["journal"], kw["resume_if_exists"])
     progress = common.line()
     common.configure(settings, progress)
     report_path: str | None = kw["report"]
@@ -152,7 +161,7 @@ def submit(**kw: Any) -> int:
 
 
 @click.command()
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @run_options
 @click.option(
     "--resubmit-ambiguous",
@@ -194,6 +203,22 @@ def resume(**kw: Any) -> int:
         return finish(run_with_signals(runner), report_path)
     finally:
         journal.close_sync()
+
+
+def _submit_dry_run(
+    settings: Settings, inputs: Sequence[str], path: str | None, resume_if_exists: bool
+) -> int:
+    """What the submit would send: a new run's all, a resumed journal's rest, or its refusal."""
+    journal = None
+    if path is not None:
+        journal = open_for_dry_run(
+            path, "bulkjob submit --dry-run", settings, inputs, resume_if_exists=resume_if_exists
+        )
+    try:
+        return _dry_run(settings, inputs, journal)
+    finally:
+        if journal is not None:
+            journal.close_sync()
 
 
 def _dry_run(settings: Settings, inputs: Sequence[str], journal: Journal | None) -> int:
@@ -239,7 +264,7 @@ def _journal_command(
 
 
 @click.command("status")
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @click.option("--refresh", is_flag=True, help="ask the server for the jobs' status")
 @api_options
 @_journal_command("status", readonly=lambda kw: not kw["refresh"])
@@ -251,7 +276,7 @@ def status(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
 
 
 @click.command("wait")
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @click.option("--poll", type=float, metavar="SECONDS", help="the first poll interval")
 @click.option("--timeout", type=float, metavar="SECONDS", help="give up after (exit 9)")
 @click.option(
@@ -279,11 +304,14 @@ def wait(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
 
 
 @click.command("results")
-@click.argument("journal", metavar="JOURNAL")
-@click.option("--out", required=True, metavar="DIR", help="where the per-job CSVs go")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
+@click.option(
+    "--out", required=True, metavar="DIR", type=DIR_PATH, help="where the per-job CSVs go"
+)
 @click.option(
     "--merge",
     metavar="FILE|-",
+    type=INPUT_PATH,
     help="also copy every results file into one CSV, header once ('-': to stdout, and "
     "every message to stderr)",
 )
@@ -339,7 +367,7 @@ def results(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:
 
 
 @click.command("cancel")
-@click.argument("journal", metavar="JOURNAL")
+@click.argument("journal", metavar="JOURNAL", type=FILE_PATH)
 @api_options
 @_journal_command("cancel", readonly=lambda kw: False)
 def cancel(journal: Journal, settings: Settings, kw: dict[str, Any]) -> int:

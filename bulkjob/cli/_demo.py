@@ -85,7 +85,7 @@ def demo(
     *, ids: int = 200_000, seed: int = 1, directory: str | None = None, progress: bool = True
 ) -> int:
     """Run the demo; returns the process exit code (0 when every id was accepted once)."""
-    configure_logging("console", level=logging.WARNING)
+    configure_logging("console", level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bulkjob-demo-") as tmp:
         where = Path(directory) if directory else Path(tmp)
         where.mkdir(parents=True, exist_ok=True)

@@ -73,9 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as done:  # --help, --version
         return int(done.exit_code)
     except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx is not None else "bulkjob"
-        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
-        return ExitCode.USAGE
+        asked = _help_asked_for(exc)
+        if asked is None:
+            return _usage_error(exc)
+        # Bare ``bulkjob``: the help it asks for, as ``--help`` gives it (docker and
+        # kubectl do the same on no arguments), not an error.
+        click.echo(asked)
+        return ExitCode.OK
     except click.ClickException as exc:
         click.echo(f"error: {redact(exc.format_message())}", err=True)
         return ExitCode.USAGE
@@ -97,6 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return ExitCode.INTERNAL
     return int(code) if isinstance(code, int) else ExitCode.OK
+
+
+def _help_asked_for(exc: click.UsageError) -> str | None:
+    """The help of a group run without its subcommand (click 8.2+ raises this; 8.1
+    printed the help and exited 0 itself), else None."""
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    if no_args is None or not isinstance(exc, no_args) or exc.ctx is None:
+        return None
+    help_text: str = exc.ctx.get_help()
+    return help_text
+
+
+def _usage_error(exc: click.UsageError) -> int:
+    where = exc.ctx.command_path if exc.ctx is not None else "bulkjob"
+    click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+    return ExitCode.USAGE
 
 
 def _terminate_as_interrupt() -> None:

@@ -18,6 +18,9 @@ from .._kinds import KINDS
 from .._settings import Settings
 
 __all__ = [
+    "DIR_PATH",
+    "FILE_PATH",
+    "INPUT_PATH",
     "OUTPUT_OPTIONS",
     "api_options",
     "run_options",
@@ -28,6 +31,12 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _HINTS = typing.get_type_hints(Settings)
+#: Path types: nothing is checked here (the commands say what is wrong in their own
+#: words), but the shell completes file names (or directories) for them. ``-`` stays
+#: standard input / output where the command takes it.
+FILE_PATH = click.Path(dir_okay=False)
+INPUT_PATH = click.Path(dir_okay=False, allow_dash=True)
+DIR_PATH = click.Path(file_okay=False)
 #: Options of a command that are not Settings fields (the command reads them itself).
 OUTPUT_OPTIONS = frozenset({"config", "debug", "verbose", "progress"})
 
@@ -54,10 +63,14 @@ def _shown(name: str) -> str:
 
 
 def setting(*decls: str, name: str, help: str = "", **kw: Any) -> Callable[[F], F]:
-    """A flag for the Settings field ``name``; ``None`` when not given."""
+    """A flag for the Settings field ``name``; ``None`` when not given.
+
+    A boolean field gets an on and an off flag (``--strict/--no-strict``): a config file
+    or the environment may have turned it on, and the command line must be able to say no.
+    """
     hint = _HINTS[name]
     if hint is bool and not kw.get("is_flag") and all("/" not in d for d in decls):
-        kw.update(is_flag=True, flag_value=True)
+        decls = tuple(f"{d}/--no-{d[2:]}" if d.startswith("--") else d for d in decls)
     kw.setdefault("type", _click_type(name))
     if kw["type"] is None:
         del kw["type"]
@@ -181,7 +194,7 @@ _RUN = (
         metavar="HOST",
         help="the address --metrics-port listens on",
     ),
-    click.option("--report", metavar="PATH", help="write the run report as JSON"),
+    click.option("--report", metavar="PATH", type=FILE_PATH, help="write the run report as JSON"),
     click.option(
         "--dry-run",
         is_flag=True,

@@ -10,6 +10,8 @@ log lines (every ``progress_interval`` seconds) are the sign of life instead.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from types import TracebackType
 from typing import TextIO
@@ -18,6 +20,9 @@ from .._progress import Progress, format_duration
 from .._report import RunStatus
 
 __all__ = ["ProgressLine", "progress_logs"]
+
+#: Columns assumed when the stream's terminal cannot say (nor ``COLUMNS``).
+FALLBACK_COLUMNS = 80
 
 
 def progress_logs(progress: bool, stream: TextIO | None = None) -> bool:
@@ -68,10 +73,22 @@ class ProgressLine:
     def show(self, text: str) -> None:
         """Redraw the line as ``text``."""
         if self.enabled and not self._mid_line:
-            self._last = text
+            self._last = text[: self._columns() - 1]
             self._stream.write("\r" + self._last + "\x1b[K")
             self._stream.flush()
             self._drawn = True
+
+    def _columns(self) -> int:
+        """The terminal's width now (it may have been resized since the last draw).
+
+        A line as wide as the terminal, or wider, wraps (or leaves the cursor in the last
+        column): the next ``\r`` then goes back to the start of the last row only, and
+        the rows above stay on screen. The line is cut one short of the width instead.
+        """
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns or FALLBACK_COLUMNS
+        except (AttributeError, ValueError, OSError):  # not a real terminal (a test's stream)
+            return shutil.get_terminal_size((FALLBACK_COLUMNS, 24)).columns
 
     def write(self, text: str) -> int:
         """Print ``text`` (log lines) above the progress line, which is then redrawn.

@@ -9,6 +9,7 @@ library.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 
 from .._config import load_settings
@@ -34,7 +35,7 @@ def command_settings(
     # Logging first, to stderr: loading notes an ignored BULKJOB_* variable at debug level,
     # and structlog left unconfigured would print it to stdout, which `--merge -` owns.
     level = logging.DEBUG if debug else logging.WARNING
-    configure_logging(log_format or "console", level=level)
+    configure_logging(log_format or "console", level=level, stream=sys.stderr)
     settings = load_settings(flags, config=config, recorded=recorded)
     register_secret(settings.access_token)
     register_secret(settings.client_secret)

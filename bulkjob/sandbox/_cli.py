@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import math
 import sys
+from typing import NoReturn
 
 from .._errors import ConfigError
 from ._bodies import API_PREFIX
@@ -15,22 +16,31 @@ from ._server import Sandbox
 __all__ = ["parse_args", "sandbox_main"]
 
 
+def _number(convert: type[int] | type[float], text: str) -> float:
+    """``text`` as a number; argparse's own words ("invalid _port value") name a function."""
+    try:
+        return convert(text)
+    except ValueError:
+        what = "a whole number" if convert is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
 def _rate(text: str) -> float:
-    value = float(text)
+    value = _number(float, text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    value = _number(float, text)
     if not (math.isfinite(value) and value >= 0.0):
         raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
     return value
 
 
 def _offset(text: str) -> float:
-    value = float(text)
+    value = _number(float, text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text}")
     return value
@@ -47,21 +57,28 @@ def _garbage_kinds(text: str) -> tuple[str, ...]:
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    value = int(_number(int, text))
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = int(_number(int, text))
     if not 0 <= value <= 65_535:
         raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {text}")
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said as the ``bulkjob`` command says one: one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bulkjob sandbox",
         description=(
             "Serve a local look-alike of the InsideView bulk job API until Ctrl-C. "
