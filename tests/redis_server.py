@@ -7,16 +7,14 @@ saying how to get one: a missing service is never a skip.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["NO_SERVER", "RedisServer", "find_server", "running_server"]
+__all__ = ["NO_SERVER", "RedisServer", "find_server", "start_server"]
 
 NO_SERVER = (
     "the Redis store's tests need a real server and none was found: "
@@ -100,21 +98,16 @@ class RedisServer:
             self._proc.wait()
 
 
-@contextlib.contextmanager
-def running_server(workdir: Path) -> Iterator[RedisServer]:
-    """A started server (a port taken meanwhile by someone else: tried again)."""
+def start_server(workdir: Path) -> RedisServer:
+    """A started server (a port taken meanwhile by someone else: tried again); raises
+    RuntimeError saying how to install one when there is no binary."""
     binary = find_server()
     if binary is None:
         raise RuntimeError(NO_SERVER)
     for _ in range(5):
         server = RedisServer(binary, workdir)
         if server.wait_ready():
-            break
+            return server
         server.stop()
-    else:
-        tail = server.log.read_text(errors="replace")[-2000:] if server.log.exists() else ""
-        raise RuntimeError(f"{binary} did not start:\n{tail}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    tail = server.log.read_text(errors="replace")[-2000:] if server.log.exists() else ""
+    raise RuntimeError(f"{binary} did not start:\n{tail}")

@@ -128,6 +128,25 @@ _API = (
         "--pacing", name="pacing", help="burst: a window's budget may go at once; even: spread"
     ),
     setting("--accept", name="accept", help="the API's answer format"),
+    setting(
+        "--throttle-store",
+        name="throttle_store",
+        metavar="STORE",
+        help="where the account's window lives: local (this host), memory (this process), "
+        "or redis://[:password@]host:port/db shared across hosts (pip install 'bulkjob[redis]')",
+    ),
+    setting(
+        "--account",
+        name="account",
+        metavar="NAME",
+        help="share the window under this name (default: the client id, else the token's hash)",
+    ),
+    setting(
+        "--slot-lease",
+        name="slot_lease",
+        metavar="SECONDS",
+        help="a Redis slot of a process that died counts as done this long after its last renewal",
+    ),
 )
 
 _RUN = (
