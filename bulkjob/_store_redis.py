@@ -33,8 +33,10 @@ seconds more than a clean exit would, and only while the window is full: with ro
 in it nobody waits at all. With the defaults (1000 per 300 s, 8 at once, 30 s) that is 8
 of 1000 slots coming back 30 s late.
 
-A live holder that cannot reach Redis for two thirds of a lease loses its leases the same
-way; its late release then moves the completion to its real time.
+A live holder that cannot renew for two thirds of a lease (Redis out of reach, a stalled
+host) loses its leases the same way: each is then counted as a completion from its
+lapse, and its late release counts it again from its real answer. The slot stays counted
+throughout unless the stall outlasts the lease plus a whole window.
 
 **Failures.** Nothing answering at the URL on the first contact is a
 :class:`~bulkjob._errors.ConfigError` (exit 2): the setting points nowhere, and nothing
