@@ -39,9 +39,12 @@ from types import TracebackType
 
 from aiolimiter import AsyncLimiter
 
+from ._logging import get_logger
 from ._window_store import EPSILON, MemoryStore, StoreParams, WindowStore
 
 __all__ = ["WindowLimiter"]
+
+log = get_logger()
 
 _EPSILON = EPSILON
 #: With every slot in flight, a shared store is asked again this often (a share of the
@@ -147,6 +150,10 @@ class WindowLimiter:
         reset, self._reset_backoff = self._reset_backoff, False
         try:
             await self.store.release(slot, reset_backoff=reset)
+        except Exception as exc:
+            # The slot stays counted in the store (a lease lapses, a dead holder is reaped):
+            # safe for the window. Raising here would make an accepted submit look unsent.
+            log.warning("throttle.release_failed", store=self.store.name, error=str(exc))
         finally:
             self._in_flight -= 1
             if self._released is not None:

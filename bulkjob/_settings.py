@@ -35,6 +35,10 @@ DEFAULT_PROXY: str | None = None
 #: state directory, shared by this user's processes), "memory" (this process only), or a
 #: redis:// / rediss:// URL (shared across hosts).
 DEFAULT_THROTTLE_STORE = "local"
+#: What a redis:// throttle store needs, and how to get it.
+REDIS_MISSING = (
+    "throttle_store: a redis:// store needs the redis package: pip install 'bulkjob[redis]'"
+)
 #: How long a Redis slot lease lasts unless its live holder renews it.
 DEFAULT_SLOT_LEASE = 30.0
 #: The documented form of a new contact id: 64 characters of [A-Za-z0-9_-].
@@ -460,11 +464,21 @@ def _store(name: str, value: object) -> None:
     if value in ("memory", "local"):
         return
     parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")  # reported below, without the value's password
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ConfigError(
             f"{name}: expected memory, local or a redis:// (rediss://) URL with a host, "
             f"got {_without_password(value)!r}"
         )
+    # The password is the account's Redis's: scrubbed from every log line from now on.
+    register_secret(parts.password)
+    if parts.password:
+        register_secret(urllib.parse.unquote(parts.password))
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigError(REDIS_MISSING)
 
 
 def _without_password(url: str) -> str:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import importlib.util
 import itertools
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import ConfigError
-from ._settings import Settings
+from ._settings import REDIS_MISSING, Settings
 
 __all__ = [
     "EPSILON",
@@ -239,7 +240,13 @@ def open_store(settings: Settings) -> WindowStore:
         from ._store_local import LocalStore
 
         return LocalStore(params, key, settings.resolved_state_dir)
-    raise ConfigError("throttle_store: redis stores are not built yet")  # TODO(issue 10)
+    if spec.startswith(("redis://", "rediss://")):
+        if importlib.util.find_spec("redis") is None:  # Settings checks it too
+            raise ConfigError(REDIS_MISSING)
+        from ._store_redis import RedisStore
+
+        return RedisStore(params, key, spec, lease=settings.slot_lease)
+    raise ConfigError(f"throttle_store: unknown store {spec.split(':', 1)[0]!r}")
 
 
 async def window_state(settings: Settings) -> WindowState:

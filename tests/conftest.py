@@ -11,7 +11,7 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pytest
 from bulkjob._journal import ChunkRow, Journal
 from bulkjob._settings import Settings
 from bulkjob.sandbox._server import Sandbox, SandboxConfig
+
+from .redis_server import start_server
 
 #: The fixed token every default sandbox accepts, and its client credentials.
 TOKEN = "sandbox-token"
@@ -86,6 +88,21 @@ async def sandbox() -> AsyncIterator[SandboxFactory]:
     yield start
     for server in started:
         await server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis (or Valkey) server on a free 127.0.0.1 port for the whole session:
+    ``redis://127.0.0.1:PORT/0``. Without a server binary the test fails, saying how to
+    install one (see tests/redis_server.py)."""
+    try:
+        server = start_server(tmp_path_factory.mktemp("redis"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -226,3 +226,22 @@ def test_no_window_ever_holds_more_than_n_whatever_the_latencies(
         # The n requests completed first leave no room for a send within a window of them
         # (to the limiter's resolution: a timer may fire a microsecond early).
         assert starts[i + n] - ends[i] >= per - _EPSILON - 1e-9
+
+
+def test_a_store_failing_at_release_never_fails_the_request() -> None:
+    """The answer is in when a slot is released: a store error there is logged, not raised
+    (raising would make an accepted submit look unsent, and resume would pay again)."""
+    from bulkjob._errors import ConfigError
+    from bulkjob._window_store import MemoryStore, StoreParams
+
+    class Failing(MemoryStore):
+        async def release(self, slot: str, *, reset_backoff: bool) -> None:
+            raise ConfigError("throttle store: database is locked")
+
+    async def main() -> int:
+        limiter = WindowLimiter(5, 1.0, store=Failing(StoreParams(5, 1.0, 0.1, 10.0)))
+        async with limiter:
+            pass
+        return limiter.in_flight
+
+    assert run_virtual(main) == 0

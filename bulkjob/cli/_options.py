@@ -135,26 +135,31 @@ _API = (
         help="http://[user:password@]host:port for every request (default: HTTP(S)_PROXY)",
     ),
     setting("--max-requests", name="max_requests", metavar="N", help="requests per window"),
-    setting(
-        "--throttle-store",
-        name="throttle_store",
-        metavar="local|memory|URL",
-        help="where the account's window lives: local (shared by this user's processes "
-        "here), memory (this process only), or redis://host:port/db (shared by hosts)",
-    ),
-    setting(
-        "--account",
-        name="account",
-        metavar="NAME",
-        help="group credentials into one account's window (default: the client id, else "
-        "the access token's hash)",
-    ),
     setting("--per", name="per_seconds", metavar="SECONDS", help="the window's length"),
     setting("--concurrency", name="concurrency", metavar="N", help="requests at once"),
     setting(
         "--pacing", name="pacing", help="burst: a window's budget may go at once; even: spread"
     ),
     setting("--accept", name="accept", help="the API's answer format"),
+    setting(
+        "--throttle-store",
+        name="throttle_store",
+        metavar="STORE",
+        help="where the account's window lives: local (this host), memory (this process), "
+        "or redis://[:password@]host:port/db shared across hosts (pip install 'bulkjob[redis]')",
+    ),
+    setting(
+        "--account",
+        name="account",
+        metavar="NAME",
+        help="share the window under this name (default: the client id, else the token's hash)",
+    ),
+    setting(
+        "--slot-lease",
+        name="slot_lease",
+        metavar="SECONDS",
+        help="a Redis slot of a process that died counts as done this long after its last renewal",
+    ),
 )
 
 _RUN = (
