@@ -197,13 +197,15 @@ class Look:
 class JobReader:
     """Reads the account's job list and jobs' results for proofs; caches final answers."""
 
-    __slots__ = ("_cache", "_client", "_settings", "_time_filter")
+    __slots__ = ("_cache", "_client", "_settings", "_time_filter", "registry_hits")
 
     def __init__(self, settings: Settings, client: ApiClient) -> None:
         self._settings = settings
         self._client = client
         self._cache: dict[str, Final | Unreadable] = {}
         self._time_filter = True  # dropped if the server refuses our start/end format
+        #: Candidates ruled out by the account's registry of jobs (no download needed).
+        self.registry_hits = 0
 
     def __repr__(self) -> str:
         return f"<JobReader cached={len(self._cache)}>"
@@ -239,6 +241,11 @@ class JobReader:
         ]
         candidates.sort(key=lambda j: (j.ids != ids.count, abs((j.created or sent) - sent)))
         ruled_out: list[str] = []
+        # Jobs another bulkjob process of the account got an answer for hold no lost submit:
+        # ruled out by the account's registry, without downloading their results.
+        registered = await self._registered([j.job_id for j in candidates])
+        ruled_out += [j.job_id for j in candidates if j.job_id in registered]
+        candidates = [j for j in candidates if j.job_id not in registered]
         unclear: list[str] = []
         running = 0
         for job in candidates:
@@ -280,6 +287,19 @@ class JobReader:
             f"not accepted: no job was created around the send "
             f"({self._settings.reconcile_grace:g}s grace passed)"
         )
+
+    async def _registered(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` the account's store knows an answer named (none if the store
+        cannot say: then content decides, as without a registry)."""
+        if not job_ids:
+            return set()
+        try:
+            found = await self._client.limiter.store.registered(job_ids)
+        except Exception as exc:
+            log.warning("jobs.registry_unreadable", error=str(exc))
+            return set()
+        self.registry_hits += len(found)
+        return found
 
     async def candidates(self, since: float, until: float) -> tuple[list[Candidate], bool]:
         """Jobs of this kind created in [since, until] (server clock); and whether the

@@ -23,7 +23,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -46,7 +46,10 @@ CREATE TABLE IF NOT EXISTS slots (
 );
 CREATE INDEX IF NOT EXISTS slots_done ON slots(done);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, at REAL NOT NULL);
 """
+#: Jobs stay registered this long: longer than any proof waits for a lost answer.
+_JOBS_KEPT = 30 * 86_400.0
 _MARK = ("bulkjob-window", 1)  # the meta row that says what this file is
 
 
@@ -107,6 +110,12 @@ class LocalStore:
 
     async def state(self) -> WindowState:
         return await self._run(self._state)
+
+    async def register_job(self, job_id: str, digest: str) -> None:
+        await self._run(self._register, job_id, digest)
+
+    async def registered(self, job_ids: Collection[str]) -> set[str]:
+        return await self._run(self._registered, list(job_ids)) if job_ids else set()
 
     async def close(self) -> None:
         if self._db is None:
@@ -245,6 +254,22 @@ class LocalStore:
         )
         if reset_backoff:
             self._set("next_delay", self.params.initial_delay)
+
+    def _register(self, job_id: str, digest: str) -> None:
+        assert self._db is not None
+        now = time.time()
+        self._db.execute("DELETE FROM jobs WHERE at < ?", (now - _JOBS_KEPT,))
+        self._db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job_id, digest, now))
+
+    def _registered(self, job_ids: list[str]) -> set[str]:
+        assert self._db is not None
+        found: set[str] = set()
+        for start in range(0, len(job_ids), 500):
+            part = job_ids[start : start + 500]
+            marks = ", ".join("?" * len(part))
+            rows = self._db.execute(f"SELECT job_id FROM jobs WHERE job_id IN ({marks})", part)
+            found.update(str(row[0]) for row in rows)
+        return found
 
     def _release_all(self, slots: list[int]) -> None:
         assert self._db is not None

@@ -57,6 +57,7 @@ import contextlib
 import os
 import socket
 import urllib.parse
+from collections.abc import Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -215,9 +216,23 @@ return answer
 )
 
 
+#: Jobs an answer named, kept this long (seconds): longer than any proof waits.
+_JOBS_KEPT = 30 * 86_400
+_REGISTER = """
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]))
+return 1
+"""
+_LOOKUP = """
+local out = {}
+for i, job in ipairs(ARGV) do out[i] = redis.call('HEXISTS', KEYS[4], job) end
+return out
+"""
+
+
 def keys_of(account: str) -> list[str]:
     """The account's keys: in-flight slots, completions, and the pause and backoff."""
-    return [f"{KEY_PREFIX}:{{{account}}}:{name}" for name in ("flying", "done", "meta")]
+    return [f"{KEY_PREFIX}:{{{account}}}:{name}" for name in ("flying", "done", "meta", "jobs")]
 
 
 def server_of(url: str) -> str:
@@ -258,6 +273,8 @@ class RedisStore:
         self._renew = self._client.register_script(_RENEW)
         self._throttled = self._client.register_script(_THROTTLED)
         self._state = self._client.register_script(_STATE)
+        self._register = self._client.register_script(_REGISTER)
+        self._lookup = self._client.register_script(_LOOKUP)
         self._reached = False
         self._closed = False
         self._mine: set[str] = set()
@@ -321,6 +338,16 @@ class RedisStore:
             next_delay=float(next_delay) if next_delay else self.params.initial_delay,
             extra={"server": self.server, "lease": self.lease},
         )
+
+    async def register_job(self, job_id: str, digest: str) -> None:
+        await self._run(self._register, job_id, digest, int(_JOBS_KEPT))
+
+    async def registered(self, job_ids: Collection[str]) -> set[str]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        answer = await self._run(self._lookup, *ids)
+        return {job_id for job_id, seen in zip(ids, answer, strict=True) if seen}
 
     async def close(self) -> None:
         if self._closed:

@@ -289,6 +289,7 @@ class Submitter:
         if isinstance(verdict, Accepted):
             self._lost.pop(chunk.seq, None)
             self._accepted(chunk.seq, verdict.job_id, chunk)
+            await self._register(verdict.job_id, chunk)
             if self._journal is not None:
                 write = self._journal.accepted(chunk.seq, verdict.job_id, status=verdict.status)
                 await self._record(write)
@@ -349,6 +350,15 @@ class Submitter:
         self._known.add(job_id)  # before any await: a proof round may be reading candidates
         if chunk is not None:
             self._report.add_accepted(chunk, job_id)
+
+    async def _register(self, job_id: str, chunk: Chunk | None) -> None:
+        """Tell the account's other bulkjob processes: ``job_id`` holds a chunk of ours, so
+        it is no candidate for their lost answers (they rule it out without downloading)."""
+        try:
+            digest = chunk.digest if chunk is not None else ""
+            await self._client.limiter.store.register_job(job_id, digest)
+        except Exception as exc:  # only a saving for others: never a failure of this chunk
+            log.warning("job.register_failed", job_id=job_id, error=str(exc))
 
     async def _settle(
         self, seq: int, state: ChunkState, error: str | None, evidence: str | None = None
@@ -528,6 +538,7 @@ class Submitter:
             self._lost.pop(p.seq, None)
             self.queue.opened(proof.job_id, p.seq)
             self._accepted(p.seq, proof.job_id, p.chunk)
+            await self._register(proof.job_id, p.chunk)
             if self._journal is not None:
                 await self._record(
                     self._journal.accepted(p.seq, proof.job_id, evidence=proof.evidence)

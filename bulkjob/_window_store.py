@@ -27,6 +27,7 @@ import collections
 import hashlib
 import importlib.util
 import itertools
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -115,6 +116,13 @@ class WindowStore(Protocol):
     async def state(self) -> WindowState:
         """The window right now."""
 
+    async def register_job(self, job_id: str, digest: str) -> None:
+        """An answer named ``job_id`` (holding the chunk of ``digest``): it is known to the
+        account's bulkjob processes, so it holds no lost submit of any of them."""
+
+    async def registered(self, job_ids: Collection[str]) -> set[str]:
+        """Which of ``job_ids`` some bulkjob process of the account registered."""
+
     async def close(self) -> None:
         """Give back what this process holds (its in-flight slots count as completed)."""
 
@@ -158,6 +166,7 @@ class MemoryStore:
         self._resume_at = 0.0
         self._last_429: float | None = None
         self._next_delay = params.initial_delay
+        self._jobs: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore in_flight={len(self._flying)} recent={len(self._done)}>"
@@ -209,6 +218,12 @@ class MemoryStore:
             last_429_ago=None if self._last_429 is None else now - self._last_429,
             next_delay=self._next_delay,
         )
+
+    async def register_job(self, job_id: str, digest: str) -> None:
+        self._jobs[job_id] = digest
+
+    async def registered(self, job_ids: Collection[str]) -> set[str]:
+        return {job_id for job_id in job_ids if job_id in self._jobs}
 
     async def close(self) -> None:
         for slot in list(self._flying):

@@ -399,3 +399,17 @@ async def test_kill_9_of_a_lease_holder_then_the_next_run_finishes(
     state = await watcher.state()
     assert state.in_flight == 0
     await watcher.close()
+
+
+async def test_registered_jobs_are_shared_through_redis(redis_url: str) -> None:
+    """A job one process registered is known to another store on the same account."""
+    account = f"registry-{uuid.uuid4().hex}"
+    first = store_for(redis_url, account, 5, 1.0, 30.0)
+    second = store_for(redis_url, account, 5, 1.0, 30.0)
+    try:
+        await first.register_job("job-r1", "digest")
+        assert await second.registered(["job-r1", "job-r2"]) == {"job-r1"}
+        assert await second.registered([]) == set()
+    finally:
+        await first.close()
+        await second.close()

@@ -1,0 +1,60 @@
+"""The account's registry of jobs: a job some bulkjob process got an answer for holds no
+lost submit of another, so proofs rule it out without downloading its results."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bulkjob._runner import Runner
+from bulkjob._settings import Settings
+from bulkjob._window_store import open_store
+from tests.conftest import (
+    TOKEN,
+    SandboxFactory,
+    assert_paid_once,
+    make_ids,
+    settings_for,
+    write_ids,
+)
+
+
+@pytest.mark.parametrize("store", ["memory", "local"])
+async def test_a_registered_job_is_known_to_every_store_user(store: str, tmp_path: Path) -> None:
+    settings = Settings(access_token=TOKEN, throttle_store=store, state_dir=str(tmp_path))
+    first, second = open_store(settings), open_store(settings)
+    try:
+        await first.register_job("job-1", "d1")
+        # Memory stores are one process's own: only the local store is shared.
+        seen = await second.registered(["job-1", "job-2"])
+        assert seen == ({"job-1"} if store == "local" else set())
+        assert await first.registered(["job-1", "job-2"]) == {"job-1"}
+        assert await first.registered([]) == set()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_runs_rule_out_each_others_jobs_without_downloads(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """Two runs of one account at once, answers lost after acceptance: each proof rules out
+    the other run's jobs from the registry; every id is paid exactly once."""
+    sb = await sandbox(drop_after_accept_rate=0.3, seed=5, list_lag=0.0)
+    values_a, values_b = make_ids(1500, prefix="ka"), make_ids(1500, prefix="kb")
+    runners = [
+        Runner(
+            settings_for(sb, concurrency=4),
+            [str(write_ids(tmp_path / f"{name}.txt", values))],
+            journal=tmp_path / f"{name}.journal",
+        )
+        for name, values in (("a", values_a), ("b", values_b))
+    ]
+    reports = await asyncio.gather(*(r.run() for r in runners))
+    assert all(report.ok for report in reports), [r.stop_message for r in reports]
+    assert_paid_once(sb, values_a + values_b)
+    assert sum(len(r.proven_chunks) for r in reports) > 0  # answers were lost, and proven
+    hits = sum(r._submitter._reader.registry_hits for r in runners)  # type: ignore[union-attr]
+    assert hits > 0
