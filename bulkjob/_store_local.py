@@ -125,14 +125,30 @@ class LocalStore:
                 mine = sorted(self._mine)
                 await self._run(self._release_all, mine)
         finally:
-            db, self._db = self._db, None
-            db.close()
+            async with self._lock:  # after any transaction still running in its thread
+                db, self._db = self._db, None
+                if db is not None:
+                    db.close()
 
     # -- transactions (run in a worker thread, one at a time) ----------------------------------
 
     async def _run(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
-        async with self._lock:
-            return await asyncio.to_thread(lambda: self._transaction(op, *args, **kw))
+        """One transaction in a worker thread, one at a time.
+
+        A caller cancelled mid-transaction (a run's drain, Ctrl-C) cannot stop the thread:
+        the lock is held until the thread is done, so that nothing (close() above all)
+        touches the connection while it still runs.
+        """
+        await self._lock.acquire()
+        try:
+            done = asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._transaction(op, *args, **kw)
+            )
+        except BaseException:
+            self._lock.release()
+            raise
+        done.add_done_callback(lambda _: self._lock.release())
+        return await asyncio.shield(done)
 
     def _transaction(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
         try:

@@ -218,3 +218,31 @@ async def test_throttle_command_shows_the_window(sandbox: SandboxFactory, tmp_pa
     assert TOKEN not in out and os.path.basename(state["path"]).startswith("throttle-")
     code, out, _ = await run_cli("throttle", "--per", "60", env=env)
     assert code == 0 and f"{sb.ledger.requests} of 1,000 requests" in out
+
+
+async def test_a_cancelled_transaction_keeps_the_connection_until_its_thread_is_done(
+    tmp_path: Path,
+) -> None:
+    """A caller cancelled while its transaction waits in a worker thread (a drain, Ctrl-C):
+    close() waits for that thread before it closes the connection (using a connection
+    another thread is inside of crashes the process)."""
+    settings = _settings(tmp_path)
+    store = open_store(settings)
+    await store.state()  # the file exists
+    other = sqlite3.connect(store.path, isolation_level=None)  # type: ignore[attr-defined]
+    other.execute("BEGIN EXCLUSIVE")  # the store's next transaction waits in its thread
+    acquiring = asyncio.create_task(store.acquire())
+    await asyncio.sleep(0.2)
+    acquiring.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await acquiring
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # held back by the thread still inside its transaction
+    other.rollback()
+    other.close()
+    await asyncio.wait_for(closing, 30)
+    again = open_store(settings)
+    state = await again.state()
+    await again.close()
+    assert state.in_flight <= 1  # the cancelled acquire may have taken its slot, no more
