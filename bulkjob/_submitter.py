@@ -289,10 +289,10 @@ class Submitter:
         if isinstance(verdict, Accepted):
             self._lost.pop(chunk.seq, None)
             self._accepted(chunk.seq, verdict.job_id, chunk)
-            await self._register(verdict.job_id, chunk)
             if self._journal is not None:
                 write = self._journal.accepted(chunk.seq, verdict.job_id, status=verdict.status)
                 await self._record(write)
+            await self._register(verdict.job_id, chunk)  # after the journal: it comes first
         elif isinstance(verdict, Unknown):
             log.warning("chunk.unknown_outcome", chunk=chunk.seq, reason=verdict.reason)
             await self._park(chunk, sent, verdict.reason)
@@ -538,11 +538,11 @@ class Submitter:
             self._lost.pop(p.seq, None)
             self.queue.opened(proof.job_id, p.seq)
             self._accepted(p.seq, proof.job_id, p.chunk)
-            await self._register(proof.job_id, p.chunk)
             if self._journal is not None:
                 await self._record(
                     self._journal.accepted(p.seq, proof.job_id, evidence=proof.evidence)
                 )
+            await self._register(proof.job_id, p.chunk)  # after the journal
             return True
         self.queue.settled(p.seq)  # not a job of its own, or none will ever be known
         policy = self._policy if p.seq in self._told else "stop"
