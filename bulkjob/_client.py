@@ -164,11 +164,8 @@ class ApiClient:
         limiter = WindowLimiter(
             settings.max_requests,
             settings.per_seconds,
-            margin=settings.window_margin,
-            initial_delay=settings.throttle_initial_delay,
-            max_pause=settings.retry_after_max,
             pace=settings.pacing == "even",
-            store=store or open_store(settings),
+            store=store or open_store(settings),  # the window's numbers come with it
         )
         return cls(settings, session, limiter, TokenSource(settings, session, limiter))
 

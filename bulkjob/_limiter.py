@@ -62,15 +62,11 @@ class WindowLimiter:
         "_poll",
         "_released",
         "_reset_backoff",
-        "initial_delay",
-        "margin",
-        "max_pause",
         "max_requests",
         "paused_s",
         "pauses",
         "per_seconds",
         "store",
-        "window",
     )
 
     def __init__(
@@ -90,14 +86,16 @@ class WindowLimiter:
             raise ValueError(f"per_seconds: must be positive, got {per_seconds}")
         self.max_requests = max_requests
         self.per_seconds = per_seconds
-        self.margin = margin
-        #: The effective window a slot stays used after its request completed.
-        self.window = per_seconds * (1.0 + margin)
-        self.initial_delay = min(initial_delay, per_seconds)
-        #: The longest pause a Retry-After can ask for.
-        self.max_pause = max_pause
+        # Without a store of its own, the window (and its margin, backoff and longest
+        # pause) is this process's, in memory; a given store carries its own numbers.
         self.store: WindowStore = store or MemoryStore(
-            StoreParams(max_requests, self.window, self.initial_delay, max_pause)
+            StoreParams.of(
+                max_requests,
+                per_seconds,
+                margin=margin,
+                initial_delay=initial_delay,
+                max_pause=max_pause,
+            )
         )
         self._in_flight = 0
         #: Pauses after 429s seen by this process, and the seconds they added to the

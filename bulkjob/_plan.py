@@ -10,7 +10,6 @@ throttle window of the journal when there is one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -112,7 +111,7 @@ async def plan(
                 rows = await asyncio.to_thread(journal.resumable_rows, chunks, list(inputs))
         counts = await asyncio.to_thread(_count, reading, settings.chunk_size, rows)
         stats = reading.stats
-    remaining, error = await _credits(settings, journal)
+    remaining, error = await _credits(settings)
     jobs, ids, jobs_done, ids_done, unsettled = counts
     return Plan(
         files=tuple(summary.files),
@@ -146,14 +145,14 @@ def _count(source: IdSource, size: int, rows: dict[int, ChunkRow]) -> tuple[int,
     return jobs, ids, jobs_done, ids_done, unsettled
 
 
-async def _credits(settings: Settings, journal: Journal | None) -> tuple[int | None, str | None]:
-    """The account's remaining credits, or why they are unknown."""
-    async with contextlib.AsyncExitStack() as stack:
-        session = await stack.enter_async_context(new_session(settings))
+async def _credits(settings: Settings) -> tuple[int | None, str | None]:
+    """The account's remaining credits, or why they are unknown (one request, through
+    the account's shared window)."""
+    async with new_session(settings) as session:
         client = ApiClient.for_settings(settings, session)
-        stack.push_async_callback(client.aclose)
         try:
             return await read_credits(client), None
         except BulkJobError as exc:
             return None, str(exc)
-    raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            await client.aclose()

@@ -222,8 +222,10 @@ class LocalStore:
             return None, resume_at - now
         window = self.params.window
         # Completions are kept for the longest window any process of the account uses.
-        keep = max(window, self._meta("keep", 0.0))
-        self._set("keep", keep)
+        keep = self._meta("keep", 0.0)
+        if window > keep:  # written only when it grows: not a second write per acquire
+            keep = window
+            self._set("keep", keep)
         db.execute("DELETE FROM slots WHERE done IS NOT NULL AND done + ? <= ?", (keep, now))
         for _ in range(2):  # once more after counting the slots of dead holders completed
             (recent,) = db.execute(

@@ -60,6 +60,25 @@ class StoreParams:
     initial_delay: float
     max_pause: float
 
+    @classmethod
+    def of(
+        cls,
+        max_requests: int,
+        per_seconds: float,
+        *,
+        margin: float,
+        initial_delay: float,
+        max_pause: float,
+    ) -> StoreParams:
+        """The numbers a limiter of N per ``per_seconds`` works with: a slot stays counted
+        the window plus ``margin`` of it, and no 429 backoff starts above one window."""
+        return cls(
+            max_requests=max_requests,
+            window=per_seconds * (1.0 + margin),
+            initial_delay=min(initial_delay, per_seconds),
+            max_pause=max_pause,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Holder:
@@ -144,10 +163,11 @@ def account_key(settings: Settings) -> str:
 
 def params_of(settings: Settings) -> StoreParams:
     """The window's numbers from the settings."""
-    return StoreParams(
-        max_requests=settings.max_requests,
-        window=settings.window,
-        initial_delay=min(settings.throttle_initial_delay, settings.per_seconds),
+    return StoreParams.of(
+        settings.max_requests,
+        settings.per_seconds,
+        margin=settings.window_margin,
+        initial_delay=settings.throttle_initial_delay,
         max_pause=settings.retry_after_max,
     )
 

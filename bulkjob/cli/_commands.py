@@ -182,7 +182,7 @@ def resume(**kw: Any) -> int:
     report_path: str | None = kw["report"]
     _distinct(kw["journal"], report_path)
     dry = bool(kw["dry_run"])
-    # Locked even for a dry run: its one request goes through the run's throttle window.
+    # Locked even for a dry run: what it counts as settled cannot change under it.
     journal = Journal.open(kw["journal"], "bulkjob resume")
     try:
         settings = common.settings(journal.recorded_settings())
