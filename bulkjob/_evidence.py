@@ -197,11 +197,12 @@ class Look:
 class JobReader:
     """Reads the account's job list and jobs' results for proofs; caches final answers."""
 
-    __slots__ = ("_cache", "_client", "_settings", "_time_filter", "registry_hits")
+    __slots__ = ("_cache", "_client", "_run", "_settings", "_time_filter", "registry_hits")
 
-    def __init__(self, settings: Settings, client: ApiClient) -> None:
+    def __init__(self, settings: Settings, client: ApiClient, run: str = "") -> None:
         self._settings = settings
         self._client = client
+        self._run = run
         self._cache: dict[str, Final | Unreadable] = {}
         self._time_filter = True  # dropped if the server refuses our start/end format
         #: Candidates ruled out by the account's registry of jobs (no download needed).
@@ -241,8 +242,10 @@ class JobReader:
         ]
         candidates.sort(key=lambda j: (j.ids != ids.count, abs((j.created or sent) - sent)))
         ruled_out: list[str] = []
-        # Jobs another bulkjob process of the account got an answer for hold no lost submit:
-        # ruled out by the account's registry, without downloading their results.
+        # Jobs another run of the account got an answer for hold no lost submit of this one:
+        # ruled out by the account's registry, without downloading their results. This
+        # run's own entries are not: one may name a job whose journal write died with the
+        # process that registered it, and that job holds this very chunk.
         registered = await self._registered([j.job_id for j in candidates])
         ruled_out += [j.job_id for j in candidates if j.job_id in registered]
         candidates = [j for j in candidates if j.job_id not in registered]
@@ -289,15 +292,16 @@ class JobReader:
         )
 
     async def _registered(self, job_ids: list[str]) -> set[str]:
-        """Which of ``job_ids`` the account's store knows an answer named (none if the store
+        """Which of ``job_ids`` another run of the account registered (none if the store
         cannot say: then content decides, as without a registry)."""
         if not job_ids:
             return set()
         try:
-            found = await self._client.limiter.store.registered(job_ids)
+            runs = await self._client.limiter.store.registered(job_ids)
         except Exception as exc:
             log.warning("jobs.registry_unreadable", error=str(exc))
             return set()
+        found = {job_id for job_id, run in runs.items() if run != self._run}
         self.registry_hits += len(found)
         return found
 

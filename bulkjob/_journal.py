@@ -33,10 +33,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -155,6 +158,7 @@ class Journal:
         ]
         meta = {
             "version": SCHEMA_VERSION,
+            "run_id": uuid.uuid4().hex,
             "created": time.time(),
             "settings": settings,
             "inputs": inputs,
@@ -291,6 +295,16 @@ class Journal:
         if not rows:
             raise JournalError(str(self.path), f"holds no {key!r}: not a complete journal")
         return json.loads(str(rows[0][0]))
+
+    @functools.cached_property
+    def run_id(self) -> str:
+        """The run's name among the account's runs (the registry of known jobs): drawn when
+        the run starts; a journal from before it has one derived from when it was created."""
+        rows = self._query("SELECT value FROM run WHERE key = 'run_id'", ())
+        if rows:
+            return str(json.loads(str(rows[0][0])))
+        basis = f"{os.path.realpath(self.path)}\0{self.meta('created')}"
+        return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
     def recorded_settings(self) -> dict[str, object]:
         """The settings the run recorded (never a secret)."""

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS slots (
 );
 CREATE INDEX IF NOT EXISTS slots_done ON slots(done);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, run TEXT NOT NULL, at REAL NOT NULL
+);
 """
 #: Jobs stay registered this long: longer than any proof waits for a lost answer.
 _JOBS_KEPT = 30 * 86_400.0
@@ -111,11 +113,11 @@ class LocalStore:
     async def state(self) -> WindowState:
         return await self._run(self._state)
 
-    async def register_job(self, job_id: str, digest: str) -> None:
-        await self._run(self._register, job_id, digest)
+    async def register_job(self, job_id: str, digest: str, run: str) -> None:
+        await self._run(self._register, job_id, digest, run)
 
-    async def registered(self, job_ids: Collection[str]) -> set[str]:
-        return await self._run(self._registered, list(job_ids)) if job_ids else set()
+    async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
+        return await self._run(self._registered, list(job_ids)) if job_ids else {}
 
     async def close(self) -> None:
         if self._db is None:
@@ -273,20 +275,22 @@ class LocalStore:
         if reset_backoff:
             self._set("next_delay", self.params.initial_delay)
 
-    def _register(self, job_id: str, digest: str) -> None:
+    def _register(self, job_id: str, digest: str, run: str) -> None:
         assert self._db is not None
         now = time.time()
         self._db.execute("DELETE FROM jobs WHERE at < ?", (now - _JOBS_KEPT,))
-        self._db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job_id, digest, now))
+        self._db.execute(
+            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job_id, digest, run, now)
+        )
 
-    def _registered(self, job_ids: list[str]) -> set[str]:
+    def _registered(self, job_ids: list[str]) -> dict[str, str]:
         assert self._db is not None
-        found: set[str] = set()
+        found: dict[str, str] = {}
         for start in range(0, len(job_ids), 500):
             part = job_ids[start : start + 500]
             marks = ", ".join("?" * len(part))
-            rows = self._db.execute(f"SELECT job_id FROM jobs WHERE job_id IN ({marks})", part)
-            found.update(str(row[0]) for row in rows)
+            query = f"SELECT job_id, run FROM jobs WHERE job_id IN ({marks})"
+            found.update((str(job), str(run)) for job, run in self._db.execute(query, part))
         return found
 
     def _release_all(self, slots: list[int]) -> None:

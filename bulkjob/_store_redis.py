@@ -225,7 +225,7 @@ return 1
 """
 _LOOKUP = """
 local out = {}
-for i, job in ipairs(ARGV) do out[i] = redis.call('HEXISTS', KEYS[4], job) end
+for i, job in ipairs(ARGV) do out[i] = redis.call('HGET', KEYS[4], job) or '' end
 return out
 """
 
@@ -339,15 +339,19 @@ class RedisStore:
             extra={"server": self.server, "lease": self.lease},
         )
 
-    async def register_job(self, job_id: str, digest: str) -> None:
-        await self._run(self._register, job_id, digest, int(_JOBS_KEPT))
+    async def register_job(self, job_id: str, digest: str, run: str) -> None:
+        await self._run(self._register, job_id, f"{run} {digest}", int(_JOBS_KEPT))
 
-    async def registered(self, job_ids: Collection[str]) -> set[str]:
+    async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
         ids = list(job_ids)
         if not ids:
-            return set()
+            return {}
         answer = await self._run(self._lookup, *ids)
-        return {job_id for job_id, seen in zip(ids, answer, strict=True) if seen}
+        return {
+            job_id: _text(value).split(" ", 1)[0]
+            for job_id, value in zip(ids, answer, strict=True)
+            if value
+        }
 
     async def close(self) -> None:
         if self._closed:

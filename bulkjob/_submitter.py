@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -131,7 +132,9 @@ class Submitter:
         self._told = {r.seq for r in self._rows.values() if r.state is ChunkState.AMBIGUOUS}
         #: Jobs known to hold one of this run's chunks: never a candidate for another.
         self._known = {r.job_id for r in self._rows.values() if r.job_id}
-        self._reader = JobReader(settings, client)
+        #: This run's name in the account's registry of jobs.
+        self.run_id = journal.run_id if journal is not None else uuid.uuid4().hex
+        self._reader = JobReader(settings, client, self.run_id)
         #: The account's job queue: room for each send, the run's open jobs.
         self.queue = JobQueue(settings, client, journal, stop)
         for row in self._rows.values():  # jobs of earlier commands may still hold slots
@@ -356,7 +359,7 @@ class Submitter:
         it is no candidate for their lost answers (they rule it out without downloading)."""
         try:
             digest = chunk.digest if chunk is not None else ""
-            await self._client.limiter.store.register_job(job_id, digest)
+            await self._client.limiter.store.register_job(job_id, digest, self.run_id)
         except Exception as exc:  # only a saving for others: never a failure of this chunk
             log.warning("job.register_failed", job_id=job_id, error=str(exc))
 

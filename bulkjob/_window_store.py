@@ -135,12 +135,12 @@ class WindowStore(Protocol):
     async def state(self) -> WindowState:
         """The window right now."""
 
-    async def register_job(self, job_id: str, digest: str) -> None:
-        """An answer named ``job_id`` (holding the chunk of ``digest``): it is known to the
-        account's bulkjob processes, so it holds no lost submit of any of them."""
+    async def register_job(self, job_id: str, digest: str, run: str) -> None:
+        """Run ``run`` knows ``job_id`` holds its chunk of ``digest``: it holds no lost
+        submit of any other run of the account."""
 
-    async def registered(self, job_ids: Collection[str]) -> set[str]:
-        """Which of ``job_ids`` some bulkjob process of the account registered."""
+    async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
+        """Which of ``job_ids`` some run of the account registered: job id -> that run."""
 
     async def close(self) -> None:
         """Give back what this process holds (its in-flight slots count as completed)."""
@@ -239,11 +239,11 @@ class MemoryStore:
             next_delay=self._next_delay,
         )
 
-    async def register_job(self, job_id: str, digest: str) -> None:
-        self._jobs[job_id] = digest
+    async def register_job(self, job_id: str, digest: str, run: str) -> None:
+        self._jobs[job_id] = run
 
-    async def registered(self, job_ids: Collection[str]) -> set[str]:
-        return {job_id for job_id in job_ids if job_id in self._jobs}
+    async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
+        return {job_id: self._jobs[job_id] for job_id in job_ids if job_id in self._jobs}
 
     async def close(self) -> None:
         for slot in list(self._flying):

@@ -206,8 +206,10 @@ async def test_keys_hold_the_account_hash_only_and_expire(redis_url: str) -> Non
         await store.throttled(None)
         await store.release(slot, reset_backoff=False)
         assert await client.exists(names[0]) == 0  # nothing in flight: no key
-        for name in names[1:]:  # the completions; the pause and backoff
+        for name in names[1:3]:  # the completions; the pause and backoff
             assert 0 < await client.ttl(name) <= longest
+        await store.register_job("job-1", "digest", "run-1")  # known jobs: kept for days
+        assert 86_400 < await client.ttl(names[3]) <= 30 * 86_400
         dumped = [await client.dump(name) or b"" for name in names]
         assert all(b"a-secret-token-value" not in d for d in dumped)
     finally:
@@ -407,9 +409,9 @@ async def test_registered_jobs_are_shared_through_redis(redis_url: str) -> None:
     first = store_for(redis_url, account, 5, 1.0, 30.0)
     second = store_for(redis_url, account, 5, 1.0, 30.0)
     try:
-        await first.register_job("job-r1", "digest")
-        assert await second.registered(["job-r1", "job-r2"]) == {"job-r1"}
-        assert await second.registered([]) == set()
+        await first.register_job("job-r1", "digest", "run-x")
+        assert await second.registered(["job-r1", "job-r2"]) == {"job-r1": "run-x"}
+        assert await second.registered([]) == {}
     finally:
         await first.close()
         await second.close()
