@@ -21,29 +21,42 @@ of a run is how well it keeps that queue full. :class:`JobQueue` does three thin
   makes a job be looked at at once; polling stays the fallback, since webhooks get lost.
   Polls go through the same throttle as everything else: they only run while sends wait,
   so they never hold a submit back.
+
+The places themselves, and the limit as learned, live in the account's queue book in the
+throttle store (:mod:`bulkjob._queue_book`), shared by every bulkjob run of the account:
+the book grants a place only while the account's jobs are fewer than the limit, and among
+waiting runs to the one holding the fewest. The run keeps its own view (its open jobs and
+when to poll them, the hold after a queue-full) and tells the book what became of each
+place. While waiting it asks the book again every :data:`~bulkjob._queue_book.QUEUE_POLL`
+(a place freed by another run), and at once when one of its own is freed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from . import _queue_book as book
 from ._client import ApiClient
-from ._errors import BulkJobError, QueueFullError
+from ._errors import BulkJobError, QueueFullError, RequestError
 from ._evidence import FINAL_STATUSES
 from ._journal import Journal
 from ._logging import get_logger
 from ._report import StopSignal
 from ._settings import Settings
+from ._window_store import BookChange, WindowStore
 
 __all__ = ["JobQueue", "Place"]
 
 log = get_logger()
+T = TypeVar("T")
 _LIMIT_IN_MESSAGE = re.compile(r"(\d+)\s+jobs?\s+(?:are\s+|is\s+)?already\s+running", re.I)
 #: Polls of a job of unknown length come at this fraction of its age (a geometric series).
 _YOUNG = 0.3
@@ -66,27 +79,31 @@ class _Open:
     since: float  # monotonic: accepted
     due: float  # monotonic: next look
     looks: int = 0
+    #: Its place in the account's queue book (None until the book has answered).
+    place: str | None = None
 
 
 class Place:
     """A send's place in the queue: given back unless the send became a job (or may have)."""
 
-    __slots__ = ("_queue", "kept", "since")
+    __slots__ = ("_queue", "id", "kept", "since")
 
-    def __init__(self, queue: JobQueue) -> None:
+    def __init__(self, queue: JobQueue, place_id: str | None = None) -> None:
         self._queue = queue
+        #: The place in the account's queue book (None: granted without one, at a stop).
+        self.id = place_id
         self.kept = False
         self.since = time.monotonic()
 
     def job(self, job_id: str, seq: int) -> None:
         """The send became ``job_id``: the place is that job's until it is final."""
         self.kept = True
-        self._queue.opened(job_id, seq)
+        self._queue.opened(job_id, seq, place=self.id)
 
     def unproven(self, seq: int) -> None:
         """The answer was lost: the place stays taken until a proof says what it is."""
         self.kept = True
-        self._queue.unproven.add(seq)
+        self._queue.unproven[seq] = self.id
 
 
 class JobQueue:
@@ -98,11 +115,26 @@ class JobQueue:
         client: ApiClient,
         journal: Journal | None,
         stop: StopSignal,
+        *,
+        run: str = "",
+        store: WindowStore | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._journal = journal
         self._stop = stop
+        #: The account's queue book: in the throttle store (None: a private one).
+        self._store = store if store is not None else (client.limiter.store if client else None)
+        self._book = book.new_book()
+        self._run = run
+        self._holder = self._store.holder if self._store is not None else "memory"
+        #: Book changes not yet made (sync callers: a job opened, a place settled).
+        self._to_book: list[Callable[[], Awaitable[None]]] = []
+        self._turn = asyncio.Lock()  # one send of the run asks the book at a time
+        #: Places the account's other runs hold, as of the last answer of the book.
+        self._others = 0
+        #: Jobs nobody polls (their holder is gone): polled while sends wait, freed when final.
+        self._orphans: dict[str, _Open] = {}
         #: How many jobs this run may have queued or running; None until known.
         self.limit: int | None = settings.max_running_jobs
         #: The account's own limit, when a setting or a queue-full message gave it.
@@ -110,7 +142,8 @@ class JobQueue:
         #: Where the limit came from: "setting", "message", "open jobs", or None.
         self.source: str | None = "setting" if settings.max_running_jobs else None
         self._open: dict[str, _Open] = {}
-        self.unproven: set[int] = set()  # lost answers that may hold a place
+        #: Lost answers that may hold a place: seq -> its place in the book.
+        self.unproven: dict[int, str | None] = {}
         self._sending = 0  # places taken by sends in flight
         self._waiting = 0  # sends waiting for a place
         self._durations: list[float] = []
@@ -146,43 +179,127 @@ class JobQueue:
         """Places in use: open jobs, sends in flight, lost answers not yet proven."""
         return len(self._open) + self._sending + len(self.unproven)
 
-    def _has_room(self) -> bool:
-        held = time.monotonic() < self._hold_until
-        return not held and (self.limit is None or self.taken < self.limit)
-
     @contextlib.asynccontextmanager
     async def place(self) -> AsyncIterator[Place]:
         """Wait for room in the queue, and hold a place while the send is on its way."""
         self._waiting += 1
         try:
-            while not self._has_room() and not self._stop.is_set:
-                self._start_polling()
-                self._changed.clear()
-                pause = max(self._hold_until - time.monotonic(), 0.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), pause or None)
+            async with self._turn:
+                place_id = await self._wait_for_place()
         finally:
             self._waiting -= 1
         self._sending += 1
-        place = Place(self)
+        place = Place(self, place_id)
         try:
             yield place
+            await self._write_book()  # what became of it, at once: this process may die
         finally:
             self._sending -= 1
+            if not place.kept and place.id is not None:
+                self._later(book.free, place.id)
             self._changed.set()
+
+    async def _wait_for_place(self) -> str | None:
+        """A place from the account's book: asked for whenever this run is not held back
+        after a queue-full, again every QUEUE_POLL (another run may free one) and at once
+        when one of this run's is freed. None at a stop."""
+        while not self._stop.is_set:
+            await self._write_book()
+            pause = self._hold_until - time.monotonic()
+            if pause <= 0:
+                view = await self._change_book(self._take)
+                self._heard(view)
+                if view.granted:
+                    return view.place
+                pause = view.held_for or book.QUEUE_POLL
+            self._start_polling()
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), pause)
+        return None
+
+    async def _free_final(self, place: str) -> None:
+        await self._change_book(lambda b, now, alive: book.free(b, place, final=True))
+
+    def _count_open_jobs(self) -> None:
+        """A limit is known from now on, so the book counts places: this run's open jobs
+        (granted while none was known) get theirs."""
+        for job_id, job in self._open.items():
+            if job.place is None:
+                self._adopt_later(job_id, job)
+
+    def _adopt_later(self, job_id: str, job: _Open) -> None:
+        """Give the open ``job_id`` a place in the book (its own, or its orphan)."""
+        run, holder = self._run, self._holder
+
+        async def adopt() -> None:
+            job.place = await self._change_book(
+                lambda b, at, alive: book.adopt(b, run, holder, job_id, at)
+            )
+
+        self._to_book.append(adopt)
+
+    def _take(self, b: book.Book, now: float, alive: book.Alive) -> book.QueueView:
+        cap = self._settings.max_running_jobs
+        return book.take(b, self._run, self._holder, cap, now, alive)
+
+    def _heard(self, view: book.QueueView) -> None:
+        """What the book says: the limit as the account's runs know it, other runs' places,
+        and jobs nobody polls."""
+        self._others = max(view.taken - self.taken - (view.place is not None), 0)
+        if view.limit is not None and view.limit != self.limit:
+            if self.limit is None:
+                self._count_open_jobs()
+            # Another run's lesson: the quiet time before this run raises it starts anew.
+            self._raised_at = time.monotonic()
+            self.limit = view.limit
+            self.account_limit = view.account_limit or self.account_limit
+            self.source = view.source or self.source
+        for place_id, job_id in view.orphans:
+            if job_id not in self._open and job_id not in self._orphans:
+                now = time.monotonic()
+                self._orphans[job_id] = _Open(-1, now, now, place=place_id)
+
+    async def _change_book(self, change: BookChange[T]) -> T:
+        if self._store is None:
+            return change(self._book, time.monotonic(), lambda _: True)
+        return await self._store.queue(change)
+
+    def _later(self, change: Callable[..., object], *args: object) -> None:
+        """Tell the book ``change(book, *args)`` at the next chance (callers here are sync)."""
+
+        async def write() -> None:
+            await self._change_book(lambda b, now, alive: change(b, *args))
+
+        self._to_book.append(write)
+
+    async def _write_book(self) -> None:
+        while self._to_book:
+            await self._to_book.pop(0)()
 
     def full(self, error: QueueFullError, place: Place) -> None:
         """A queue-full 400 to the send holding ``place``: learn the limit, or lower it, and
         hold the next send back a while. Refusals of sends that left before the previous
-        one arrived are the same event: they lower the limit but do not lengthen the hold."""
+        one arrived are the same event: they lower the limit but do not lengthen the hold.
+
+        The first refusal only teaches the limit: from then on the book counts the
+        account's jobs against it and holds every send that would meet another, so there
+        is no hold to wait out (a hold would also cost this run its turn in the book)."""
         self.queue_full += 1
-        mine = max(self.taken - 1, 0)  # the refused send no longer takes a place
+        learning = self.limit is None
+        if learning:
+            self._count_open_jobs()
+        # The account's jobs but the refused send's: this run's, and the other runs' as the
+        # book last said.
+        mine = max(self.taken + self._others - 1, 0)
         match = _LIMIT_IN_MESSAGE.search(error.server_message or "")
         if match and self.source != "setting":
             self.account_limit = int(match.group(1))
         if self.limit is None:
+            # The message names the account's limit: the book counts every bulkjob run's
+            # jobs against it; another client's jobs meet a refusal that lowers it.
             self.limit, self.source = (
-                (min(self.account_limit, max(mine, 1)), "message")
+                (self.account_limit, "message")
                 if match and self.account_limit
                 else (max(mine, 1), "open jobs")
             )
@@ -193,22 +310,47 @@ class JobQueue:
             cap = self._settings.queue_poll_interval * _PROBE_BACKOFF_CAP
             self._quiet = min(self._quiet * 2, cap)
         log.info("queue.full", limit=self.limit, source=self.source, mine=mine)
-        if place.since <= self._last_full:
-            return  # sent before the last refusal came: the same event
+        now = time.monotonic()
+        if learning:  # sends that left before the lesson came are part of it
+            self._last_full = now
+            self._later(book.learned, self.limit, self.account_limit, self.source)
+            return
+        if place.since <= self._last_full:  # sent before the last refusal came: same event
+            self._refused(place, 0.0)
+            return
         # Other clients' jobs may hold slots: wait longer each time it happens in a row.
         poll = self._settings.queue_poll_interval
-        now = time.monotonic()
         # In a row: this refusal came within a poll interval of the hold the last one set.
-        in_a_row = now - self._last_full < poll + self._backoff
+        in_a_row = self._backoff > 0 and now - self._last_full < poll + self._backoff
         self._backoff = min(self._backoff * 2, poll) if in_a_row else poll / 8
         self._last_full = now
         self._hold_until = now + self._backoff
+        self._refused(place, self._backoff)
 
-    def opened(self, job_id: str, seq: int) -> None:
-        """``job_id`` (chunk ``seq``) is queued or running: it holds a place till final."""
-        self.unproven.discard(seq)
+    def _refused(self, place: Place, hold: float) -> None:
+        """Tell the book: the limit comes down to what it counts then (this run's count of
+        the others' places is old), and every run holds back ``hold`` seconds."""
+        account, place_id = self.account_limit, place.id
+
+        async def write() -> None:
+            await self._change_book(
+                lambda b, now, alive: book.refused(b, place_id, account, hold, now)
+            )
+
+        self._to_book.append(write)
+
+    def opened(self, job_id: str, seq: int, place: str | None = None) -> None:
+        """``job_id`` (chunk ``seq``) is queued or running: it holds a place till final
+        (the send's, a lost answer's, or one the book adopts: a resumed run's job)."""
+        place = place or self.unproven.pop(seq, None)
+        self.unproven.pop(seq, None)
         now = time.monotonic()
-        self._open[job_id] = _Open(seq, now, now + self._first_look())
+        job = self._open[job_id] = _Open(seq, now, now + self._first_look(), place=place)
+        self._orphans.pop(job_id, None)
+        if place is not None:
+            self._later(book.place_job, place, job_id)
+        elif self.limit is not None:
+            self._adopt_later(job_id, job)
         # Sends may be waiting on this place (a lost answer proven a job, after the
         # polls had stopped): they need the poller to hear the job finish.
         self._start_polling()
@@ -217,7 +359,9 @@ class JobQueue:
     def settled(self, seq: int) -> None:
         """A lost answer was proven not to be a job (or given up): its place is free."""
         if seq in self.unproven:
-            self.unproven.discard(seq)
+            place = self.unproven.pop(seq)
+            if place is not None:
+                self._later(book.free, place)
             self._changed.set()
 
     def finished(self, job_id: str | None) -> None:
@@ -242,25 +386,33 @@ class JobQueue:
         self._changed.set()
 
     async def close(self) -> None:
-        """Stop polling."""
+        """Stop polling; tell the book what became of this run's places. Jobs still open
+        become orphans there, for the account's other runs to poll."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        holder = self._holder
+        try:
+            await self._write_book()
+            await self._change_book(lambda b, now, alive: book.leave(b, holder))
+        except BulkJobError as exc:  # the store's trouble: its leases and reaping cover it
+            log.warning("queue.book_unwritten", error=str(exc))
 
     # -- polling ------------------------------------------------------------------------------
 
     def _start_polling(self) -> None:
-        if self._open and (self._poller is None or self._poller.done()):
+        if (self._open or self._orphans) and (self._poller is None or self._poller.done()):
             self._poller = asyncio.create_task(self._poll())
 
     async def _poll(self) -> None:
         """Look at the open jobs that are due, while sends wait for a place."""
-        while self._open and self._waiting and not self._stop.is_set:
+        while (self._open or self._orphans) and self._waiting and not self._stop.is_set:
             now = time.monotonic()
-            due = [(job_id, job) for job_id, job in self._open.items() if job.due <= now]
+            jobs = [*self._open.items(), *self._orphans.items()]
+            due = [(job_id, job) for job_id, job in jobs if job.due <= now]
             if not due:
-                soonest = min(job.due for job in self._open.values())
+                soonest = min(job.due for _, job in jobs)
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), soonest - now)
@@ -274,6 +426,9 @@ class JobQueue:
     async def _look(self, job_id: str, job: _Open) -> None:
         job.looks += 1
         self.polls += 1
+        if job.seq < 0:
+            await self._look_orphan(job_id, job)
+            return
         data = await self._client.get_json(f"{self._settings.job_kind.path}/{job_id}")
         status = str(data.get("status") or "")
         now = time.monotonic()
@@ -281,6 +436,8 @@ class JobQueue:
             job.due = now + self._next_look(now - job.since)
             return
         self._open.pop(job_id, None)
+        if job.place is not None:
+            self._to_book.append(functools.partial(self._free_final, job.place))
         self.seen_final += 1
         self._durations.append(now - job.since)
         self._hold_until = 0.0  # a slot of ours is free for certain
@@ -288,6 +445,25 @@ class JobQueue:
             await self._journal.job_update(job.seq, status=status)
         self._creep_up(now)
         log.info("queue.job_final", job_id=job_id, status=status, looks=job.looks)
+        self._changed.set()
+
+    async def _look_orphan(self, job_id: str, job: _Open) -> None:
+        """A job of a run that is gone: its place is freed once it is final, or unreadable
+        to this client (another client's job: its own runs free it, or a queue-full tells)."""
+        try:
+            data = await self._client.get_json(f"{self._settings.job_kind.path}/{job_id}")
+            status = str(data.get("status") or "")
+        except RequestError as exc:
+            log.info("queue.orphan_unreadable", job_id=job_id, error=str(exc))
+            status = "unreadable"
+        now = time.monotonic()
+        if status and status not in FINAL_STATUSES and status != "unreadable":
+            job.due = now + min(max(now - job.since, _MIN_POLL), self._settings.queue_poll_interval)
+            return
+        self._orphans.pop(job_id, None)
+        if job.place is not None:
+            self._to_book.append(functools.partial(self._free_final, job.place))
+        self._hold_until = 0.0
         self._changed.set()
 
     def _creep_up(self, now: float) -> None:
@@ -307,6 +483,9 @@ class JobQueue:
             self._probing = True
             self._raised_at = now  # the next probe waits a quiet time again
             log.info("queue.probe", limit=self.limit, source=self.source)
+        else:
+            return
+        self._later(book.learned, self.limit, self.account_limit, self.source)
 
     def _predicted(self) -> float | None:
         return statistics.median(self._durations[-25:]) if self._durations else None

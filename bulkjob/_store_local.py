@@ -19,6 +19,7 @@ A corrupt or foreign file, or one locked for longer than ``_BUSY_TIMEOUT``, is a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sqlite3
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from ._errors import ConfigError, StoreError
-from ._window_store import EPSILON, Holder, StoreParams, WindowState, next_pause
+from ._queue_book import Book, new_book
+from ._window_store import EPSILON, BookChange, Holder, StoreParams, WindowState, next_pause
 
-__all__ = ["LocalStore", "process_start"]
+__all__ = ["LocalStore", "holder_key", "process_start"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS slots (
 );
 CREATE INDEX IF NOT EXISTS slots_done ON slots(done);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS book (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, run TEXT NOT NULL, at REAL NOT NULL
 );
@@ -77,6 +80,20 @@ def _alive(holder: Holder) -> bool:
     return not holder.started or process_start(holder.pid) in ("", holder.started)
 
 
+def holder_key(holder: Holder) -> str:
+    """A holder as the queue book names it."""
+    return f"{holder.host}|{holder.pid}|{holder.started}"
+
+
+def _alive_key(key: str) -> bool:
+    """Whether the holder ``key`` names still runs (a holder of another host: assumed so)."""
+    host, _, rest = key.partition("|")
+    pid, _, started = rest.partition("|")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _alive(Holder(host, int(pid), started))
+
+
 class LocalStore:
     """The account's window in ``state_dir/throttle-<account>.sqlite3``."""
 
@@ -87,6 +104,7 @@ class LocalStore:
         self.account = account
         self.path = state_dir / f"throttle-{account}.sqlite3"
         self.me = Holder(socket.gethostname(), os.getpid(), process_start(os.getpid()))
+        self.holder = holder_key(self.me)
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one connection: one transaction at a time
         self._mine: set[int] = set()
@@ -118,6 +136,9 @@ class LocalStore:
 
     async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
         return await self._run(self._registered, list(job_ids)) if job_ids else {}
+
+    async def queue(self, change: BookChange[T]) -> T:
+        return await self._run(self._queue, change)
 
     async def close(self) -> None:
         if self._db is None:
@@ -292,6 +313,14 @@ class LocalStore:
             query = f"SELECT job_id, run FROM jobs WHERE job_id IN ({marks})"
             found.update((str(job), str(run)) for job, run in self._db.execute(query, part))
         return found
+
+    def _queue(self, change: BookChange[T]) -> T:
+        assert self._db is not None
+        row = self._db.execute("SELECT v FROM book WHERE k = 'queue'").fetchone()
+        book: Book = json.loads(row[0]) if row else new_book()
+        answer = change(book, time.time(), _alive_key)
+        self._db.execute("INSERT OR REPLACE INTO book VALUES ('queue', ?)", (json.dumps(book),))
+        return answer
 
     def _release_all(self, slots: list[int]) -> None:
         assert self._db is not None

@@ -54,19 +54,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import urllib.parse
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Iterator
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from ._errors import ConfigError, TransportError
 from ._logging import get_logger, redact, register_secret
-from ._store_local import process_start
-from ._window_store import EPSILON, Holder, StoreParams, WindowState
+from ._queue_book import Book, new_book
+from ._store_local import holder_key, process_start
+from ._window_store import EPSILON, BookChange, Holder, StoreParams, WindowState
 
 __all__ = ["KEY_PREFIX", "RedisStore", "keys_of"]
 
@@ -77,6 +79,9 @@ KEY_PREFIX = "bulkjob"
 _TTL_WINDOWS = 3
 #: A live holder renews its leases this many times per lease.
 _RENEWALS_PER_LEASE = 3
+#: The queue book outlives its last writer this long (seconds): open jobs run for hours.
+_BOOK_KEPT = 2 * 86_400
+T = TypeVar("T")
 #: How long the first contact, and any later command, waits for Redis.
 _CONNECT_TIMEOUT = 5.0
 _COMMAND_TIMEOUT = 10.0
@@ -232,7 +237,8 @@ return out
 
 def keys_of(account: str) -> list[str]:
     """The account's keys: in-flight slots, completions, and the pause and backoff."""
-    return [f"{KEY_PREFIX}:{{{account}}}:{name}" for name in ("flying", "done", "meta", "jobs")]
+    names = ("flying", "done", "meta", "jobs", "queue")
+    return [f"{KEY_PREFIX}:{{{account}}}:{name}" for name in names]
 
 
 def server_of(url: str) -> str:
@@ -261,7 +267,7 @@ class RedisStore:
         if parts.password:
             register_secret(urllib.parse.unquote(parts.password))
         self.me = Holder(socket.gethostname(), os.getpid(), process_start(os.getpid()))
-        self._holder = f"{self.me.host}|{self.me.pid}|{self.me.started}"
+        self.holder = self._holder = holder_key(self.me)
         self._keys = keys_of(account)
         self._client = aioredis.Redis.from_url(
             url,
@@ -279,6 +285,7 @@ class RedisStore:
         self._closed = False
         self._mine: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._in_queue = False  # whether this process has a say in the queue book
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.server} in_flight={len(self._mine)}>"
@@ -353,6 +360,36 @@ class RedisStore:
             if value
         }
 
+    async def queue(self, change: BookChange[T]) -> T:
+        """A read-change-write of the queue book under WATCH, retried when another process
+        wrote it in between; Redis's clock. A holder is there while it keeps its lease."""
+        if self._closed:
+            raise RuntimeError("the throttle store is closed")
+        key = self._keys[4]
+        with self._errors():
+            async with self._client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        seconds, micros = await pipe.time()
+                        now = seconds + micros / 1e6
+                        book: Book = json.loads(raw) if raw else new_book()
+                        seen: dict[str, float] = book.setdefault("seen", {})
+                        seen[self._holder] = now
+                        for holder, at in list(seen.items()):
+                            if now - at > self.lease:
+                                del seen[holder]
+                        answer = change(book, now, seen.__contains__)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(key, json.dumps(book), ex=_BOOK_KEPT)
+                        await pipe.execute()
+                    except redis_errors.WatchError:
+                        continue
+                    self._in_queue = True
+                    self._start_renewer()
+                    return answer
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -376,8 +413,14 @@ class RedisStore:
         """One script, its Redis errors as bulkjob's (see the module docstring)."""
         if self._closed:
             raise RuntimeError("the throttle store is closed")
+        with self._errors():
+            return await script(keys=self._keys, args=list(args))
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Redis errors as bulkjob's (see the module docstring)."""
         try:
-            answer = await script(keys=self._keys, args=list(args))
+            yield
         except redis_errors.AuthenticationError as exc:
             raise ConfigError(
                 f"throttle_store: Redis at {self.server} refused the credentials: "
@@ -396,7 +439,6 @@ class RedisStore:
                 f"throttle_store: Redis at {self.server} answered: {redact(str(exc))}"
             ) from None
         self._reached = True
-        return answer
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -409,9 +451,11 @@ class RedisStore:
         every = self.lease / _RENEWALS_PER_LEASE
         while True:
             await asyncio.sleep(every)
-            if not self._mine:
-                continue
             try:
+                if self._in_queue:  # this process's places in the queue book live on
+                    await self.queue(lambda book, now, alive: None)
+                if not self._mine:
+                    continue
                 await self._run(self._renew, self.lease, *sorted(self._mine))
             except (ConfigError, TransportError) as exc:
                 # Retried at the next turn; leases left unrenewed lapse, which is safe.

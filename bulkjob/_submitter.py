@@ -136,7 +136,7 @@ class Submitter:
         self.run_id = journal.run_id if journal is not None else uuid.uuid4().hex
         self._reader = JobReader(settings, client, self.run_id)
         #: The account's job queue: room for each send, the run's open jobs.
-        self.queue = JobQueue(settings, client, journal, stop)
+        self.queue = JobQueue(settings, client, journal, stop, run=self.run_id)
         for row in self._rows.values():  # jobs of earlier commands may still hold slots
             if row.job_id and row.job_status not in FINAL_STATUSES:
                 self.queue.opened(row.job_id, row.seq)

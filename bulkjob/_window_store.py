@@ -27,11 +27,13 @@ import collections
 import hashlib
 import importlib.util
 import itertools
-from collections.abc import Collection
+import urllib.parse
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ._errors import ConfigError
+from ._queue_book import Alive, Book, new_book
 from ._settings import REDIS_MISSING, Settings
 
 __all__ = [
@@ -44,6 +46,11 @@ __all__ = [
     "account_key",
     "open_store",
 ]
+
+T = TypeVar("T")
+#: A change to the account's queue book (see :mod:`bulkjob._queue_book`): given the book,
+#: the store's clock and who is still there, it changes the book and says what it did.
+BookChange = Callable[[Book, float, Alive], T]
 
 #: Timers may fire a hair early (clock resolution, float rounding): a completion this
 #: close to leaving the window counts as gone, so waits never spin on microseconds.
@@ -118,6 +125,8 @@ class WindowStore(Protocol):
     """The shared state of one account's window. Every method is one atomic step."""
 
     name: str
+    #: This process's name in the queue book: host, pid and start time.
+    holder: str
 
     async def acquire(self) -> tuple[str | None, float]:
         """Take a slot: ``(slot id, 0.0)``, or ``(None, seconds)`` to wait before asking
@@ -142,6 +151,9 @@ class WindowStore(Protocol):
     async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
         """Which of ``job_ids`` some run of the account registered: job id -> that run."""
 
+    async def queue(self, change: BookChange[T]) -> T:
+        """Apply ``change`` to the account's queue book in one atomic step."""
+
     async def close(self) -> None:
         """Give back what this process holds (its in-flight slots count as completed)."""
 
@@ -150,7 +162,9 @@ def account_key(settings: Settings) -> str:
     """The account's name in a store: a hash, never a secret.
 
     ``account`` when set; else the client id when tokens are minted; else a SHA-256 of
-    the access token. Hashed all the same, so that a file name reveals nothing.
+    the access token. Hashed all the same, so that a file name reveals nothing. The API's
+    host is part of it: the same credentials on another server (a sandbox, a staging
+    host) are another throttle, another queue, and other job ids.
     """
     if settings.account:
         basis = f"account:{settings.account}"
@@ -158,6 +172,8 @@ def account_key(settings: Settings) -> str:
         basis = f"client:{settings.client_id}"
     else:
         basis = f"token:{settings.access_token or ''}"
+    server = urllib.parse.urlsplit(settings.base_url)
+    basis += f"\0{server.scheme}://{(server.netloc or '').rpartition('@')[2].lower()}"
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
@@ -187,6 +203,9 @@ class MemoryStore:
         self._last_429: float | None = None
         self._next_delay = params.initial_delay
         self._jobs: dict[str, str] = {}
+        self._book = new_book()
+        #: This process's name in the queue book.
+        self.holder = "memory"
 
     def __repr__(self) -> str:
         return f"<MemoryStore in_flight={len(self._flying)} recent={len(self._done)}>"
@@ -244,6 +263,9 @@ class MemoryStore:
 
     async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
         return {job_id: self._jobs[job_id] for job_id in job_ids if job_id in self._jobs}
+
+    async def queue(self, change: BookChange[T]) -> T:
+        return change(self._book, asyncio.get_running_loop().time(), lambda _: True)
 
     async def close(self) -> None:
         for slot in list(self._flying):

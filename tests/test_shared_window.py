@@ -163,7 +163,7 @@ async def test_the_cli_names_a_corrupt_store_and_sends_nothing(
 ) -> None:
     sb = await sandbox()
     state = tmp_path / "state"
-    settings = Settings(access_token=TOKEN, state_dir=str(state))
+    settings = Settings(access_token=TOKEN, state_dir=str(state), base_url=sb.base_url)
     path = state / f"throttle-{account_key(settings)}.sqlite3"
     state.mkdir()
     path.write_bytes(b"garbage" * 1000)
@@ -190,6 +190,10 @@ def test_the_account_key_is_a_hash_and_groups_on_request(tmp_path: Path) -> None
     assert account_key(grouped[0]) == account_key(grouped[1])
     minted = Settings(client_id="cid", client_secret="very-secret")
     assert account_key(minted) == account_key(minted.replace(client_secret="rotated"))
+    # Another server is another account: its throttle, its queue, its job ids.
+    elsewhere = minted.replace(base_url="http://127.0.0.1:9/api/v1")
+    assert account_key(minted) != account_key(elsewhere)
+    assert account_key(elsewhere) == account_key(elsewhere.replace(base_url="http://127.0.0.1:9/x"))
 
 
 async def test_memory_store_leaves_no_file(tmp_path: Path) -> None:
@@ -210,13 +214,14 @@ async def test_throttle_command_shows_the_window(sandbox: SandboxFactory, tmp_pa
         "submit", str(ids), "--chunk-size", "100", *cli_flags(sb, per=60.0), env=env
     )
     assert code == 0, err
-    code, out, err = await run_cli("throttle", "--json", "--per", "60", env=env)
+    where = ("--base-url", sb.base_url)  # the account is the credentials on this server
+    code, out, err = await run_cli("throttle", "--json", "--per", "60", *where, env=env)
     assert code == 0, err
     state = json.loads(out)
     assert state["store"] == "local" and state["in_flight"] == 0
     assert state["recent"] == sb.ledger.requests
     assert TOKEN not in out and os.path.basename(state["path"]).startswith("throttle-")
-    code, out, _ = await run_cli("throttle", "--per", "60", env=env)
+    code, out, _ = await run_cli("throttle", "--per", "60", *where, env=env)
     assert code == 0 and f"{sb.ledger.requests} of 1,000 requests" in out
 
 

@@ -385,7 +385,13 @@ async def test_kill_9_of_a_lease_holder_then_the_next_run_finishes(
     env = _host_env(tmp_path, "host")
     proc = await start_cli(*submit_args(path, journal), *flags, env=env)
     watcher = open_store(
-        Settings(access_token=TOKEN, account=account, throttle_store=redis_url, per_seconds=1.0)
+        Settings(
+            access_token=TOKEN,
+            account=account,
+            throttle_store=redis_url,
+            per_seconds=1.0,
+            base_url=sb.base_url,
+        )
     )
     # Killed while it holds slots in Redis (the sandbox answers after 0.3 s).
     async with asyncio.timeout(60):
