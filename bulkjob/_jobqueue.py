@@ -289,6 +289,11 @@ class JobQueue:
         learning = self.limit is None
         if learning:
             self._count_open_jobs()
+        elif place.id is None and self._store is not None and self.source != "setting":
+            # Sent before any limit was known (the book counted no place for it): the
+            # same lesson as the one that taught the limit, which the book keeps.
+            log.info("queue.full", limit=self.limit, source=self.source, lesson=True)
+            return
         # The account's jobs but the refused send's: this run's, and the other runs' as the
         # book last said.
         mine = max(self.taken + self._others - 1, 0)

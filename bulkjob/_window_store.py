@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import importlib.util
 import itertools
@@ -310,9 +311,30 @@ async def window_state(settings: Settings) -> WindowState:
     """The account's window as ``settings.throttle_store`` sees it; nothing is sent."""
     store = open_store(settings)
     try:
-        return await store.state()
+        state = await store.state()
+        queue = await store.queue(_queue_summary)
     finally:
         await store.close()
+    return dataclasses.replace(state, extra={**state.extra, "queue": queue})
+
+
+def _queue_summary(book: Book, now: float, alive: Alive) -> dict[str, object]:
+    """The queue book for ``bulkjob throttle``: the limit, the places and who holds them."""
+    holders: dict[str, int] = {}
+    for place in book["places"].values():
+        holder = place["holder"] if alive(place["holder"] or "-") else ""
+        holders[holder] = holders.get(holder, 0) + 1
+    return {
+        "limit": book["limit"],
+        "limit_source": book["source"],
+        "places": len(book["places"]),
+        "holders": {
+            (h.replace("|", " pid ", 1).rsplit("|", 1)[0] or "orphans"): n
+            for h, n in sorted(holders.items())
+        },
+        "runs_waiting": len(book["waiters"]),
+        "hold_s": round(max(book.get("hold_until", 0.0) - now, 0.0), 3),
+    }
 
 
 def state_dict(state: WindowState) -> dict[str, object]:
@@ -349,4 +371,14 @@ def render_state(state: WindowState) -> str:
         lines.append("paused: no")
     last = "never" if state.last_429_ago is None else f"{state.last_429_ago:.1f}s ago"
     lines.append(f"last 429: {last}; next backoff step {state.next_delay:g}s")
+    queue = state.extra.get("queue")
+    if isinstance(queue, dict):
+        limit = queue["limit"] if queue["limit"] is not None else "not known yet"
+        source = f" ({queue['limit_source']})" if queue["limit_source"] else ""
+        lines.append(
+            f"job queue: {queue['places']} place(s) taken, limit {limit}{source}, "
+            f"{queue['runs_waiting']} run(s) waiting"
+        )
+        for holder, places in queue["holders"].items():
+            lines.append(f"  {places} place(s): {holder}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from tests.conftest import (
     submit_args,
     write_ids,
 )
+from tests.test_cli import bulkjob as run_cli
 
 ALIVE = frozenset({"h1", "h2", "h3"})
 
@@ -153,6 +155,15 @@ async def test_three_runs_in_wait_mode_share_a_limit_of_two(
     last_start = min(len(order) - order[::-1].index(run) for run in ("w0", "w1", "w2"))
     streaks = [len(list(g)) for _, g in itertools.groupby(order[everyone:last_start])]
     assert max(streaks, default=0) <= 3, order  # turns go round while all three wait
+    # The store shows the queue: the limit as learned; the jobs still open are orphans.
+    where = ["--base-url", sb.base_url, *more[2:]]
+    code, out, err = await run_cli(
+        "throttle", "--json", *where, env={"INSIDEVIEW_ACCESS_TOKEN": TOKEN}
+    )
+    assert code == 0, err
+    queue = json.loads(out)["queue"]
+    assert (queue["limit"], queue["limit_source"]) == (2, "message")
+    assert queue["places"] <= 2 and set(queue["holders"]) <= {"orphans"}
 
 
 async def test_the_jobs_of_a_killed_run_hold_their_places_until_they_end(
