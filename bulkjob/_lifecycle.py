@@ -44,6 +44,7 @@ from ._report import RunReport, RunStatus, StopSignal
 from ._settings import Settings, SettingsValues
 from ._submitter import Submitter
 from ._webhook import WebhookReceiver
+from ._window_store import opened_store
 
 __all__ = [
     "CancelSummary",
@@ -454,8 +455,10 @@ class _Command:
                 stack.callback(journal.close_sync)
             self._journal = journal
             if self._online:
+                store = await opened_store(s)  # a store that points nowhere: said first
+                stack.push_async_callback(store.close)
                 session = await stack.enter_async_context(new_session(s))
-                self._client = client = ApiClient.for_settings(s, session)
+                self._client = client = ApiClient.for_settings(s, session, store)
                 stack.push_async_callback(client.aclose)
                 stack.push_async_callback(journal.flush)
             self._stack = stack.pop_all()

@@ -51,7 +51,7 @@ __all__ = [
 
 #: Seconds between a waiting run's asks for a place: a place another run frees is seen
 #: this late at most.
-QUEUE_POLL = 0.25
+QUEUE_POLL = 0.1
 #: A waiter not heard from for this long (seconds) no longer holds its turn.
 WAITER_FRESH = 8 * QUEUE_POLL
 

@@ -39,6 +39,7 @@ from ._settings import Settings
 from ._source import IdSource, InputSummary
 from ._submitter import AmbiguousPolicy, Submitter
 from ._webhook import WebhookReceiver
+from ._window_store import WindowStore, opened_store
 
 __all__ = ["AmbiguousPolicy", "Progress", "ProgressSink", "Runner"]  # the sinks, re-exported
 
@@ -130,14 +131,20 @@ class Runner:
         owned = not isinstance(self._journal_arg, Journal)
         try:
             self.summary = await asyncio.to_thread(source.check)
-            journal, rows = await asyncio.to_thread(self._open_journal, source)
-            log.info("run.started", inputs=list(self.summary.files), lines=self.summary.lines)
             async with contextlib.AsyncExitStack() as stack:
+                # Reached and checked before the journal exists: a store that points
+                # nowhere leaves nothing behind (the client gives it back at its end).
+                store = await opened_store(s)
+                stack.push_async_callback(store.close)
+                journal, rows = await asyncio.to_thread(self._open_journal, source)
+                log.info("run.started", inputs=list(self.summary.files), lines=self.summary.lines)
                 await self._serve_metrics(stack)
                 session = self._session
                 if session is None:
                     session = await stack.enter_async_context(new_session(s))
-                await self._pipeline(session, await self._listen(stack), source, journal, rows)
+                await self._pipeline(
+                    session, await self._listen(stack), source, journal, rows, store
+                )
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         finally:
@@ -241,8 +248,9 @@ class Runner:
         source: IdSource,
         journal: Journal | None,
         rows: dict[int, ChunkRow],
+        store: WindowStore,
     ) -> None:
-        self._client = client = ApiClient.for_settings(s, session)
+        self._client = client = ApiClient.for_settings(s, session, store)
         try:
             await self._with_client(client, s, source, journal, rows)
         finally:

@@ -69,6 +69,10 @@ def process_start(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""  # field 22, starttime
 
 
+def _nothing() -> None:
+    """The transaction of :meth:`LocalStore.open`: taking the write lock is the check."""
+
+
 def _alive(holder: Holder) -> bool:
     """Whether the process of ``holder`` (on this host) still runs."""
     try:
@@ -113,6 +117,11 @@ class LocalStore:
         return f"<LocalStore {self.path} in_flight={len(self._mine)}>"
 
     # -- the protocol --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or open the file and check it in one empty write transaction: a corrupt,
+        foreign or locked file is a ConfigError now, before the run writes anything."""
+        await self._run(_nothing)
 
     async def acquire(self) -> tuple[str | None, float]:
         slot, wait = await self._run(self._acquire)

@@ -38,13 +38,14 @@ host) loses its leases the same way: each is then counted as a completion from i
 lapse, and its late release counts it again from its real answer. The slot stays counted
 throughout unless the stall outlasts the lease plus a whole window.
 
-**Failures.** Nothing answering at the URL on the first contact is a
-:class:`~bulkjob._errors.ConfigError` (exit 2): the setting points nowhere, and nothing
-was sent. A connection lost later is a :class:`~bulkjob._errors.TransportError` (exit 7)
-once the client's own retries are spent, as the API's own transport failures are. A
-release never raises: its answer is already in, and an error there would make an
-accepted submit look unsent; a release that fails is logged and its lease left to lapse,
-which counts it later than it really completed (safe, at the cost of that lease).
+**Failures.** Nothing answering at the URL on the first contact (:meth:`RedisStore.open`,
+before a run creates its journal) is a :class:`~bulkjob._errors.ConfigError` (exit 2):
+the setting points nowhere, and nothing was sent. A connection lost later is a
+:class:`~bulkjob._errors.TransportError` (exit 7) once the client's own retries are
+spent, as the API's own transport failures are. A release never raises: its answer is
+already in, and an error there would make an accepted submit look unsent; a release
+that fails is logged and its lease left to lapse, which counts it later than it really
+completed (safe, at the cost of that lease).
 
 No secret reaches Redis or an error: the account is a hash, the URL's password is
 registered for redaction and errors name the server as ``host:port`` only.
@@ -54,11 +55,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
 import urllib.parse
-from collections.abc import Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -281,6 +283,15 @@ class RedisStore:
         self._state = self._client.register_script(_STATE)
         self._register = self._client.register_script(_REGISTER)
         self._lookup = self._client.register_script(_LOOKUP)
+        self._scripts = (
+            self._acquire,
+            self._release,
+            self._renew,
+            self._throttled,
+            self._state,
+            self._register,
+            self._lookup,
+        )
         self._reached = False
         self._closed = False
         self._mine: set[str] = set()
@@ -291,6 +302,15 @@ class RedisStore:
         return f"<RedisStore {self.server} in_flight={len(self._mine)}>"
 
     # -- the protocol --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """PING, then load the scripts: a wrong port or host, refused credentials, or a
+        server that will not run Lua is a ConfigError before the run writes anything."""
+        if self._reached:
+            return
+        await self._call(self._client.ping)
+        for script in self._scripts:
+            await self._call(functools.partial(self._client.script_load, script.script))
 
     async def acquire(self) -> tuple[str | None, float]:
         p = self.params
@@ -410,11 +430,15 @@ class RedisStore:
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _run(self, script: Any, *args: object) -> Any:
-        """One script, its Redis errors as bulkjob's (see the module docstring)."""
+        """One script (loaded on its first use if :meth:`open` did not)."""
+        return await self._call(lambda: script(keys=self._keys, args=list(args)))
+
+    async def _call(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        """One command, its Redis errors as bulkjob's (see the module docstring)."""
         if self._closed:
             raise RuntimeError("the throttle store is closed")
         with self._errors():
-            return await script(keys=self._keys, args=list(args))
+            return await command()
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:

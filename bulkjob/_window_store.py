@@ -45,7 +45,9 @@ __all__ = [
     "WindowState",
     "WindowStore",
     "account_key",
+    "check_store",
     "open_store",
+    "opened_store",
 ]
 
 T = TypeVar("T")
@@ -129,6 +131,12 @@ class WindowStore(Protocol):
     #: This process's name in the queue book: host, pid and start time.
     holder: str
 
+    async def open(self) -> None:
+        """Reach the store and check it, before a run creates its journal or sends
+        anything: a store that points nowhere (a closed port, a corrupt or locked file)
+        is a :class:`~bulkjob._errors.ConfigError` here, not at the first request.
+        Idempotent; the other methods open it on first use all the same."""
+
     async def acquire(self) -> tuple[str | None, float]:
         """Take a slot: ``(slot id, 0.0)``, or ``(None, seconds)`` to wait before asking
         again (the pause left, the time until the oldest completion leaves the window,
@@ -210,6 +218,9 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"<MemoryStore in_flight={len(self._flying)} recent={len(self._done)}>"
+
+    async def open(self) -> None:
+        """Nothing to reach: the window is this process's."""
 
     async def acquire(self) -> tuple[str | None, float]:
         now = asyncio.get_running_loop().time()
@@ -305,6 +316,25 @@ def open_store(settings: Settings) -> WindowStore:
 
         return RedisStore(params, key, spec, lease=settings.slot_lease)
     raise ConfigError(f"throttle_store: unknown store {spec.split(':', 1)[0]!r}")
+
+
+async def opened_store(settings: Settings) -> WindowStore:
+    """:func:`open_store`, reached and checked (:meth:`WindowStore.open`): what a run or a
+    command sets up before its journal or its first request."""
+    store = open_store(settings)
+    try:
+        await store.open()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def check_store(settings: Settings) -> None:
+    """Reach and check the store ``settings.throttle_store`` names, then let it go: the
+    CLI's probe before it creates a journal (its run opens the store again in its loop)."""
+    store = await opened_store(settings)
+    await store.close()
 
 
 async def window_state(settings: Settings) -> WindowState:

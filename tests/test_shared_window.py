@@ -136,6 +136,8 @@ async def test_a_corrupt_store_file_is_one_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database at all" * 100)
     store = open_store(settings)
     with pytest.raises(ConfigError, match=r"throttle store .*: not a usable bulkjob window"):
+        await store.open()  # the probe a run makes before its journal
+    with pytest.raises(ConfigError, match=r"throttle store .*: not a usable bulkjob window"):
         await store.acquire()
     await store.close()
 
@@ -150,6 +152,8 @@ async def test_a_locked_store_file_is_one_clear_error(
     other = sqlite3.connect(store.path, isolation_level=None)  # type: ignore[attr-defined]
     other.execute("BEGIN EXCLUSIVE")
     try:
+        with pytest.raises(ConfigError, match="database is locked"):
+            await store.open()  # the probe a run makes before its journal
         with pytest.raises(ConfigError, match="database is locked"):
             await store.acquire()
     finally:
@@ -168,17 +172,20 @@ async def test_the_cli_names_a_corrupt_store_and_sends_nothing(
     state.mkdir()
     path.write_bytes(b"garbage" * 1000)
     ids = write_ids(tmp_path / "ids.txt", make_ids(50))
+    journal = tmp_path / "run.journal"
     code, _, err = await run_cli(
         "submit",
         str(ids),
+        "--journal",
+        str(journal),
         *cli_flags(sb),
         env={"BULKJOB_STATE_DIR": str(state), "INSIDEVIEW_ACCESS_TOKEN": TOKEN},
     )
     assert code == 2, err
-    # The run stops before its first send, as for any input error: the reason, once.
-    stops = [line for line in err.splitlines() if line.startswith("stopped:")]
-    assert len(stops) == 1 and "throttle store" in stops[0] and "delete it" in stops[0], err
-    assert "Traceback" not in err and sb.ledger.ids_accepted == 0
+    # Found by the probe before the journal exists: one line, nothing sent, no journal.
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: throttle store ") and "delete it" in line, err
+    assert not journal.exists() and sb.ledger.requests == 0
 
 
 def test_the_account_key_is_a_hash_and_groups_on_request(tmp_path: Path) -> None:
@@ -199,6 +206,7 @@ def test_the_account_key_is_a_hash_and_groups_on_request(tmp_path: Path) -> None
 async def test_memory_store_leaves_no_file(tmp_path: Path) -> None:
     settings = _settings(tmp_path, throttle_store="memory")
     store = open_store(settings)
+    await store.open()
     slot, _ = await store.acquire()
     assert slot is not None
     await store.release(slot, reset_backoff=True)

@@ -311,24 +311,107 @@ async def test_cli_without_the_redis_package_exits_2(
     assert sb.ledger.requests == 0
 
 
+def _closed_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 async def test_cli_with_no_redis_at_the_url_exits_2_naming_it(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
-    """Nothing listening at the store's URL: the run stops before sending anything, on
-    an error naming host:port (never the password), exit 2, no traceback."""
+    """Nothing listening at the store's URL: one error line naming host:port (never the
+    password), exit 2, before the journal exists: nothing sent, no file left behind."""
     sb = await sandbox()
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _closed_port()
     path = write_ids(tmp_path / "ids.txt", make_ids(100))
     args = submit_args(path, tmp_path / "run.journal", *cli_flags(sb))
     url = f"redis://:pw-4d5e6f@127.0.0.1:{port}/0"
-    code, err = await run_cli(*args, "--throttle-store", url)
+    code, err = await run_cli(*args, "--throttle-store", url, cwd=tmp_path)
     assert code == ExitCode.USAGE, err
-    assert f"stopped: input: throttle_store: cannot reach Redis at 127.0.0.1:{port}/0" in err
-    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"error: throttle_store: cannot reach Redis at 127.0.0.1:{port}/0: "
+        + err.split(f"127.0.0.1:{port}/0: ", 1)[1].strip()
+    ]
+    assert "(--throttle-store local keeps the window on this host)" in err
     assert "pw-4d5e6f" not in err
+    assert os.listdir(tmp_path) == ["ids.txt"]  # no journal
     assert sb.ledger.requests == 0
+
+
+async def test_cli_without_a_journal_flag_leaves_no_default_journal(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """The default journal (./bulkjob-<time>.journal) and the stdin copy beside it are not
+    created either when the store cannot be reached."""
+    sb = await sandbox()
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    proc = await start_cli(
+        "submit", "-", *cli_flags(sb), "--throttle-store", url, cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write("".join(f"{v}\n" for v in make_ids(10)).encode())
+    proc.stdin.close()
+    code, err = await finish_cli(proc)
+    assert code == ExitCode.USAGE and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+    assert sb.ledger.requests == 0
+
+
+async def test_a_run_of_the_library_probes_the_store_before_its_journal(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """bulkjob.submit_async(..., journal=PATH) with no Redis at the URL: ConfigError, and
+    the journal was never created."""
+    import bulkjob
+
+    sb = await sandbox()
+    path = write_ids(tmp_path / "ids.txt", make_ids(100))
+    journal = tmp_path / "run.journal"
+    with pytest.raises(ConfigError, match=r"cannot reach Redis at 127\.0\.0\.1:"):
+        await bulkjob.submit_async(
+            [str(path)],
+            journal=journal,
+            access_token=TOKEN,
+            base_url=sb.base_url,
+            throttle_store=f"redis://127.0.0.1:{_closed_port()}/0",
+        )
+    assert not journal.exists()
+    assert sb.ledger.requests == 0
+
+
+async def test_open_pings_and_loads_every_script(redis_url: str) -> None:
+    """open() on a live server loads the five scripts (so a server that cannot run Lua
+    fails there), and is idempotent."""
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.script_flush()
+        store = store_for(redis_url, _account(), 10, 1.0, 30.0)
+        try:
+            await store.open()
+            await store.open()
+            shas = [script.sha for script in store._scripts]
+            assert len(set(shas)) == 5
+            assert await admin.script_exists(*shas) == [True] * 5
+            slot, _ = await store.acquire()
+            assert slot is not None
+            await store.release(slot, reset_backoff=True)
+        finally:
+            await store.close()
+    finally:
+        await admin.aclose()
+
+
+async def test_open_of_an_unreachable_server_is_a_config_error() -> None:
+    """open() against a closed port: the ConfigError a first acquire would give, now."""
+    port = _closed_port()
+    store = store_for(f"redis://127.0.0.1:{port}/0", _account(), 10, 1.0, 30.0)
+    with pytest.raises(ConfigError, match=rf"cannot reach Redis at 127\.0\.0\.1:{port}/0"):
+        await store.open()
+    await store.close()
 
 
 # -- end to end: CLI processes sharing one window -------------------------------------------

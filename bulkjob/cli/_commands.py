@@ -25,7 +25,7 @@ from .._report import RunReport
 from .._rerun import open_for_dry_run, open_for_submit
 from .._runner import Runner
 from .._settings import Settings
-from .._window_store import render_state, state_dict, window_state
+from .._window_store import check_store, render_state, state_dict, window_state
 from ._options import (
     DIR_PATH,
     FILE_PATH,
@@ -136,6 +136,10 @@ def submit(**kw: Any) -> int:
     report_path: str | None = kw["report"]
     path = Path(kw["journal"]) if kw["journal"] else default_journal(report_path)
     _distinct(path, report_path)
+    # The throttle store reached and checked before any file is written: one pointing
+    # nowhere (a closed port, a locked file) is a config error that leaves nothing behind.
+    settings.require_credentials()
+    run_command(lambda: check_store(settings))
     # Locked before anything is written; with --resume-if-exists, this run's journal reopened.
     journal, resuming = open_for_submit(
         path, "bulkjob submit", settings, inputs, resume_if_exists=kw["resume_if_exists"]
