@@ -34,6 +34,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import ClassVar, Literal
 
+from ._records import where
+
 __all__ = [
     "STOP_EXIT_CODES",
     "AmbiguousError",
@@ -142,8 +144,7 @@ class InputError(BulkJobError):
         self.path = path
         self.line = line
         self.problem = problem
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {problem}")
+        super().__init__(f"{where(path, line)}: {problem}")
 
 
 class JournalError(BulkJobError):
