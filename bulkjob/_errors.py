@@ -34,8 +34,6 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import ClassVar, Literal
 
-from ._records import where
-
 __all__ = [
     "STOP_EXIT_CODES",
     "AmbiguousError",
@@ -144,7 +142,10 @@ class InputError(BulkJobError):
         self.path = path
         self.line = line
         self.problem = problem
-        super().__init__(f"{where(path, line)}: {problem}")
+        where = f"{path}:{line}" if line else path
+        if line and hasattr(path, "origin_of"):  # ids= (an IdsName): ``ids[i]``
+            where = path.origin_of(line)
+        super().__init__(f"{where}: {problem}")
 
 
 class JournalError(BulkJobError):

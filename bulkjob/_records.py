@@ -12,7 +12,6 @@ __all__ = [
     "InvalidSample",
     "Origin",
     "SourceStats",
-    "where",
 ]
 
 #: (id, display path, 1-based line): plain tuples, because the hot path makes one per id.
@@ -30,17 +29,12 @@ class IdsName(str):
 
     __slots__ = ()
 
+    def origin_of(self, line: int) -> str:
+        """How line ``line`` of the spool is named: the item's 0-based index."""
+        return f"{self}[{line - 1}]"
+
 
 IDS = IdsName("ids")
-
-
-def where(path: str, line: int) -> str:
-    """``path:line`` of a file, ``ids[line - 1]`` of an iterable, the bare name for line 0."""
-    if not line:
-        return str(path)
-    if isinstance(path, IdsName):
-        return f"{path}[{line - 1}]"
-    return f"{path}:{line}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +47,7 @@ class Origin:
 
     def __str__(self) -> str:
         if isinstance(self.path, IdsName):
-            return f"{self.path}[{self.line - 1}]"
+            return self.path.origin_of(self.line)
         return f"{self.path}:{self.line}"
 
 
