@@ -51,7 +51,7 @@ import bulkjob
 from bulkjob._logging import configure_logging
 configure_logging("console", level=30, stream=sys.stderr)
 count, base_url = int(sys.argv[1]), sys.argv[2]
-ids = (f"id_{{i:060d}}" for i in range(count))
+ids = (f"id_{{i:061d}}" for i in range(count))
 report = bulkjob.submit(ids=ids, base_url=base_url, access_token={token!r},
                         max_requests={max_requests}, per_seconds={per_seconds})
 sys.exit(0 if report.ok and report.accounted and report.ids_submitted == count else 1)
