@@ -143,6 +143,8 @@ class InputError(BulkJobError):
         self.line = line
         self.problem = problem
         where = f"{path}:{line}" if line else path
+        if line and hasattr(path, "origin_of"):  # ids= (an IdsName): ``ids[i]``
+            where = path.origin_of(line)
         super().__init__(f"{where}: {problem}")
 
 

@@ -149,8 +149,15 @@ class Journal:
         ((count,),) = read_only(Path(path), "SELECT COUNT(*) FROM chunks")[0]
         return bool(count)
 
-    def start(self, settings: dict[str, object], inputs: list[str]) -> None:
-        """Create the journal file of a claimed, new run."""
+    def start(
+        self,
+        settings: dict[str, object],
+        inputs: list[str],
+        *,
+        ids: dict[str, object] | None = None,
+    ) -> None:
+        """Create the journal file of a claimed, new run (``ids``: the spool of an iterable's
+        ids, which is then the one input)."""
         assert self.locked and not self.started, "claim() first, once"
         identity = [
             dataclasses.asdict(InputIdentity.of(p)) if os.path.exists(p) else {"path": p}
@@ -164,6 +171,8 @@ class Journal:
             "inputs": inputs,
             "identity": identity,
         }
+        if ids is not None:
+            meta["ids"] = ids
         self._connect()
         self._run_sync(
             [("DELETE FROM run", ()), ("DELETE FROM chunks", ())]
@@ -319,6 +328,12 @@ class Journal:
         if not isinstance(value, list):
             raise JournalError(str(self.path), "holds no inputs")
         return [str(i) for i in value]
+
+    def ids_record(self) -> dict[str, object] | None:
+        """The spool of a run of ``ids=`` (path, digest, items), None for a run of files."""
+        rows = self._query("SELECT value FROM run WHERE key = 'ids'")
+        value = json.loads(str(rows[0][0])) if rows else None
+        return value if isinstance(value, dict) else None
 
     def check_identity(self) -> None:
         """Refuse inputs whose size changed since the journal was written."""

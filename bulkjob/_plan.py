@@ -90,6 +90,8 @@ async def plan(
 ) -> Plan:
     """Count what a run would send (skipping what ``journal`` settled) and ask for credits."""
     settings.require_credentials()
+    # A journal of ids= reads its spool as the run does: items, markers and all.
+    spooled = journal is not None and journal.ids_record() is not None
 
     def source(stdin: BinaryIO | None = None) -> IdSource:
         return IdSource(
@@ -99,6 +101,7 @@ async def plan(
             dedupe=settings.dedupe,
             strict=settings.strict,
             stdin=stdin,
+            spooled_ids=spooled,
         )
 
     with source(stdin) as reading:

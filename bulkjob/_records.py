@@ -4,20 +4,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["IdRecord", "InputSummary", "InvalidSample", "Origin", "SourceStats"]
+__all__ = [
+    "IDS",
+    "IdRecord",
+    "IdsName",
+    "InputSummary",
+    "InvalidSample",
+    "Origin",
+    "SourceStats",
+]
 
 #: (id, display path, 1-based line): plain tuples, because the hot path makes one per id.
 IdRecord = tuple[str, str, int]
 
 
+class IdsName(str):
+    """The display name of ids given as a Python iterable (``ids=``).
+
+    A class of its own, not just the text ``"ids"``: an input file may well be called
+    ``ids``, and its lines must still read ``ids:7``. Only this object, which the source
+    puts on every record of an iterable, makes an origin read ``ids[6]`` (0-based, as
+    the caller indexes the iterable) instead of a 1-based line.
+    """
+
+    __slots__ = ()
+
+    def origin_of(self, line: int) -> str:
+        """How line ``line`` of the spool is named: the item's 0-based index."""
+        return f"{self}[{line - 1}]"
+
+
+IDS = IdsName("ids")
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a value came from: the path as the user gave it and a 1-based line."""
+    """Where a value came from: the path as the user gave it and a 1-based line
+    (for ``ids=``, :data:`IDS` and the item's index + 1)."""
 
     path: str
     line: int
 
     def __str__(self) -> str:
+        if isinstance(self.path, IdsName):
+            return self.path.origin_of(self.line)
         return f"{self.path}:{self.line}"
 
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +29,8 @@ from ._chunker import Chunk, chunked, read_ahead
 from ._client import REQUEST_KINDS, ApiClient
 from ._counts import RunCounts
 from ._errors import ConfigError, InputError, JournalError, UnreachableError, first_error
+from ._ids import IdSpool, spool_async, spool_path
+from ._ids_journal import check_given, recorded_spool, settle, spool_place
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
 from ._network import new_session
@@ -55,13 +57,18 @@ class Runner:
     resume), which the runner leaves open for the caller's next command. With
     ``resume_if_exists``, a journal path that already holds this very run (same inputs,
     same chunking) is resumed instead of refused; another run's journal still is.
+
+    ``ids`` (instead of ``inputs``) is any iterable or async iterable of id strings; it is
+    spooled to a compressed file as it is read (see :mod:`bulkjob._ids`), beside the
+    journal when there is one, so that a resume needs only the journal.
     """
 
     def __init__(
         self,
         settings: Settings,
-        inputs: Sequence[str],
+        inputs: Sequence[str] = (),
         *,
+        ids: Iterable[str] | AsyncIterable[str] | None = None,
         stdin: BinaryIO | None = None,
         progress: ProgressSink | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -70,8 +77,13 @@ class Runner:
         resume_if_exists: bool = False,
         ambiguous: AmbiguousPolicy = "stop",
     ) -> None:
+        if not resume:  # a resume reads the inputs its journal recorded
+            check_given(inputs, ids)
         self.settings = settings
         self.inputs = list(inputs)
+        self._ids = ids
+        #: The spool of ``ids`` (or of the resumed journal's run of ids), once written.
+        self._spool: IdSpool | None = None
         self._journal_arg = journal
         self._resume = resume
         self._resume_if_exists = resume_if_exists
@@ -119,13 +131,22 @@ class Runner:
         s = self.settings
         s.require_credentials()
         self._started = time.monotonic()
+        try:
+            spooled = await self._spool_ids()
+        except BaseException:
+            if self._progress is not None:
+                self._progress.close()
+            raise
+        # A new spool is read where it was written until the journal settles it.
+        reading = [str(self._spool.path)] if self._spool is not None else self.inputs
         source = self._source = IdSource(
-            self.inputs,
+            reading,
             column=s.column,
             id_pattern=s.id_pattern,
             dedupe=s.dedupe,
             strict=s.strict,
             stdin=self._stdin,
+            spooled_ids=spooled,
         )
         journal: Journal | None = None
         owned = not isinstance(self._journal_arg, Journal)
@@ -149,6 +170,8 @@ class Runner:
             raise first_error(group) from None
         finally:
             source.close()
+            if self._spool is not None:
+                self._spool.discard()  # a temporary spool; a journal's own copy stays
             if self._progress is not None:
                 if self.summary is not None:
                     # The last drawn numbers are the final ones, not the previous tick's.
@@ -168,6 +191,23 @@ class Runner:
             raise self.stop.error
         return self.report
 
+    async def _spool_ids(self) -> bool:
+        """Spool ``ids`` (or find the resumed journal's spool); whether the input is one."""
+        arg = self._journal_arg
+        if self._ids is None:
+            recorded = await asyncio.to_thread(recorded_spool, arg, self._resume)
+            if recorded is not None:
+                self.inputs = [recorded]
+            return recorded is not None
+        directory, prefix = await asyncio.to_thread(spool_place, arg)
+        spool = self._spool = await spool_async(self._ids, directory, prefix)
+        if arg is None:
+            self.inputs = [str(spool.path)]
+        else:  # what the journal records, and compares when the same submit comes again
+            where = arg.path if isinstance(arg, Journal) else Path(arg)
+            self.inputs = [str(spool_path(where).resolve())]
+        return True
+
     def _open_journal(self, source: IdSource) -> tuple[Journal | None, dict[int, ChunkRow]]:
         """Claim and start the journal of a new run, or open one and prove the input the same."""
         arg = self._journal_arg
@@ -184,10 +224,14 @@ class Runner:
         self.report.journal = str(journal.path)
         self.report.resumed = self._resume
         try:
+            spool = self._spool
+            if spool is not None:  # moved beside the journal, or proven the recorded ids
+                source.relocate(str(settle(journal, spool, self._resume)))
             if not self._resume:
                 if not journal.started:
                     inputs = [str(Path(p).resolve()) if p != "-" else p for p in self.inputs]
-                    journal.start(self.settings.public(), inputs)
+                    ids = spool.record() if spool is not None else None
+                    journal.start(self.settings.public(), inputs, ids=ids)
                 return journal, {}
             records = iter(source)
             chunks = chunked(records, self.settings.chunk_size)

@@ -35,7 +35,8 @@ from types import TracebackType
 from typing import BinaryIO, cast
 
 from ._errors import InputError
-from ._records import IdRecord, InputSummary, InvalidSample, Origin, SourceStats
+from ._ids import MARK, decode_marker
+from ._records import IDS, IdRecord, InputSummary, InvalidSample, Origin, SourceStats
 from ._settings import DEFAULT_ID_PATTERN
 
 __all__ = ["IdRecord", "IdSource", "InputSummary", "InvalidSample", "Origin", "SourceStats"]
@@ -86,6 +87,7 @@ class IdSource:
         "_column",
         "_entries",
         "_fullmatch",
+        "_ids",
         "_max_samples",
         "_pattern",
         "_seen",
@@ -108,14 +110,19 @@ class IdSource:
         stdin: BinaryIO | None = None,
         max_samples: int = 10,
         block_size: int = BLOCK_SIZE,
+        spooled_ids: bool = False,
     ) -> None:
         if isinstance(inputs, str):
             raise TypeError("inputs: expected a sequence of paths, not one string")
         if block_size < 1:
             raise ValueError(f"block_size: must be at least 1, got {block_size}")
+        if spooled_ids and len(inputs) != 1:
+            raise ValueError("spooled_ids: expected the one spool file of an iterable")
         self._pattern = id_pattern
-        self._fullmatch: Callable[[str], re.Match[str] | None] = re.compile(id_pattern).fullmatch
-        self._column = column
+        self._ids = spooled_ids
+        self._fullmatch = _matcher(id_pattern, spooled_ids)
+        # An iterable's items are values, not CSV rows: ``column`` does not apply.
+        self._column = None if spooled_ids else column
         self._strict = strict
         self._stdin = stdin
         self._max_samples = max_samples
@@ -125,6 +132,8 @@ class IdSource:
         self._entries: list[tuple[str, str]] = [
             (STDIN, "-") if name == "-" else (name, name) for name in (inputs or ["-"])
         ]
+        if spooled_ids:
+            self._entries = [(IDS, inputs[0])]
         self._spool: str | None = None
         self._summary: InputSummary | None = None
         self._seen: set[bytes] | None = None
@@ -158,6 +167,12 @@ class IdSource:
                 os.unlink(self._spool)
             self._spool = None
             self._summary = None
+
+    def relocate(self, spool: str) -> None:
+        """Read the iterable's spool from ``spool`` from now on (it was moved, or the
+        journal's own copy of the same ids replaces it)."""
+        assert self._ids, "only the spool of ids= moves"
+        self._entries = [(IDS, spool)]
 
     # -- pre-pass ----------------------------------------------------------------------
 
@@ -414,6 +429,10 @@ class IdSource:
     def _reject(
         self, stats: SourceStats, display: str, line: int, value: str, reason: str, strict: bool
     ) -> None:
+        if self._ids and value[:1] == MARK:
+            reason, value = decode_marker(value)  # an item that was no id string at all
+            if strict:
+                raise InputError(display, line, f"{reason}: {value}")
         if strict:
             if reason == NO_MATCH:
                 problem = f"invalid id {_shorten(value)!r}: {reason} {self._pattern}"
@@ -454,6 +473,20 @@ class IdSource:
                     yield cast(BinaryIO, unzipped)
             else:
                 yield raw
+
+
+def _matcher(pattern: str, spooled_ids: bool) -> Callable[[str], re.Match[str] | None]:
+    """``fullmatch`` of ``pattern``; for an iterable's spool, one that never matches a marker
+    line, whatever the pattern (a lookahead in the same C call: nothing added per id)."""
+    compiled = re.compile(pattern)
+    if not spooled_ids:
+        return compiled.fullmatch
+    try:
+        guarded = re.compile(f"(?!{MARK})(?:{pattern})", compiled.flags)
+    except re.error:  # e.g. global flags inside: check the marker in Python instead
+        fullmatch = compiled.fullmatch
+        return lambda value: None if value[:1] == MARK else fullmatch(value)
+    return guarded.fullmatch
 
 
 def _read(stream: BinaryIO, size: int, display: str, done: int, is_gzip: bool) -> bytes:

@@ -22,13 +22,24 @@ import functools
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar, Unpack
 
 from . import _lifecycle
 from ._config import load_settings
 from ._errors import ConfigError
+from ._ids import IdSpool, spool_sync
+from ._ids_journal import check_given, spool_place
 from ._journal import Journal
 from ._lifecycle import ResultsSummary, RunStatus
 from ._plan import Plan
@@ -55,9 +66,10 @@ T = TypeVar("T")
 
 
 async def submit_async(
-    inputs: Sequence[str],
+    inputs: Sequence[str] = (),
     settings: Settings | None = None,
     *,
+    ids: Iterable[str] | AsyncIterable[str] | None = None,
     stdin: BinaryIO | None = None,
     progress: ProgressSink | None = None,
     journal: str | os.PathLike[str] | None = None,
@@ -65,7 +77,13 @@ async def submit_async(
     config: str | os.PathLike[str] | None = None,
     **values: Unpack[SettingsValues],
 ) -> RunReport:
-    """Submit every valid id of ``inputs`` (paths, or ``"-"`` for stdin) and report.
+    """Submit every valid id of ``inputs`` (paths, or ``"-"`` for stdin), or of ``ids``.
+
+    ``ids`` is any iterable or async iterable of id strings (a list, a generator over a
+    database cursor, a pandas Series), read once and spooled to a compressed file as it
+    is read: beside ``journal`` (``<journal>.ids.gz``) when there is one, so that
+    :func:`resume` never needs it again. Items are validated, deduplicated and reported
+    like lines of a file, their origin being ``ids[i]``. Give ``inputs`` or ``ids``.
 
     Settings come from ``values`` > environment > ``config`` (else ``BULKJOB_CONFIG``)
     > defaults, as :meth:`Settings.load` reads them, e.g.
@@ -76,12 +94,15 @@ async def submit_async(
     With ``journal``, the run is recorded there and can be continued with :func:`resume`.
     A journal that already holds this same run (same input files, same chunking) is
     resumed, so calling the same submit again is safe; ``resume_if_exists=False``
-    refuses it instead. A journal of another run is always refused.
+    refuses it instead. A journal of another run is always refused. For ``ids``, the same
+    run means the same ids in the same order (their spool's digest is compared).
     """
+    check_given(inputs, ids)
     s = _settings(settings, config, values)
     runner = Runner(
         s,
         inputs,
+        ids=ids,
         stdin=stdin,
         progress=progress,
         journal=journal,
@@ -185,9 +206,10 @@ async def _held(
 
 
 def submit(
-    inputs: Sequence[str],
+    inputs: Sequence[str] = (),
     settings: Settings | None = None,
     *,
+    ids: Iterable[str] | AsyncIterable[str] | None = None,
     stdin: BinaryIO | None = None,
     progress: ProgressSink | None = None,
     journal: str | os.PathLike[str] | None = None,
@@ -195,19 +217,34 @@ def submit(
     config: str | os.PathLike[str] | None = None,
     **values: Unpack[SettingsValues],
 ) -> RunReport:
-    """Blocking twin of :func:`submit_async`; safe to call from a notebook cell."""
-    return run_sync(
-        lambda: submit_async(
-            inputs,
-            settings,
-            stdin=stdin,
-            progress=progress,
-            journal=journal,
-            resume_if_exists=resume_if_exists,
-            config=config,
-            **values,
+    """Blocking twin of :func:`submit_async`; safe to call from a notebook cell.
+
+    A sync ``ids`` iterable is read here, in the calling thread, before the run starts
+    (the caller waits either way): a cursor bound to its thread, as sqlite3's are, works.
+    """
+    check_given(inputs, ids)
+    spool: IdSpool | None = None
+    if ids is not None and not isinstance(ids, AsyncIterable | IdSpool):
+        settings = _settings(settings, config, values)
+        config, values = None, {}
+        ids = spool = spool_sync(ids, *spool_place(journal))
+    try:
+        return run_sync(
+            lambda: submit_async(
+                inputs,
+                settings,
+                ids=ids,
+                stdin=stdin,
+                progress=progress,
+                journal=journal,
+                resume_if_exists=resume_if_exists,
+                config=config,
+                **values,
+            )
         )
-    )
+    finally:
+        if spool is not None:
+            spool.discard()  # unless a journal adopted it
 
 
 def resume(

@@ -1,0 +1,311 @@
+"""Ids from a Python iterable (``ids=``): spooled to a gzip file as they are read.
+
+The run reads its input twice (the pre-pass, then the main pass) and a resume reads it
+again, but a generator over a database cursor can be read once. So the iterable is
+written, as it is read, to a compressed spool file, and the run reads that as an input
+named ``ids`` (:data:`~bulkjob._records.IDS`): line ``n`` holds item ``ids[n - 1]``, so
+rejects, chunk ranges and errors all say ``ids[i]``. Memory stays flat whatever the
+count: items pass through in batches of :data:`BATCH`, nothing keeps the list.
+
+One item is one line, always, so that line numbers stay indexes. An item that cannot be
+a line of ids (not a ``str``, or holding a line break, a NUL, or a lone surrogate) is
+written as a *marker line*: :data:`MARK`, the reason, :data:`MARK`, a short repr. The
+source recognises markers (in spool mode only) and rejects them with that reason, as it
+rejects a line that does not match ``id_pattern``.
+
+With a journal, the spool is written beside it under a temporary name, fsynced, and
+moved to ``<journal>.ids.gz`` before the journal records the run (:meth:`IdSpool.adopt`):
+``resume`` then reads the spool and never needs the caller's iterator. Its digest
+(BLAKE2b of the uncompressed lines) is recorded too, so that the same submit called
+again with the same ids resumes, and with other ids is refused. The spool holds ids
+only, never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gzip
+import os
+import reprlib
+import tempfile
+import threading
+from collections.abc import AsyncIterable, Iterable, Iterator
+from dataclasses import dataclass
+from hashlib import blake2b
+from pathlib import Path
+from typing import BinaryIO
+
+from ._errors import ConfigError
+
+__all__ = [
+    "BATCH",
+    "COMPRESS_LEVEL",
+    "MARK",
+    "SPOOL_SUFFIX",
+    "IdSpool",
+    "spool_async",
+    "spool_path",
+    "spool_sync",
+]
+
+#: Items per write: large enough that the per-batch work (one join, one encode, one
+#: compress call) dominates nothing, small enough to keep memory flat.
+BATCH = 8192
+#: gzip level 1: the spool is written once and read two or three times; the fastest
+#: level still shrinks 64-character ids several-fold.
+COMPRESS_LEVEL = 1
+#: Starts (and splits) a marker line. Not whitespace (``str.strip`` would eat it), not
+#: NUL (the pre-pass refuses NUL as binary data), and never a character of a real id.
+MARK = "\x01"
+#: ``<journal>`` + this: where a journaled run keeps its ids.
+SPOOL_SUFFIX = ".ids.gz"
+_BAD = ("\n", "\x00", MARK)
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+
+
+def spool_path(journal: str | os.PathLike[str]) -> Path:
+    """Where the run recorded in ``journal`` keeps its ids."""
+    path = Path(journal)
+    return path.with_name(path.name + SPOOL_SUFFIX)
+
+
+@dataclass(slots=True)
+class IdSpool:
+    """A spooled id stream: the file, and what proves it the same stream later.
+
+    Iterating it yields its lines, so it is itself an iterable of ids: passed as ``ids=``,
+    it is used as it is, not spooled again.
+    """
+
+    path: Path
+    #: BLAKE2b (32 bytes, hex) of the uncompressed spool: the stream's identity.
+    digest: str
+    items: int
+    #: Deleted by :meth:`discard` (a temporary file), or kept (adopted by a journal).
+    temporary: bool = True
+
+    def __iter__(self) -> Iterator[str]:
+        with gzip.open(self.path, "rt", encoding="utf-8", newline="\n") as lines:
+            for line in lines:
+                yield line.removesuffix("\n")
+
+    def record(self) -> dict[str, object]:
+        """What the journal keeps of it (paths and counts, never an id)."""
+        return {"path": str(self.path), "digest": self.digest, "items": self.items}
+
+    def discard(self) -> None:
+        """Delete a temporary spool; safe to call twice, a no-op once adopted."""
+        if self.temporary:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def adopt(self, final: Path) -> None:
+        """Move the spool to ``final`` for good (atomically, durably): a journal keeps it."""
+        os.replace(self.path, final)
+        _fsync_dir(final.parent)
+        self.path = final
+        self.temporary = False
+
+
+class _Writer:
+    """The spool file being written: gzip over a raw file, hashing what goes in."""
+
+    __slots__ = ("_gz", "_hash", "_raw", "index", "path")
+
+    def __init__(self, directory: Path | None, prefix: str) -> None:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+        self.path = Path(name)
+        self._raw: BinaryIO = os.fdopen(fd, "wb")
+        # mtime=0: the same ids give the same bytes; the name is not recorded either.
+        self._gz = gzip.GzipFile(
+            filename="", mode="wb", fileobj=self._raw, compresslevel=COMPRESS_LEVEL, mtime=0
+        )
+        self._hash = blake2b(digest_size=32)
+        #: Items written so far: the next item's index.
+        self.index = 0
+
+    def write(self, batch: list[object]) -> None:
+        if not batch:
+            return
+        data = _encode(batch, self.index)
+        self._hash.update(data)
+        self._gz.write(data)
+        self.index += len(batch)
+
+    def finish(self) -> IdSpool:
+        """Close the file, on disk for good (fsynced)."""
+        self._gz.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        return IdSpool(self.path, self._hash.hexdigest(), self.index)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._gz.close()
+        with contextlib.suppress(OSError):
+            self._raw.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _encode(batch: list[object], start: int) -> bytes:
+    """One line per item, UTF-8: a single join and encode when every item is a plain id."""
+    try:
+        text = "\n".join(batch)  # type: ignore[arg-type]  # non-str items raise TypeError
+    except TypeError:
+        pass
+    else:
+        if text.count("\n") == len(batch) - 1 and "\x00" not in text and MARK not in text:
+            with contextlib.suppress(UnicodeEncodeError):
+                return (text + "\n").encode()
+    return "".join(_line(item) for item in batch).encode()
+
+
+def _line(item: object) -> str:
+    """The spool line of one item: itself, or a marker saying why it is no id."""
+    if not isinstance(item, str):
+        return _marker(f"not a str ({type(item).__name__})", _SHORT.repr(item))
+    if "\n" in item:
+        return _marker("contains a line break", repr(item))
+    if "\x00" in item or MARK in item:
+        return _marker("contains a control character", repr(item))
+    try:
+        item.encode()
+    except UnicodeEncodeError:
+        return _marker("not encodable as UTF-8", repr(item))
+    return item + "\n"
+
+
+def _marker(reason: str, shown: str) -> str:
+    shown = shown[:80].replace("\n", " ").replace("\x00", " ").replace(MARK, " ")
+    return f"{MARK}{reason}{MARK}{shown}\n"
+
+
+def decode_marker(value: str) -> tuple[str, str]:
+    """(reason, shown value) of a marker line (stripped of its newline)."""
+    _, reason, shown = value.split(MARK, 2)
+    return reason, shown
+
+
+def _checked(ids: object) -> None:
+    if isinstance(ids, str | bytes):
+        raise ConfigError(
+            "ids: expected an iterable of id strings, not one string (wrap it in a list)"
+        )
+    if not isinstance(ids, Iterable | AsyncIterable):
+        raise ConfigError(f"ids: expected an iterable of id strings, not {type(ids).__name__}")
+
+
+def spool_sync(ids: Iterable[object], directory: Path | None, prefix: str) -> IdSpool:
+    """Write ``ids`` to a new temporary spool in ``directory`` (None: the temp dir), here.
+
+    Runs in the calling thread: a cursor that belongs to its thread (sqlite3) is read
+    where it was made. Whatever the iterable raises is raised, the spool removed.
+    """
+    _checked(ids)
+    return _spool(ids, directory, prefix, None)
+
+
+class _Abandoned(Exception):
+    """The awaiting task was cancelled: stop reading the iterable."""
+
+
+def _spool(
+    ids: Iterable[object], directory: Path | None, prefix: str, stop: threading.Event | None
+) -> IdSpool:
+    writer = _Writer(directory, prefix)
+    try:
+        batch: list[object] = []
+        append = batch.append
+        for item in ids:
+            append(item)
+            if len(batch) >= BATCH:
+                if stop is not None and stop.is_set():
+                    raise _Abandoned
+                writer.write(batch)
+                batch.clear()
+        writer.write(batch)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+async def spool_async(
+    ids: Iterable[object] | AsyncIterable[object], directory: Path | None, prefix: str
+) -> IdSpool:
+    """Write ``ids`` to a new temporary spool without blocking the event loop.
+
+    A sync iterable is read in a worker thread (its ``next`` may block on a database).
+    An async iterable is read on the loop, and its batches are written by a thread of
+    their own while the next batch is read: at most two batches exist at a time.
+    """
+    _checked(ids)
+    if isinstance(ids, IdSpool):
+        return ids
+    if not isinstance(ids, AsyncIterable):
+        return await _in_thread(ids, directory, prefix)
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ids-spool") as pool:
+        writer = await loop.run_in_executor(pool, _Writer, directory, prefix)
+        pending: asyncio.Future[None] | None = None
+        try:
+            batch: list[object] = []
+            async for item in ids:
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(pool, writer.write, batch)
+                    batch = []
+            if pending is not None:
+                await pending
+            pending = None
+            await loop.run_in_executor(pool, writer.write, batch)
+            return await loop.run_in_executor(pool, writer.finish)
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(pending)  # the writer must be idle to abort
+            await asyncio.shield(loop.run_in_executor(pool, writer.abort))
+            raise
+
+
+async def _in_thread(ids: Iterable[object], directory: Path | None, prefix: str) -> IdSpool:
+    """``_spool`` in a worker thread; cancelled, it stops the thread at its next batch.
+
+    A thread cannot be interrupted inside the iterable's ``next``: it is told to stop,
+    and a spool it still finishes is deleted rather than left behind.
+    """
+    stop = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(None, _spool, ids, directory, prefix, stop)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        future.add_done_callback(_discard_result)
+        raise
+
+
+def _discard_result(future: asyncio.Future[IdSpool]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().discard()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
