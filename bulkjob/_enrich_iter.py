@@ -149,6 +149,7 @@ class _Worker:
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._acked: asyncio.Event
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="bulkjob-enrich", daemon=True)
         self.thread.start()
@@ -169,13 +170,21 @@ class _Worker:
                 return
             self.loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
+            self._acked = asyncio.Event()
             self.core = core = self._make()
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
+                n = 0
                 with contextlib.closing(job.rows()) as rows:
                     while batch := list(itertools.islice(rows, BATCH_ROWS)):
                         await self._put((job, batch, False))
+                        n += len(batch)
                 await self._put((job, [], True))
+                # Recorded once the consumer asked for the row after the job's last one, and
+                # before anything of the next job is handed over: durable when it gets it.
+                await self._acked.wait()
+                self._acked.clear()
+                await core.delivered(job, n)
 
     async def _put(self, item: _Item) -> None:
         try:
@@ -200,11 +209,12 @@ class _Worker:
                     with contextlib.suppress(queue.Empty):
                         self.queue.get_nowait()
 
-    def deliver(self, job: JobRows, rows: int) -> None:
-        """Record ``job`` delivered, on the worker's loop; back once it is durable."""
-        core, loop = self.core, self.loop
-        assert core is not None and loop is not None
-        asyncio.run_coroutine_threadsafe(core.delivered(job, rows), loop).result()
+    def past_job(self) -> None:
+        """The consumer asked for the row after a job's last one: the worker records it
+        delivered before it hands over the next job's rows."""
+        loop = self.loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._acked.set)
 
     def close(self) -> None:
         """Stop the run (cancelling the worker's main task unwinds it as a Ctrl-C stop)."""
@@ -233,8 +243,6 @@ class Enriched:
         self._worker: _Worker | None = None
         self._rows: list[Row] = []
         self._at = 0
-        self._job: JobRows | None = None
-        self._count = 0  # rows of the current job handed over
         self._done = False
 
     @property
@@ -272,13 +280,11 @@ class Enriched:
                 if worker.error is not None:
                     raise worker.error
                 raise StopIteration
-            job, rows, last = item
+            _, rows, last = item
             if last:  # the consumer asked for the row after the job's last one
-                worker.deliver(job, self._count)
-                self._count = 0
+                worker.past_job()
                 continue
             self._rows, self._at = rows, 1
-            self._count += len(rows)
             return rows[0]
 
     def close(self) -> None:
