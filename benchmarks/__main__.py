@@ -22,6 +22,7 @@ NAMES = (
     "ab",
     "merge",
     "shared",
+    "enrich",
 )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._enrich import Row
+from ._enrich_iter import Enriched, EnrichedAsync, enrich, enrich_async
 from ._errors import (
     AmbiguousError,
     AuthError,
@@ -16,6 +18,7 @@ from ._errors import (
     ConfigError,
     InputError,
     JobRejectedError,
+    JobsFailedError,
     JournalError,
     JournalLockedError,
     ProtocolError,
@@ -30,7 +33,7 @@ from ._errors import (
 )
 from ._lifecycle import ResultsSummary
 from ._plan import Plan
-from ._report import JobInfo, RejectedChunk, RunReport, RunStatus
+from ._report import FailedJob, JobInfo, RejectedChunk, RunReport, RunStatus
 from ._runner import Progress, Runner
 from ._settings import Settings, SettingsValues
 from ._sync import (
@@ -57,9 +60,13 @@ __all__ = [
     "AuthError",
     "BulkJobError",
     "ConfigError",
+    "Enriched",
+    "EnrichedAsync",
+    "FailedJob",
     "InputError",
     "JobInfo",
     "JobRejectedError",
+    "JobsFailedError",
     "JournalError",
     "JournalLockedError",
     "Plan",
@@ -71,6 +78,7 @@ __all__ = [
     "RejectedChunk",
     "RequestError",
     "ResultsSummary",
+    "Row",
     "RunReport",
     "RunStatus",
     "Runner",
@@ -83,6 +91,8 @@ __all__ = [
     "UnreachableError",
     "WaitTimeoutError",
     "__version__",
+    "enrich",
+    "enrich_async",
     "plan",
     "plan_async",
     "results",

@@ -12,6 +12,8 @@ run reports when it ends on it::
     ├── StopRequested            the run is stopping: a send was held back   130
     ├── WaitTimeoutError         ``wait`` ran out of time, jobs still open     9
     ├── IncompleteError          ``wait``: every job final, chunks not sent   12
+    ├── JobsFailedError          ``enrich``: jobs failed/aborted, chunks        6
+    │                            rejected: their ids have no rows
     └── RequestError             one HTTP exchange with the API went wrong
         ├── AuthError            credentials refused (401 twice, 403, 405)     5
         ├── QuotaExhaustedError  400: not enough transaction credits left      3
@@ -44,6 +46,7 @@ __all__ = [
     "IncompleteError",
     "InputError",
     "JobRejectedError",
+    "JobsFailedError",
     "JournalError",
     "JournalLockedError",
     "ProtocolError",
@@ -221,6 +224,26 @@ class IncompleteError(BulkJobError):
     def exit_code(self) -> ExitCode:
         """Exit 12: the jobs are done, the run is not."""
         return ExitCode.INCOMPLETE
+
+
+class JobsFailedError(BulkJobError):
+    """``enrich`` delivered every row it could, but some ids have none: their jobs ended
+    ``failed`` or ``aborted``, or their chunks were rejected. Raised at the end of the
+    iteration; ``jobs`` holds (job id, chunk, ids, status) per job, ``rejected`` the chunk
+    numbers, ``ids`` how many ids in all."""
+
+    def __init__(
+        self, message: str, *, jobs: tuple[object, ...], rejected: tuple[int, ...], ids: int
+    ) -> None:
+        super().__init__(message)
+        self.jobs = jobs
+        self.rejected = rejected
+        self.ids = ids
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Exit 6, as a run with rejected jobs: done, but not every id has rows."""
+        return ExitCode.REJECTED
 
 
 class RequestError(BulkJobError):

@@ -162,6 +162,8 @@ class JobQueue:
         self.polls = 0
         #: Jobs of this run seen final by a poll.
         self.seen_final = 0
+        #: Called with (job id, chunk, status) when a poll sees a job final (``enrich``).
+        self.final_listeners: list[Callable[[str, int, str], None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -173,6 +175,11 @@ class JobQueue:
     def open_jobs(self) -> int:
         """The run's jobs queued or running, as far as it knows."""
         return len(self._open)
+
+    @property
+    def polling(self) -> bool:
+        """Whether the open jobs are being polled now (sends wait for room)."""
+        return self._poller is not None and not self._poller.done()
 
     @property
     def taken(self) -> int:
@@ -450,6 +457,8 @@ class JobQueue:
             await self._journal.job_update(job.seq, status=status)
         self._creep_up(now)
         log.info("queue.job_final", job_id=job_id, status=status, looks=job.looks)
+        for listener in self.final_listeners:
+            listener(job_id, job.seq, status)
         self._changed.set()
 
     async def _look_orphan(self, job_id: str, job: _Open) -> None:

@@ -463,6 +463,25 @@ class Journal:
             (status, results_path, time.time(), seq),
         )
 
+    async def delivered(self, seq: int, *, out_bytes: int | None = None) -> None:
+        """Durably record that job ``seq``'s rows reached the consumer (``enrich``), and
+        with ``out_bytes`` the output file's length once they were written into it."""
+        await self._write(
+            "UPDATE chunks SET delivered_at = ?, out_bytes = ?, updated_at = ? WHERE seq = ?",
+            (time.time(), out_bytes, time.time(), seq),
+        )
+
+    def set_meta(self, key: str, value: object) -> None:
+        """Record a run-level value (e.g. that the run is an ``enrich`` and its output)."""
+        self._run_sync(
+            [("INSERT OR REPLACE INTO run(key, value) VALUES (?, ?)", (key, json.dumps(value)))]
+        )
+
+    def meta_or(self, key: str, default: object = None) -> object:
+        """A run-level value, or ``default`` when the journal holds none."""
+        rows = self._query("SELECT value FROM run WHERE key = ?", (key,))
+        return json.loads(str(rows[0][0])) if rows else default
+
     async def flush(self) -> None:
         """Wait until everything written so far is committed (raises a past failure)."""
         await self._write("SELECT 1", ())

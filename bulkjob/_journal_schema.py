@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     id_hashes BLOB,
     evidence TEXT,
     lost_at REAL,
-    server_offset REAL
+    server_offset REAL,
+    delivered_at REAL,
+    out_bytes INTEGER
 );
 CREATE INDEX IF NOT EXISTS chunks_state ON chunks(state);
 """
@@ -76,6 +78,8 @@ ADDED_COLUMNS = {
     "evidence": "TEXT",
     "lost_at": "REAL",
     "server_offset": "REAL",
+    "delivered_at": "REAL",
+    "out_bytes": "INTEGER",
 }
 REQUIRED_COLUMNS = ("seq", "first", "last", "ids", "digest", "state")
 ROW_COLUMNS = [
@@ -95,6 +99,8 @@ ROW_COLUMNS = [
     "evidence",
     "lost_at",
     "server_offset",
+    "delivered_at",
+    "out_bytes",
 ]
 
 
@@ -155,6 +161,10 @@ class ChunkRow:
     #: When its answer was lost (our clock), and the server's clock difference then.
     lost_at: float | None = None
     server_offset: float | None = None
+    #: ``enrich``: when the consumer iterated past the job's last row (None: not yet).
+    delivered_at: float | None = None
+    #: ``bulkjob enrich --out``: the output file's length once this job's rows were in it.
+    out_bytes: int | None = None
 
 
 def state_of(value: str) -> ChunkState:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # for annotations only: the client and the source never impor
     from ._records import SourceStats
 
 __all__ = [
+    "FailedJob",
     "JobInfo",
     "RejectedChunk",
     "RunReport",
@@ -85,6 +86,17 @@ class JobInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedJob:
+    """An accepted job that ended without results (``failed`` or ``aborted``): ``enrich``
+    yields no rows for its ids."""
+
+    job_id: str
+    chunk: int
+    ids: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class RejectedChunk:
     """A chunk the server refused, with the reason it gave."""
 
@@ -141,6 +153,9 @@ class RunReport:
     status_polls: int = 0
     #: Things the user should know that did not stop the run (e.g. credits running short).
     warnings: list[str] = field(default_factory=list)
+    #: ``enrich``: jobs that ended failed or aborted (no rows), and rows handed over.
+    failed_jobs: list[FailedJob] = field(default_factory=list)
+    rows_delivered: int = 0
 
     # -- tallies: each chunk of the input lands in exactly one of these, once -------------
 
@@ -281,6 +296,8 @@ class RunReport:
                 f"{self.queue_full_answers:,} queue-full answer(s), "
                 f"{self.status_polls:,} status poll(s)"
             )
+        for job in self.failed_jobs[:5]:
+            lines.append(f"job {job.job_id} (chunk {job.chunk}, {job.ids:,} ids): {job.status}")
         lines += [f"warning: {w}" for w in self.warnings]
         if self.stop_reason:
             lines.append(f"stopped: {self.stop_reason}: {redact(self.stop_message or '')}")

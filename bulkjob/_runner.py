@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +31,7 @@ from ._counts import RunCounts
 from ._errors import ConfigError, InputError, JournalError, UnreachableError, first_error
 from ._ids import IdSpool, spool_async, spool_path
 from ._ids_journal import check_given, recorded_spool, settle, spool_place
+from ._jobqueue import JobQueue
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
 from ._network import new_session
@@ -76,6 +77,7 @@ class Runner:
         resume: bool = False,
         resume_if_exists: bool = False,
         ambiguous: AmbiguousPolicy = "stop",
+        keep_journal: bool = False,
     ) -> None:
         if not resume:  # a resume reads the inputs its journal recorded
             check_given(inputs, ids)
@@ -85,6 +87,11 @@ class Runner:
         #: The spool of ``ids`` (or of the resumed journal's run of ids), once written.
         self._spool: IdSpool | None = None
         self._journal_arg = journal
+        self._keep_journal = keep_journal
+        #: The run's journal once opened (``keep_journal``: left open for the caller to close).
+        self.journal: Journal | None = None
+        #: Called with (job id, chunk, status) when the run's queue sees a job final.
+        self.job_final_listeners: list[Callable[[str, int, str], None]] = []
         self._resume = resume
         self._resume_if_exists = resume_if_exists
         self._ambiguous = ambiguous
@@ -111,6 +118,11 @@ class Runner:
     def __repr__(self) -> str:
         r = self.report
         return f"<Runner submitted={r.ids_submitted} jobs={len(r.jobs)} stop={self.stop.reason}>"
+
+    @property
+    def queue(self) -> JobQueue | None:
+        """The run's view of the account's job queue, once the run has a client."""
+        return self._submitter.queue if self._submitter is not None else None
 
     @property
     def stopping(self) -> bool:
@@ -149,7 +161,7 @@ class Runner:
             spooled_ids=spooled,
         )
         journal: Journal | None = None
-        owned = not isinstance(self._journal_arg, Journal)
+        owned = not isinstance(self._journal_arg, Journal) and not self._keep_journal
         try:
             self.summary = await asyncio.to_thread(source.check)
             async with contextlib.AsyncExitStack() as stack:
@@ -222,6 +234,7 @@ class Runner:
                 arg, "submit", self.settings, self.inputs, resume_if_exists=self._resume_if_exists
             )
         self.report.journal = str(journal.path)
+        self.journal = journal
         self.report.resumed = self._resume
         try:
             spool = self._spool
@@ -315,6 +328,7 @@ class Runner:
             s, client, journal, self.report, self.stop, rows, ambiguous=self._ambiguous
         )
         self._submitter = submitter
+        submitter.queue.final_listeners.extend(self.job_final_listeners)
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         ticker = asyncio.create_task(self._tick()) if self._progress is not None else None
         logger = asyncio.create_task(self.progress_log.run())

@@ -56,6 +56,7 @@ __all__ = [
     "resume",
     "resume_async",
     "run_sync",
+    "settings_for_call",
     "submit",
     "submit_async",
     "wait",
@@ -121,6 +122,10 @@ def _settings(
         raise ConfigError("config: not read when a Settings object is given; pass one or the other")
     given = {k: v for k, v in values.items() if v is not None}
     return dataclasses.replace(settings, **given) if given else settings  # type: ignore[arg-type]
+
+
+#: The settings of a library call, as every entry point reads them (``enrich`` too).
+settings_for_call = _settings
 
 
 async def resume_async(

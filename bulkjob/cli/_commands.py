@@ -193,6 +193,11 @@ def resume(**kw: Any) -> int:
         if dry:
             common.configure(settings)
             return _dry_run(settings, journal.inputs(), journal)
+        from ._enrich import resume_enrich  # imports this module
+
+        enriched = resume_enrich(common, journal, settings, report_path)
+        if enriched is not None:  # an enrich run: its output goes on too
+            return enriched
         progress = common.line()
         common.configure(settings, progress)
         click.echo(f"resuming {kw['journal']}", err=True)

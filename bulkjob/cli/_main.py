@@ -31,6 +31,7 @@ from .._errors import (
 )
 from .._logging import redact
 from ._commands import COMMANDS
+from ._enrich import enrich
 
 __all__ = ["EXIT_CODES", "cli", "main"]
 
@@ -57,6 +58,7 @@ def cli() -> None:
 
 for _command in COMMANDS:
     cli.add_command(_command)
+cli.add_command(enrich)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,390 @@
+"""Ids in, rows out: a run whose finished jobs' results come back as rows while it goes on.
+
+:class:`Enrichment` runs a :class:`~bulkjob._runner.Runner` (queue-full always waits) and,
+beside it, watches the run's jobs. A job seen ``finished`` has its results downloaded at
+once (to a part file, checked not cut short) and handed over, job by job, through
+:meth:`Enrichment.jobs`, while submission goes on: a 10M-id run at a queue limit of 2
+hands over rows from its first jobs, not at its end.
+
+Watching costs few requests. While sends wait for room, the run's job queue already
+polls the open jobs (:mod:`bulkjob._jobqueue`) and tells us what it sees final; only
+when it does not (sends flowing, or submission over) are the jobs polled here, each on
+its own schedule, sparse while young. Jobs the journal already knows final are not
+asked again.
+
+Memory is bounded by one job's results: each job's CSV is on disk, at most
+:data:`PREFETCH` jobs ahead of the consumer, and is read row by row.
+
+**Delivery is recorded per job** (with a journal): a job counts as delivered once the
+consumer has iterated past its last row — it asked for the next row, or the iteration
+ended. Calling enrich again with the journal resumes the run (the Runner pays nothing
+twice), skips delivered jobs and re-yields at most the one job that was being delivered:
+at-least-once at job granularity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ._client import ApiClient
+from ._errors import BulkJobError, JobsFailedError, ProtocolError, error_for_stop, first_error
+from ._evidence import FINAL_STATUSES
+from ._journal import ChunkRow, ChunkState, Journal
+from ._logging import get_logger
+from ._merge import check_closed
+from ._network import new_session
+from ._progress import ProgressSink
+from ._report import FailedJob, JobInfo, RunReport
+from ._runner import Runner
+from ._settings import Settings
+
+__all__ = ["PREFETCH", "Enrichment", "JobRows", "Row", "read_rows"]
+
+log = get_logger()
+
+#: Jobs downloaded ahead of the consumer: the next one is ready when a job's rows end.
+PREFETCH = 2
+#: How often new jobs of the run are looked for (seconds): a list scan, no request.
+_SCAN = 0.05
+#: A job of unknown length is polled at this share of its age, never more often than
+#: _MIN_POLL, never less often than the queue poll interval (a geometric series).
+_YOUNG = 0.3
+_MIN_POLL = 0.05
+#: Status requests at once when many jobs are due.
+_POLL_BATCH = 8
+_END = None
+
+
+class Row(dict[str, str]):
+    """One results row: the results CSV's header -> field, as a plain ``dict[str, str]``
+    (``pd.DataFrame(rows)`` takes it as is), plus ``job_id``, the job it came from."""
+
+    __slots__ = ("job_id",)
+    job_id: str
+
+    def __repr__(self) -> str:
+        return f"Row({dict.__repr__(self)}, job_id={self.job_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRows:
+    """A finished job whose results file is downloaded and ready to be read."""
+
+    info: JobInfo
+    path: Path
+
+    def rows(self) -> Generator[Row, None, None]:
+        """Its rows, read from disk one at a time."""
+        return read_rows(self.path, self.info.job_id)
+
+
+def read_rows(path: Path, job_id: str) -> Generator[Row, None, None]:
+    """Rows of a results CSV keyed by its header (a UTF-8 BOM is dropped)."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            return
+        for record in reader:
+            row = Row(zip(header, record, strict=False))
+            row.job_id = job_id
+            yield row
+
+
+@dataclass(slots=True)
+class _Watched:
+    info: JobInfo
+    since: float  # monotonic: first seen
+    due: float  # monotonic: next look
+
+
+class Enrichment:
+    """One enrich run on the current event loop: submit, watch, download, hand over.
+
+    ``journal`` is a path (opened by the Runner: a journal of this same run is resumed,
+    not refused) or a :class:`Journal` handle the caller holds and closes. Use
+    :meth:`jobs` once; the run ends when it ends (or is closed early).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        inputs: list[str],
+        *,
+        ids: object = None,
+        journal: str | Path | Journal | None = None,
+        resume: bool = False,
+        stdin: BinaryIO | None = None,
+        progress: ProgressSink | None = None,
+    ) -> None:
+        # A full queue is the normal state of a long run here: wait for room, never stop.
+        self.settings = settings = settings.replace(on_queue_full="wait")
+        extra: dict[str, Any] = {} if ids is None else {"ids": ids}
+        self.runner = Runner(
+            settings,
+            inputs,
+            stdin=stdin,
+            progress=progress,
+            journal=journal,
+            resume=resume,
+            resume_if_exists=True,
+            keep_journal=not isinstance(journal, Journal),
+            **extra,
+        )
+        self._owns_journal = journal is not None and not isinstance(journal, Journal)
+        self.runner.job_final_listeners.append(self._heard_final)
+        self._watched: dict[str, _Watched] = {}
+        self._scanned = 0  # report.jobs seen so far
+        self._scanned_full = False
+        self._seen: set[int] = set()  # chunks taken
+        self._known: dict[int, ChunkRow] | None = None  # the journal's rows at the start
+        self._ready: asyncio.Queue[JobInfo | None] = asyncio.Queue()
+        self._out: asyncio.Queue[JobRows | None] = asyncio.Queue(maxsize=PREFETCH)
+        self._changed = asyncio.Event()
+        self._run: asyncio.Task[RunReport] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tmp: Path | None = None
+        self._closed = False
+        #: Jobs finished and downloaded, jobs skipped as delivered by an earlier call.
+        self.jobs_finished = 0
+        self.jobs_skipped = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Enrichment watched={len(self._watched)} finished={self.jobs_finished} "
+            f"rows={self.report.rows_delivered}>"
+        )
+
+    @property
+    def report(self) -> RunReport:
+        """The run's report (final once :meth:`jobs` has ended)."""
+        return self.runner.report
+
+    @property
+    def jobs_open(self) -> int:
+        """Jobs accepted and not seen final yet."""
+        return len(self._watched)
+
+    # -- the consumer's side -----------------------------------------------------------------
+
+    async def jobs(self) -> AsyncGenerator[JobRows, None]:
+        """Each finished job, downloaded, as soon as it is; then the run's verdict.
+
+        Ends by raising what kept ids from having rows: the run's own error (bad input, an
+        unreachable host...), :class:`JobsFailedError` (failed/aborted jobs, rejected
+        chunks), or the error of the stop that ended the run early (quota, auth...).
+        Closing it early stops the run as a Ctrl-C does; nothing is cancelled on the server.
+        """
+        self._run = asyncio.create_task(self.runner.run())
+        self._tasks = [asyncio.create_task(self._serve())]
+        ended = False
+        try:
+            while (job := await self._out.get()) is not None:
+                yield job
+            ended = not any(_failed(t) for t in self._tasks)
+        finally:
+            await self._shutdown(early=not ended)
+        self._verdict()
+
+    async def delivered(self, job: JobRows, rows: int, *, out_bytes: int | None = None) -> None:
+        """The consumer is past ``job``'s last row (``rows`` of them): record it, durably."""
+        self.report.rows_delivered += rows
+        journal = self.runner.journal
+        if journal is not None:
+            await journal.delivered(job.info.chunk, out_bytes=out_bytes)
+        await asyncio.to_thread(job.path.unlink, missing_ok=True)
+        log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
+
+    def _verdict(self) -> None:
+        """Raise what the consumer must know once every row it could get was handed over."""
+        assert self._run is not None
+        for task in (self._run, *self._tasks):
+            if _failed(task):
+                raise task.exception()  # type: ignore[misc]
+        r = self.report
+        if r.failed_jobs or r.rejected:
+            ids = sum(j.ids for j in r.failed_jobs) + sum(c.ids for c in r.rejected)
+            shown = ", ".join(f"{j.job_id} ({j.status}, {j.ids:,} ids)" for j in r.failed_jobs[:10])
+            parts = [f"{len(r.failed_jobs):,} job(s) ended without results: {shown}"]
+            if r.rejected:
+                chunks = ", ".join(str(c.chunk) for c in r.rejected[:10])
+                parts.append(f"{len(r.rejected):,} chunk(s) rejected: {chunks}")
+            raise JobsFailedError(
+                f"{ids:,} ids have no rows: " + "; ".join(parts),
+                jobs=tuple(r.failed_jobs),
+                rejected=tuple(c.chunk for c in r.rejected),
+                ids=ids,
+            )
+        if r.stop_reason is not None:
+            raise error_for_stop(r.stop_reason, r.stop_message or r.stop_reason)
+
+    async def _shutdown(self, *, early: bool) -> None:
+        """End the run and the watching; leave the journal consistent and closed."""
+        if self._closed:
+            return
+        self._closed = True
+        run = self._run
+        try:
+            if run is not None and not run.done():
+                if early:  # the consumer went away: a stop like Ctrl-C, then the drain
+                    self.runner.request_stop("interrupted", "the consumer stopped reading")
+                await asyncio.wait([run])
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            journal = self.runner.journal
+            if journal is not None and self._owns_journal:
+                with contextlib.suppress(BulkJobError):
+                    await journal.flush()
+                journal.close_sync()
+            if self._tmp is not None:
+                await asyncio.to_thread(shutil.rmtree, self._tmp, True)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Watch and download with one client of our own; then hand over the end (after
+        an error too: the consumer then raises it)."""
+        try:
+            async with new_session(self.settings) as session:
+                client = ApiClient.for_settings(self.settings, session)
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._watch(client))
+                        group.create_task(self._download_all(client))
+                finally:
+                    await client.aclose()
+        except asyncio.CancelledError:
+            raise  # shutting down: nobody reads any more
+        except BaseExceptionGroup as group:
+            await self._out.put(_END)
+            raise first_error(group) from None
+        await self._out.put(_END)
+
+    async def _watch(self, client: ApiClient) -> None:
+        """Find the run's jobs, learn when each is final, queue the finished for download."""
+        try:
+            await self._watch_with(client)
+        finally:
+            self._ready.put_nowait(_END)
+
+    async def _watch_with(self, client: ApiClient) -> None:
+        assert self._run is not None
+        while True:
+            run_over = self._run.done()  # read before the scan: nothing is added after it
+            self._scan(full=run_over)
+            queue = self.runner.queue
+            if self._watched and (queue is None or not queue.polling or run_over):
+                await self._poll_due(client)
+            if run_over and not self._watched:
+                return
+            now = time.monotonic()
+            soonest = min((w.due for w in self._watched.values()), default=now + _SCAN)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(min(soonest - now, _SCAN), 0))
+
+    def _scan(self, *, full: bool) -> None:
+        """Take the jobs the run accepted since the last look. The report's list only grows
+        while the run lasts, but is sorted at its end: then it is read ``full``y once."""
+        jobs = self.report.jobs
+        if self._scanned == len(jobs) and not (full and not self._scanned_full):
+            return
+        self._scanned_full = full
+        if self._known is None:
+            journal = self.runner.journal
+            rows = journal.rows(ChunkState.ACCEPTED) if journal is not None else iter(())
+            self._known = {row.seq: row for row in rows}
+        now = time.monotonic()
+        for info in jobs if full else jobs[self._scanned :]:
+            if info.chunk in self._seen:
+                continue
+            self._seen.add(info.chunk)
+            row = self._known.get(info.chunk)
+            if row is not None and row.delivered_at is not None:
+                self.jobs_skipped += 1
+                continue
+            status = row.job_status if row is not None and row.job_id == info.job_id else None
+            if status in FINAL_STATUSES:
+                self._final(info, str(status))
+            else:
+                self._watched[info.job_id] = _Watched(info, now, now)
+        self._scanned = len(jobs)
+
+    def _heard_final(self, job_id: str, seq: int, status: str) -> None:
+        """The run's queue saw ``job_id`` final (its poll already journaled the status)."""
+        watched = self._watched.pop(job_id, None)
+        if watched is not None:
+            self._final(watched.info, status)
+            self._changed.set()
+
+    def _final(self, info: JobInfo, status: str) -> None:
+        if status == "finished":
+            self._ready.put_nowait(info)
+        else:
+            self.report.failed_jobs.append(FailedJob(info.job_id, info.chunk, info.ids, status))
+            log.warning("enrich.job_failed", job_id=info.job_id, chunk=info.chunk, status=status)
+
+    async def _poll_due(self, client: ApiClient) -> None:
+        now = time.monotonic()
+        due = [w for w in self._watched.values() if w.due <= now][:_POLL_BATCH]
+        if not due:
+            return
+        try:
+            await asyncio.gather(*(self._look(client, w) for w in due))
+        except BulkJobError as exc:  # a failing server: try again a while later
+            log.warning("enrich.poll_failed", error=str(exc))
+            later = time.monotonic() + self.settings.queue_poll_interval / 8
+            for w in due:
+                w.due = max(w.due, later)
+
+    async def _look(self, client: ApiClient, watched: _Watched) -> None:
+        info = watched.info
+        data = await client.get_json(f"{self.settings.job_kind.path}/{info.job_id}")
+        status = str(data.get("status") or "")
+        journal = self.runner.journal
+        if info.job_id not in self._watched:
+            return  # the queue saw it final meanwhile
+        now = time.monotonic()
+        if status not in FINAL_STATUSES:
+            age = now - watched.since
+            watched.due = now + min(max(age * _YOUNG, _MIN_POLL), self.settings.queue_poll_interval)
+            return
+        del self._watched[info.job_id]
+        if journal is not None:
+            await journal.job_update(info.chunk, status=status)
+        queue = self.runner.queue
+        if queue is not None:
+            queue.finished(info.job_id)  # its place is free: the queue looks at once
+        self._final(info, status)
+
+    # -- downloading -------------------------------------------------------------------------
+
+    async def _download_all(self, client: ApiClient) -> None:
+        """Download each finished job's results, at most PREFETCH ahead of the consumer."""
+        while (info := await self._ready.get()) is not None:
+            if self._tmp is None:
+                made = await asyncio.to_thread(tempfile.mkdtemp, prefix="bulkjob-enrich-")
+                self._tmp = Path(made)
+            dest = self._tmp / f"{info.chunk:06d}.csv"
+            await client.download(f"{self.settings.job_kind.path}/{info.job_id}/results", dest)
+            try:  # a file cut short would lose its last rows without a word
+                await asyncio.to_thread(check_closed, dest)
+            except ProtocolError as exc:
+                raise ProtocolError(f"job {info.job_id} (chunk {info.chunk}): {exc}") from None
+            self.jobs_finished += 1
+            await self._out.put(JobRows(info, dest))
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None

@@ -1,0 +1,329 @@
+"""``enrich`` and ``enrich_async``: the rows of an :class:`~bulkjob._enrich.Enrichment`
+as a plain iterator and an async one.
+
+The async iterator runs on the caller's loop. The sync one always runs the enrichment on
+a private loop in a worker thread (so it works the same in a script and in a notebook
+cell, where a loop already runs) and hands rows over a bounded queue in batches: the
+worker never waits for the consumer's loop body row by row, and submission goes on while
+the consumer works. Delivery marks are the consumer's doing: when it asks for the row
+after a job's last one, the job is recorded delivered (and durably so) before the next
+row is handed over.
+
+Breaking out, ``close()``, or the iterator being dropped stops the run as a Ctrl-C does:
+requests in flight finish, nothing is cancelled on the server, the journal stays
+consistent and the same call with the same journal resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import queue
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Unpack
+
+from ._enrich import Enrichment, JobRows, Row
+from ._errors import ConfigError
+from ._report import RunReport
+from ._settings import Settings, SettingsValues
+from ._sync import settings_for_call
+
+__all__ = ["Enriched", "EnrichedAsync", "enrich", "enrich_async"]
+
+#: Rows per hand-over from the worker thread, and hand-overs queued at most.
+BATCH_ROWS = 2048
+QUEUE_BATCHES = 8
+#: Rows an async consumer gets between two chances for the loop to run the rest of the run.
+_YIELD_EVERY = 1000
+#: How long a closing iterator waits for its run to wind down (see drain_timeout).
+CLOSE_GRACE_SECONDS = 60.0
+_PUT_POLL = 0.2
+
+
+def _inputs(inputs: Sequence[str] | str, ids: object) -> list[str]:
+    paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    if paths and ids is not None:
+        raise ConfigError("enrich: give input paths or ids=, not both")
+    if not paths and ids is None:
+        raise ConfigError("enrich: give input paths or ids=")
+    return [os.fspath(p) for p in paths]
+
+
+class EnrichedAsync:
+    """The rows of an enrich run, as an async iterator (``async for row in it``).
+
+    Use it as ``async with enrich_async(...) as rows:`` (or call :meth:`aclose`) when
+    you may stop early: that stops the run at once rather than when the iterator is
+    garbage collected. :attr:`report` is the run's report, final after the iteration.
+    """
+
+    def __init__(self, make: Callable[[], Enrichment]) -> None:
+        self._make = make
+        self._core: Enrichment | None = None
+        self._rows: AsyncGenerator[Row, None] | None = None
+
+    @property
+    def report(self) -> RunReport:
+        """The run's report (empty until the iteration starts; final after it)."""
+        return self._core.report if self._core is not None else RunReport()
+
+    def __aiter__(self) -> EnrichedAsync:
+        return self
+
+    async def __anext__(self) -> Row:
+        if self._rows is None:
+            self._core = self._make()
+            self._rows = self._generate(self._core)
+        return await self._rows.__anext__()
+
+    async def _generate(self, core: Enrichment) -> AsyncGenerator[Row, None]:
+        async with contextlib.aclosing(core.jobs()) as jobs:
+            async for job in jobs:
+                n = 0
+                with contextlib.closing(job.rows()) as rows:
+                    for row in rows:
+                        yield row
+                        n += 1
+                        if n % _YIELD_EVERY == 0:
+                            await asyncio.sleep(0)
+                await core.delivered(job, n)  # the consumer asked for the row after its last
+
+    async def aclose(self) -> None:
+        """Stop the run (as a Ctrl-C does) unless it ended; the journal stays resumable."""
+        if self._rows is not None:
+            await self._rows.aclose()
+
+    async def __aenter__(self) -> EnrichedAsync:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def enrich_async(
+    inputs: Sequence[str] | str = (),
+    *,
+    ids: Iterable[str] | object = None,
+    journal: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
+) -> EnrichedAsync:
+    """Submit every id of ``inputs`` (paths) or ``ids`` (an iterable or async iterable of
+    str) and yield each finished job's results rows as :class:`Row` objects, while the
+    run goes on. Settings as for :func:`bulkjob.submit_async`; queue-full always waits.
+
+    With ``journal``, the run is recorded there and delivery per job too: calling again
+    with the same journal resumes (nothing paid twice), skips delivered jobs and repeats
+    at most the job that was being delivered. At the end, :class:`JobsFailedError` says
+    which ids have no rows (failed or aborted jobs, rejected chunks).
+    """
+    paths = _inputs(inputs, ids)
+    s = settings_for_call(settings, config, values)
+    where = os.fspath(journal) if journal is not None else None
+    return EnrichedAsync(lambda: Enrichment(s, paths, ids=ids, journal=where))
+
+
+# -- the blocking twin ----------------------------------------------------------------------------
+
+_Item = tuple[JobRows, list[Row], bool] | None  # (job, rows, last batch of the job) | the end
+
+
+class _Worker:
+    """The enrichment on a private loop in a daemon thread, handing over batches."""
+
+    def __init__(self, make: Callable[[], Enrichment]) -> None:
+        self._make = make
+        self.queue: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.closing = threading.Event()
+        self.core: Enrichment | None = None
+        self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._acked: asyncio.Event
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._work, name="bulkjob-enrich", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except asyncio.CancelledError:
+            pass  # closed by the consumer
+        except BaseException as exc:  # handed over to the consumer's thread
+            self.error = exc
+        finally:
+            self._put_now(None)
+
+    async def _main(self) -> None:
+        with self._lock:
+            if self.closing.is_set():
+                return
+            self.loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            self._acked = asyncio.Event()
+            self.core = core = self._make()
+        async with contextlib.aclosing(core.jobs()) as jobs:
+            async for job in jobs:
+                n = 0
+                with contextlib.closing(job.rows()) as rows:
+                    while batch := list(itertools.islice(rows, BATCH_ROWS)):
+                        await self._put((job, batch, False))
+                        n += len(batch)
+                await self._put((job, [], True))
+                # Recorded once the consumer asked for the row after the job's last one, and
+                # before anything of the next job is handed over: durable when it gets it.
+                await self._acked.wait()
+                self._acked.clear()
+                await core.delivered(job, n)
+
+    async def _put(self, item: _Item) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            await asyncio.to_thread(self._put_blocking, item)
+
+    def _put_blocking(self, item: _Item) -> None:
+        while not self.closing.is_set():
+            with contextlib.suppress(queue.Full):
+                self.queue.put(item, timeout=_PUT_POLL)
+                return
+
+    def _put_now(self, item: _Item) -> None:
+        """The end marker: room is made if the consumer is gone (closing)."""
+        while True:
+            try:
+                self.queue.put(item, timeout=_PUT_POLL)
+                return
+            except queue.Full:
+                if self.closing.is_set():
+                    with contextlib.suppress(queue.Empty):
+                        self.queue.get_nowait()
+
+    def past_job(self) -> None:
+        """The consumer asked for the row after a job's last one: the worker records it
+        delivered before it hands over the next job's rows."""
+        loop = self.loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._acked.set)
+
+    def close(self) -> None:
+        """Stop the run (cancelling the worker's main task unwinds it as a Ctrl-C stop)."""
+        with self._lock:
+            self.closing.set()
+            loop, task = self.loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(task.cancel)
+        while self.thread.is_alive():  # drain, so that no put holds the worker up
+            with contextlib.suppress(queue.Empty):
+                self.queue.get(timeout=_PUT_POLL)
+        self.thread.join(CLOSE_GRACE_SECONDS)
+
+
+class Enriched:
+    """The rows of an enrich run, as a plain iterator (``for row in it``).
+
+    Works in scripts and in notebook cells alike. Breaking out of the loop, :meth:`close`
+    or dropping the iterator stops the run as a Ctrl-C does; the journal stays
+    resumable. :attr:`report` is the run's report, final after the iteration.
+    """
+
+    def __init__(self, make: Callable[[], Enrichment]) -> None:
+        self._make = make
+        self._worker: _Worker | None = None
+        self._rows: list[Row] = []
+        self._at = 0
+        self._done = False
+
+    @property
+    def report(self) -> RunReport:
+        """The run's report (empty until the iteration starts; final after it)."""
+        worker = self._worker
+        return worker.core.report if worker is not None and worker.core else RunReport()
+
+    def __iter__(self) -> Enriched:
+        return self
+
+    def __next__(self) -> Row:
+        if self._at < len(self._rows):
+            row = self._rows[self._at]
+            self._at += 1
+            return row
+        if self._done:
+            raise StopIteration
+        if self._worker is None:
+            self._worker = _Worker(self._make)
+        try:
+            return self._refill(self._worker)
+        except BaseException:
+            self._done = True
+            self._rows, self._at = [], 0
+            self._worker.close()
+            raise
+
+    def _refill(self, worker: _Worker) -> Row:
+        while True:
+            item = worker.queue.get()
+            if item is None:  # the end: the run's verdict, if any
+                worker.thread.join(CLOSE_GRACE_SECONDS)
+                self._done = True
+                if worker.error is not None:
+                    raise worker.error
+                raise StopIteration
+            _, rows, last = item
+            if last:  # the consumer asked for the row after the job's last one
+                worker.past_job()
+                continue
+            self._rows, self._at = rows, 1
+            return rows[0]
+
+    def close(self) -> None:
+        """Stop the run unless it ended (a stop like Ctrl-C); the journal stays resumable."""
+        self._done = True
+        self._rows, self._at = [], 0
+        if self._worker is not None:
+            self._worker.close()
+
+    def __enter__(self) -> Enriched:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A `for` loop left with break drops the iterator: stop the run now, not at exit.
+        with contextlib.suppress(Exception):
+            if self._worker is not None and self._worker.thread.is_alive():
+                self._worker.close()
+
+
+def enrich(
+    inputs: Sequence[str] | str = (),
+    *,
+    ids: Iterable[str] | object = None,
+    journal: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    config: str | os.PathLike[str] | None = None,
+    **values: Unpack[SettingsValues],
+) -> Enriched:
+    """Blocking twin of :func:`enrich_async`: an iterator of :class:`Row`; safe in a
+    notebook cell (the run lives on a loop of its own, in a worker thread)."""
+    paths = _inputs(inputs, ids)
+    s = settings_for_call(settings, config, values)
+    where = os.fspath(journal) if journal is not None else None
+    return Enriched(lambda: Enrichment(s, paths, ids=ids, journal=where))
