@@ -190,12 +190,8 @@ class JobQueue:
     @contextlib.asynccontextmanager
     async def place(self) -> AsyncIterator[Place]:
         """Wait for room in the queue, and hold a place while the send is on its way."""
-        self._waiting += 1
-        try:
-            async with self._turn:
-                place_id = await self._wait_for_place()
-        finally:
-            self._waiting -= 1
+        async with self._turn:
+            place_id = await self._wait_for_place()
         self._sending += 1
         place = Place(self, place_id)
         try:
@@ -212,20 +208,27 @@ class JobQueue:
         """A place from the account's book: asked for whenever this run is not held back
         after a queue-full, again every QUEUE_POLL (another run may free one) and at once
         when one of this run's is freed. None at a stop."""
-        while not self._stop.is_set:
-            await self._write_book()
-            pause = self._hold_until - time.monotonic()
-            if pause <= 0:
-                view = await self._change_book(self._take)
-                self._heard(view)
-                if view.granted:
-                    return view.place
-                pause = view.held_for or book.QUEUE_POLL
-            self._start_polling()
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), pause)
-        return None
+        waiting = False  # for room: a refusal of the book, or a hold (not this run's turn)
+        try:
+            while not self._stop.is_set:
+                await self._write_book()
+                pause = self._hold_until - time.monotonic()
+                if pause <= 0:
+                    view = await self._change_book(self._take)
+                    self._heard(view)
+                    if view.granted:
+                        return view.place
+                    pause = view.held_for or book.QUEUE_POLL
+                if not waiting:
+                    waiting, self._waiting = True, self._waiting + 1
+                self._start_polling()
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), pause)
+            return None
+        finally:
+            if waiting:
+                self._waiting -= 1
 
     async def _free_final(self, place: str) -> None:
         await self._change_book(lambda b, now, alive: book.free(b, place, final=True))
