@@ -71,6 +71,9 @@ _PROBE_BACKOFF_CAP = 64
 #: Webhook calls naming no readable job make every open job due at most this often
 #: (a share of the poll interval): a stream of odd calls cannot become a stream of polls.
 _ANONYMOUS_GAP = 0.25
+#: Seconds between looks, by a run with open jobs and no send waiting, whether another run
+#: of the account waits for a place.
+_WATCH_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -131,10 +134,15 @@ class JobQueue:
         #: Book changes not yet made (sync callers: a job opened, a place settled).
         self._to_book: list[Callable[[], Awaitable[None]]] = []
         self._turn = asyncio.Lock()  # one send of the run asks the book at a time
+        self._writing = asyncio.Lock()
         #: Places the account's other runs hold, as of the last answer of the book.
         self._others = 0
         #: Jobs nobody polls (their holder is gone): polled while sends wait, freed when final.
         self._orphans: dict[str, _Open] = {}
+        #: Whether another run waits for a place (this run's open jobs are then polled even
+        #: with no send of its own waiting), and the task that looks.
+        self._wanted = False
+        self._watcher: asyncio.Task[None] | None = None
         #: How many jobs this run may have queued or running; None until known.
         self.limit: int | None = settings.max_running_jobs
         #: The account's own limit, when a setting or a queue-full message gave it.
@@ -189,17 +197,14 @@ class JobQueue:
     @contextlib.asynccontextmanager
     async def place(self) -> AsyncIterator[Place]:
         """Wait for room in the queue, and hold a place while the send is on its way."""
-        self._waiting += 1
-        try:
-            async with self._turn:
-                place_id = await self._wait_for_place()
-        finally:
-            self._waiting -= 1
+        async with self._turn:
+            place_id = await self._wait_for_place()
         self._sending += 1
         place = Place(self, place_id)
         try:
             yield place
-            await self._write_book()  # what became of it, at once: this process may die
+            # What became of it, at once: this process may die. Never an error here.
+            await self._write_book(quiet=True)
         finally:
             self._sending -= 1
             if not place.kept and place.id is not None:
@@ -210,20 +215,27 @@ class JobQueue:
         """A place from the account's book: asked for whenever this run is not held back
         after a queue-full, again every QUEUE_POLL (another run may free one) and at once
         when one of this run's is freed. None at a stop."""
-        while not self._stop.is_set:
-            await self._write_book()
-            pause = self._hold_until - time.monotonic()
-            if pause <= 0:
-                view = await self._change_book(self._take)
-                self._heard(view)
-                if view.granted:
-                    return view.place
-                pause = view.held_for or book.QUEUE_POLL
-            self._start_polling()
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), pause)
-        return None
+        waiting = False  # for room: a refusal of the book, or a hold (not this run's turn)
+        try:
+            while not self._stop.is_set:
+                await self._write_book()
+                pause = self._hold_until - time.monotonic()
+                if pause <= 0:
+                    view = await self._change_book(self._take)
+                    self._heard(view)
+                    if view.granted:
+                        return view.place
+                    pause = view.held_for or book.QUEUE_POLL
+                if not waiting:
+                    waiting, self._waiting = True, self._waiting + 1
+                self._start_polling()
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), pause)
+            return None
+        finally:
+            if waiting:
+                self._waiting -= 1
 
     async def _free_final(self, place: str) -> None:
         await self._change_book(lambda b, now, alive: book.free(b, place, final=True))
@@ -234,6 +246,34 @@ class JobQueue:
         for job_id, job in self._open.items():
             if job.place is None:
                 self._adopt_later(job_id, job)
+
+    def _teach(self) -> None:
+        """Tell the book the limit this run now goes by. The account's own limit only when
+        a message named it: a run's setting is that run's ceiling, not the account's."""
+        account = self.account_limit if self.source == "message" else None
+        self._later(book.learned, self.limit, account, self.source)
+
+    def _start_watching(self) -> None:
+        if self._store is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.create_task(self._watch_others())
+
+    async def _watch_others(self) -> None:
+        """While this run has open jobs and no send waiting (it proves a lost answer, or
+        drains), look now and then whether another run of the account waits for a place:
+        then poll them, so that their places free when they end."""
+        run = self._run
+        while self._open and not self._stop.is_set:
+            await asyncio.sleep(_WATCH_EVERY)
+            if self._waiting:
+                continue  # the poller runs anyway
+            try:
+                others = await self._change_book(lambda b, now, alive: book.waiting(b, run, now))
+            except Exception as exc:  # the store's trouble: the sends will meet it too
+                log.warning("queue.book_unread", error=str(exc))
+                continue
+            self._wanted = others > 0
+            if self._wanted:
+                self._start_polling()
 
     def _adopt_later(self, job_id: str, job: _Open) -> None:
         """Give the open ``job_id`` a place in the book (its own, or its orphan)."""
@@ -260,8 +300,13 @@ class JobQueue:
             # Another run's lesson: the quiet time before this run raises it starts anew.
             self._raised_at = time.monotonic()
             self.limit = view.limit
-            self.account_limit = view.account_limit or self.account_limit
-            self.source = view.source or self.source
+            cap = self._settings.max_running_jobs
+            if cap is not None and view.limit >= cap:
+                self.source = "setting"  # this run's own ceiling (the book may allow more)
+            else:
+                self.source = view.source or self.source
+                if view.account_limit is not None and cap is None:
+                    self.account_limit = view.account_limit
         for place_id, job_id in view.orphans:
             if job_id not in self._open and job_id not in self._orphans:
                 now = time.monotonic()
@@ -280,9 +325,20 @@ class JobQueue:
 
         self._to_book.append(write)
 
-    async def _write_book(self) -> None:
-        while self._to_book:
-            await self._to_book.pop(0)()
+    async def _write_book(self, *, quiet: bool = False) -> None:
+        """Make the book changes waiting, in order. ``quiet``: a failing store is logged,
+        not raised, and what is left is made at the next chance (after a send, the verdict
+        must reach the journal whatever the store does: the book only counts)."""
+        async with self._writing:  # one writer: each change made once, in order
+            while self._to_book:
+                try:
+                    await self._to_book[0]()
+                except Exception as exc:  # a store error, or a store already closed
+                    if not quiet:
+                        raise
+                    log.warning("queue.book_unwritten", error=str(exc))
+                    return
+                self._to_book.pop(0)
 
     def full(self, error: QueueFullError, place: Place) -> None:
         """A queue-full 400 to the send holding ``place``: learn the limit, or lower it, and
@@ -325,7 +381,7 @@ class JobQueue:
         now = time.monotonic()
         if learning:  # sends that left before the lesson came are part of it
             self._last_full = now
-            self._later(book.learned, self.limit, self.account_limit, self.source)
+            self._teach()
             return
         if place.since <= self._last_full:  # sent before the last refusal came: same event
             self._refused(place, 0.0)
@@ -342,11 +398,12 @@ class JobQueue:
     def _refused(self, place: Place, hold: float) -> None:
         """Tell the book: the limit comes down to what it counts then (this run's count of
         the others' places is old), and every run holds back ``hold`` seconds."""
-        account, place_id = self.account_limit, place.id
+        account = self.account_limit if self.source == "message" else None
+        place_id, cap = place.id, self._settings.max_running_jobs
 
         async def write() -> None:
             await self._change_book(
-                lambda b, now, alive: book.refused(b, place_id, account, hold, now)
+                lambda b, now, alive: book.refused(b, place_id, account, hold, now, cap)
             )
 
         self._to_book.append(write)
@@ -366,6 +423,7 @@ class JobQueue:
         # Sends may be waiting on this place (a lost answer proven a job, after the
         # polls had stopped): they need the poller to hear the job finish.
         self._start_polling()
+        self._start_watching()
         self._changed.set()
 
     def settled(self, seq: int) -> None:
@@ -404,11 +462,15 @@ class JobQueue:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        holder = self._holder
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        holder, run = self._holder, self._run
         try:
             await self._write_book()
-            await self._change_book(lambda b, now, alive: book.leave(b, holder))
-        except BulkJobError as exc:  # the store's trouble: its leases and reaping cover it
+            await self._change_book(lambda b, now, alive: book.leave(b, holder, run))
+        except Exception as exc:  # the store's trouble: its leases and reaping cover it
             log.warning("queue.book_unwritten", error=str(exc))
 
     # -- polling ------------------------------------------------------------------------------
@@ -419,7 +481,11 @@ class JobQueue:
 
     async def _poll(self) -> None:
         """Look at the open jobs that are due, while sends wait for a place."""
-        while (self._open or self._orphans) and self._waiting and not self._stop.is_set:
+        while (
+            (self._open or self._orphans)
+            and (self._waiting or self._wanted)
+            and not self._stop.is_set
+        ):
             now = time.monotonic()
             jobs = [*self._open.items(), *self._orphans.items()]
             due = [(job_id, job) for job_id, job in jobs if job.due <= now]
@@ -431,6 +497,7 @@ class JobQueue:
                 continue
             try:
                 await asyncio.gather(*(self._look(job_id, job) for job_id, job in due[:8]))
+                await self._write_book(quiet=True)  # freed places, with no send to tell
             except BulkJobError as exc:  # a failing server: the sends will meet it too
                 log.warning("queue.poll_failed", error=str(exc))
                 await asyncio.sleep(self._settings.queue_poll_interval / 8)
@@ -499,7 +566,7 @@ class JobQueue:
             log.info("queue.probe", limit=self.limit, source=self.source)
         else:
             return
-        self._later(book.learned, self.limit, self.account_limit, self.source)
+        self._teach()
 
     def _predicted(self) -> float | None:
         return statistics.median(self._durations[-25:]) if self._durations else None

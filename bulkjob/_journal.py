@@ -308,12 +308,20 @@ class Journal:
     @functools.cached_property
     def run_id(self) -> str:
         """The run's name among the account's runs (the registry of known jobs): drawn when
-        the run starts; a journal from before it has one derived from when it was created."""
+        the run starts. A journal from before it gets one at its first use by a command that
+        holds it (before that command registers anything, so the name never changes, even if
+        the file moves); read-only, one derived from when it was created."""
         rows = self._query("SELECT value FROM run WHERE key = 'run_id'", ())
         if rows:
             return str(json.loads(str(rows[0][0])))
-        basis = f"{os.path.realpath(self.path)}\0{self.meta('created')}"
-        return hashlib.sha256(basis.encode()).hexdigest()[:32]
+        if self.readonly or not self.locked:
+            basis = f"{os.path.realpath(self.path)}\0{self.meta('created')}"
+            return hashlib.sha256(basis.encode()).hexdigest()[:32]
+        run_id = uuid.uuid4().hex
+        self._run_sync(
+            [("INSERT INTO run(key, value) VALUES ('run_id', ?)", (json.dumps(run_id),))]
+        )
+        return run_id
 
     def recorded_settings(self) -> dict[str, object]:
         """The settings the run recorded (never a secret)."""

@@ -29,6 +29,7 @@ This module is pure: it changes a book (plain data, JSON in the stores) and neve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,10 +44,12 @@ __all__ = [
     "holding",
     "learned",
     "leave",
+    "load",
     "new_book",
     "place_job",
     "refused",
     "take",
+    "waiting",
 ]
 
 #: Seconds between a waiting run's asks for a place: a place another run frees is seen
@@ -106,6 +109,16 @@ def _reap(book: Book, now: float, alive: Alive) -> None:
             del waiters[run]
 
 
+def waiting(book: Book, run: str, now: float) -> int:
+    """How many other runs wait for a place right now (a run with open jobs and no send
+    waiting polls them only while someone waits for their places)."""
+    return sum(
+        1
+        for name, waiter in book["waiters"].items()
+        if name != run and now - waiter["seen"] <= WAITER_FRESH
+    )
+
+
 def _orphan(places: dict[str, dict[str, Any]], place_id: str) -> None:
     if places[place_id]["job"]:
         places[place_id]["holder"] = ""
@@ -141,9 +154,10 @@ def take(book: Book, run: str, holder: str, cap: int | None, now: float, alive: 
     _reap(book, now, alive)
     places: dict[str, dict[str, Any]] = book["places"]
     waiters: dict[str, dict[str, Any]] = book["waiters"]
-    if book["limit"] is None and cap is not None:  # a setting: the first lesson of all
-        book["limit"], book["source"] = cap, "setting"
-        book["account_limit"] = book["account_limit"] or cap
+    if not places and book["account_limit"] is not None:
+        # No bulkjob job anywhere: a limit lowered for other clients' jobs is a guess
+        # from back then; the account's own limit stands until a refusal says otherwise.
+        book["limit"] = book["account_limit"]
     view = _view(book, None, cap)
     if view.limit is None:
         return _view(book, None, cap, granted=True)
@@ -206,29 +220,64 @@ def learned(book: Book, limit: int, account_limit: int | None, source: str | Non
 
 
 def refused(
-    book: Book, place: str | None, account_limit: int | None, hold: float, now: float
+    book: Book,
+    place: str | None,
+    account_limit: int | None,
+    hold: float,
+    now: float,
+    cap: int | None = None,
 ) -> None:
     """The send holding ``place`` met a queue-full: the limit comes down to the account's
     other places (another client's jobs hold the rest), never below one; with ``hold``,
-    every run of the account holds back that long (seconds), so none loses its turn."""
+    every run of the account holds back that long (seconds), so none loses its turn.
+    ``cap``: the refused run's own setting, the limit it went by when the book had none."""
     if hold > 0:
         book["hold_until"] = max(book.get("hold_until", 0.0), now + hold)
-    if book["limit"] is not None:
+    limit = book["limit"] if book["limit"] is not None else cap
+    if limit is not None:
         others = len(book["places"]) - (place in book["places"])
-        book["limit"] = max(1, min(book["limit"], others))
+        book["limit"] = max(1, min(limit, others))
+        book["source"] = book["source"] or "open jobs"
     if account_limit is not None:
         book["account_limit"] = account_limit
 
 
-def leave(book: Book, holder: str) -> None:
-    """``holder`` closes: its jobs still open become orphans, its sends and waits go."""
+def leave(book: Book, holder: str, run: str) -> None:
+    """Run ``run`` of ``holder`` closes: its jobs still open become orphans, its sends and
+    its wait go (another run of the same process keeps its own)."""
     places: dict[str, dict[str, Any]] = book["places"]
     for place_id, place in list(places.items()):
-        if place["holder"] == holder:
+        if place["holder"] == holder and place["run"] == run:
             _orphan(places, place_id)
-    for run, waiter in list(book["waiters"].items()):
-        if waiter["holder"] == holder:
-            del book["waiters"][run]
+    book["waiters"].pop(run, None)
+
+
+def load(text: str | bytes | None) -> Book:
+    """A book as a store keeps it (JSON); a missing, unreadable or ill-shaped one is a new
+    book (the book is the runs' shared count, not a record: the next refusal relearns)."""
+    if not text:
+        return new_book()
+    try:
+        book = json.loads(text)
+        if not (
+            isinstance(book, dict)
+            and isinstance(book.get("next"), int)
+            and isinstance(book.get("places"), dict)
+            and isinstance(book.get("waiters"), dict)
+        ):
+            raise ValueError("not a queue book")
+        for place in book["places"].values():
+            if not isinstance(place, dict) or not {"run", "holder", "job"} <= place.keys():
+                raise ValueError("a place of the wrong shape")
+        for waiter in book["waiters"].values():
+            if not isinstance(waiter, dict) or not {"since", "seen", "holder"} <= waiter.keys():
+                raise ValueError("a waiter of the wrong shape")
+        for key in ("limit", "account_limit"):
+            if book.get(key) is not None and not isinstance(book[key], int):
+                raise ValueError(f"{key} is not a number")
+    except (ValueError, TypeError, AttributeError):
+        return new_book()
+    return book
 
 
 def holding(book: Book) -> dict[str, int]:

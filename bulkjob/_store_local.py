@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from ._errors import ConfigError, StoreError
-from ._queue_book import Book, new_book
+from ._queue_book import Book, load
 from ._window_store import EPSILON, BookChange, Holder, StoreParams, WindowState, next_pause
 
 __all__ = ["LocalStore", "holder_key", "process_start"]
@@ -326,7 +326,7 @@ class LocalStore:
     def _queue(self, change: BookChange[T]) -> T:
         assert self._db is not None
         row = self._db.execute("SELECT v FROM book WHERE k = 'queue'").fetchone()
-        book: Book = json.loads(row[0]) if row else new_book()
+        book: Book = load(row[0] if row else None)
         answer = change(book, time.time(), _alive_key)
         self._db.execute("INSERT OR REPLACE INTO book VALUES ('queue', ?)", (json.dumps(book),))
         return answer

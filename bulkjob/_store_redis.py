@@ -68,7 +68,7 @@ from redis import exceptions as redis_errors
 
 from ._errors import ConfigError, TransportError
 from ._logging import get_logger, redact, register_secret
-from ._queue_book import Book, new_book
+from ._queue_book import Book, load
 from ._store_local import holder_key, process_start
 from ._window_store import EPSILON, BookChange, Holder, StoreParams, WindowState
 
@@ -394,8 +394,10 @@ class RedisStore:
                         raw = await pipe.get(key)
                         seconds, micros = await pipe.time()
                         now = seconds + micros / 1e6
-                        book: Book = json.loads(raw) if raw else new_book()
-                        seen: dict[str, float] = book.setdefault("seen", {})
+                        book: Book = load(raw)
+                        if not isinstance(book.get("seen"), dict):
+                            book["seen"] = {}
+                        seen: dict[str, float] = book["seen"]
                         seen[self._holder] = now
                         for holder, at in list(seen.items()):
                             if now - at > self.lease:

@@ -167,6 +167,9 @@ class WindowStore(Protocol):
         """Give back what this process holds (its in-flight slots count as completed)."""
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def account_key(settings: Settings) -> str:
     """The account's name in a store: a hash, never a secret.
 
@@ -182,7 +185,8 @@ def account_key(settings: Settings) -> str:
     else:
         basis = f"token:{settings.access_token or ''}"
     server = urllib.parse.urlsplit(settings.base_url)
-    basis += f"\0{server.scheme}://{(server.netloc or '').rpartition('@')[2].lower()}"
+    port = server.port if server.port not in (None, _DEFAULT_PORTS.get(server.scheme)) else None
+    basis += f"\0{server.scheme}://{server.hostname or ''}" + (f":{port}" if port else "")
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 

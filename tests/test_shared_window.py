@@ -201,6 +201,8 @@ def test_the_account_key_is_a_hash_and_groups_on_request(tmp_path: Path) -> None
     elsewhere = minted.replace(base_url="http://127.0.0.1:9/api/v1")
     assert account_key(minted) != account_key(elsewhere)
     assert account_key(elsewhere) == account_key(elsewhere.replace(base_url="http://127.0.0.1:9/x"))
+    https = minted.replace(base_url="https://API.example.com/v1")
+    assert account_key(https) == account_key(https.replace(base_url="https://api.example.com:443"))
 
 
 async def test_memory_store_leaves_no_file(tmp_path: Path) -> None:
