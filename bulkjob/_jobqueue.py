@@ -237,8 +237,11 @@ class JobQueue:
             if waiting:
                 self._waiting -= 1
 
-    async def _free_final(self, place: str) -> None:
-        await self._change_book(lambda b, now, alive: book.free(b, place, final=True))
+    async def _free_final(self, job: _Open) -> None:
+        """``job`` is final: its place (if the book counts one for it) is free."""
+        place = job.place
+        if place is not None:
+            await self._change_book(lambda b, now, alive: book.free(b, place, final=True))
 
     def _count_open_jobs(self) -> None:
         """A limit is known from now on, so the book counts places: this run's open jobs
@@ -515,8 +518,9 @@ class JobQueue:
             job.due = now + self._next_look(now - job.since)
             return
         self._open.pop(job_id, None)
-        if job.place is not None:
-            self._to_book.append(functools.partial(self._free_final, job.place))
+        # Its place as the book will know it once the changes before this one are made
+        # (a resumed run's job may be seen final before its adoption was written).
+        self._to_book.append(functools.partial(self._free_final, job))
         self.seen_final += 1
         self._durations.append(now - job.since)
         self._hold_until = 0.0  # a slot of ours is free for certain
@@ -542,8 +546,7 @@ class JobQueue:
             job.due = now + min(max(now - job.since, _MIN_POLL), self._settings.queue_poll_interval)
             return
         self._orphans.pop(job_id, None)
-        if job.place is not None:
-            self._to_book.append(functools.partial(self._free_final, job.place))
+        self._to_book.append(functools.partial(self._free_final, job))
         self._hold_until = 0.0
         self._changed.set()
 

@@ -55,8 +55,10 @@ __all__ = [
 #: Seconds between a waiting run's asks for a place: a place another run frees is seen
 #: this late at most.
 QUEUE_POLL = 0.1
-#: A waiter not heard from for this long (seconds) no longer holds its turn.
-WAITER_FRESH = 8 * QUEUE_POLL
+#: A waiter not heard from for this long (seconds) no longer holds its turn: long enough
+#: that a run on a busy host (it asks every QUEUE_POLL) keeps it; a place it deserves stays
+#: free at most this long after it stopped asking without leaving (a dead one is reaped).
+WAITER_FRESH = 3.0
 
 #: The book: ``{"limit", "account_limit", "source", "next", "places", "waiters"}``.
 Book = dict[str, Any]
