@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._client import ApiClient
-from ._errors import BulkJobError, JobsFailedError, ProtocolError, error_for_stop, first_error
+from ._errors import (
+    BulkJobError,
+    ConfigError,
+    JobsFailedError,
+    ProtocolError,
+    error_for_stop,
+    first_error,
+)
 from ._evidence import FINAL_STATUSES
 from ._journal import ChunkRow, ChunkState, Journal
 from ._logging import get_logger
@@ -141,6 +148,7 @@ class Enrichment:
             **extra,
         )
         self._owns_journal = journal is not None and not isinstance(journal, Journal)
+        self._journal_path = Path(journal) if self._owns_journal else None  # type: ignore[arg-type]
         self.runner.job_final_listeners.append(self._heard_final)
         self._watched: dict[str, _Watched] = {}
         self._scanned = 0  # report.jobs seen so far
@@ -176,6 +184,23 @@ class Enrichment:
 
     # -- the consumer's side -----------------------------------------------------------------
 
+    def _refuse_cli_runs(self) -> None:
+        """A journal of ``bulkjob enrich`` writes its own output: marking its jobs delivered
+        here would leave that output without their rows."""
+        path = self._journal_path
+        if path is None or not Journal.has_chunks(path):
+            return
+        handle = Journal.open(path, readonly=True)
+        try:
+            cli_run = handle.meta_or("enrich") is not None
+        finally:
+            handle.close_sync()
+        if cli_run:
+            raise ConfigError(
+                f"journal {path}: a `bulkjob enrich` run writing its own output; "
+                f"continue it with `bulkjob resume {path}`, or choose another journal"
+            )
+
     async def jobs(self) -> AsyncGenerator[JobRows, None]:
         """Each finished job, downloaded, as soon as it is; then the run's verdict.
 
@@ -184,6 +209,7 @@ class Enrichment:
         chunks), or the error of the stop that ended the run early (quota, auth...).
         Closing it early stops the run as a Ctrl-C does; nothing is cancelled on the server.
         """
+        await asyncio.to_thread(self._refuse_cli_runs)
         self._run = asyncio.create_task(self.runner.run())
         self._tasks = [asyncio.create_task(self._serve())]
         ended = False
@@ -377,13 +403,22 @@ class Enrichment:
                 made = await asyncio.to_thread(tempfile.mkdtemp, prefix="bulkjob-enrich-")
                 self._tmp = Path(made)
             dest = self._tmp / f"{info.chunk:06d}.csv"
-            await client.download(f"{self.settings.job_kind.path}/{info.job_id}/results", dest)
-            try:  # a file cut short would lose its last rows without a word
-                await asyncio.to_thread(check_closed, dest)
-            except ProtocolError as exc:
-                raise ProtocolError(f"job {info.job_id} (chunk {info.chunk}): {exc}") from None
+            for tries_left in range(_CUT_TRIES - 1, -1, -1):
+                await client.download(f"{self.settings.job_kind.path}/{info.job_id}/results", dest)
+                try:  # a file cut short would lose its last rows without a word
+                    await asyncio.to_thread(check_closed, dest)
+                    break
+                except ProtocolError as exc:
+                    if not tries_left:  # the same file cut every time: not a lost packet
+                        problem = f"job {info.job_id} (chunk {info.chunk}): {exc}"
+                        raise ProtocolError(problem) from None
+                    log.warning("enrich.results_cut", job_id=info.job_id, error=str(exc))
             self.jobs_finished += 1
             await self._out.put(JobRows(info, dest))
+
+
+#: A results file that arrives cut short is downloaded again, up to this many times in all.
+_CUT_TRIES = 4
 
 
 def _failed(task: asyncio.Task[Any]) -> bool:

@@ -49,6 +49,7 @@ __all__ = [
     "JobsFailedError",
     "JournalError",
     "JournalLockedError",
+    "OutputError",
     "ProtocolError",
     "QueueFullError",
     "QuotaExhaustedError",
@@ -169,6 +170,15 @@ class JournalError(BulkJobError):
     def exit_code(self) -> ExitCode:
         """Exit 11 for a journal that cannot be written; 2 for a path that is no journal."""
         return ExitCode.JOURNAL if self.usable else ExitCode.USAGE
+
+
+class OutputError(JournalError):
+    """``bulkjob enrich``'s output cannot be written (a full disk, an I/O error): like a
+    journal that cannot be written, a disk to look at (exit 11); the run resumes."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, problem)
+        self.args = (f"--out {path}: {problem}",)
 
 
 class StoreError(JournalError):

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import click
 
 from .._enrich import Enrichment, JobRows
-from .._errors import BulkJobError, ConfigError, ExitCode, ProtocolError
+from .._errors import BulkJobError, ConfigError, ExitCode, OutputError, ProtocolError
 from .._journal import Journal
 from .._progress import Progress
 from .._report import RunReport
@@ -58,6 +58,15 @@ class OutputWriter:
         self.fmt = fmt
         self.header: list[str] | None = None
         try:
+            size = path.stat().st_size if path.exists() else 0
+        except OSError as exc:
+            raise ConfigError(f"--out {path}: cannot read it: {exc.strerror}") from None
+        if size < keep:  # removed or cut since: the delivered jobs' rows are not all there
+            raise ConfigError(
+                f"--out {path}: it holds {size:,} bytes, but the journal recorded {keep:,} "
+                "delivered: restore it, or start a new run with another --out and --journal"
+            )
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("ab"):
                 pass
@@ -71,7 +80,15 @@ class OutputWriter:
         self._csv = csv.writer(self._fh)
 
     def write_job(self, job: JobRows) -> tuple[int, int]:
-        """Append ``job``'s rows; (rows written, the output's length), once durable."""
+        """Append ``job``'s rows; (rows written, the output's length), once durable.
+        A write that fails (a full disk) is one error naming the output; the journal
+        still says where its last whole job ends, so a resume cuts the rest and goes on."""
+        try:
+            return self._write_job(job)
+        except OSError as exc:
+            raise OutputError(str(self.path), f"cannot be written: {exc.strerror}") from None
+
+    def _write_job(self, job: JobRows) -> tuple[int, int]:
         n = 0
         with job.path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -99,7 +116,10 @@ class OutputWriter:
         return n, os.fstat(self._fh.fileno()).st_size
 
     def close(self) -> None:
-        self._fh.close()
+        # After a failed write, what is left in the buffer fails again here: the journal
+        # says where the last whole job ends, and a resume cuts the rest.
+        with contextlib.suppress(OSError):
+            self._fh.close()
 
 
 class _EnrichLine:
@@ -143,7 +163,13 @@ def run_enrich(
     line = common.line()
     common.configure(settings, line)
     sink = _EnrichLine(line)
-    keep = max((r.out_bytes or 0 for r in journal.rows() if r.delivered_at), default=0)
+    delivered = [r for r in journal.rows() if r.delivered_at]
+    if any(r.out_bytes is None for r in delivered):
+        raise ConfigError(
+            f"journal {journal.path}: some of its jobs were delivered elsewhere (by the "
+            f"library's enrich), not to {out}: that output cannot be completed"
+        )
+    keep = max((r.out_bytes or 0 for r in delivered), default=0)
     writer = OutputWriter(out, fmt, keep)
     core: Enrichment | None = None
     main: asyncio.Task[Any] | None = None
@@ -224,6 +250,8 @@ def enrich(**kw: Any) -> int:
     out = Path(kw["out"]).resolve()
     if out in {Path(p).resolve() for p in (path, report_path or path)}:
         raise ConfigError(f"--out {kw['out']}: that is the journal or the report; choose another")
+    if out in {Path(p).resolve() for p in inputs if p != "-"}:
+        raise ConfigError(f"--out {kw['out']}: that is an input; choose another")
     journal, resuming = open_for_submit(
         path, "bulkjob enrich", settings, inputs, resume_if_exists=True
     )
@@ -237,6 +265,7 @@ def enrich(**kw: Any) -> int:
                     f"`bulkjob resume {path}` goes on with it, or choose another --journal"
                 )
             fmt = str(recorded.get("format", "csv"))
+            _same_columns(recorded, settings, str(path))
             click.echo(f"resuming {path}: it holds this same enrich", err=True)
         else:
             if "-" in inputs:
@@ -244,7 +273,14 @@ def enrich(**kw: Any) -> int:
             fmt = kw["fmt"]
             resolved = [str(Path(p).resolve()) if p != "-" else p for p in inputs]
             journal.start(settings.public(), resolved)
-            journal.set_meta(ENRICH_META, {"out": str(out), "format": fmt})
+            journal.set_meta(
+                ENRICH_META,
+                {
+                    "out": str(out),
+                    "format": fmt,
+                    "company_details": settings.retrieve_company_details,
+                },
+            )
             click.echo(f"journal: {path} (resume with: bulkjob resume {path})", err=True)
         return run_enrich(
             common,
@@ -260,6 +296,19 @@ def enrich(**kw: Any) -> int:
         journal.close_sync()
 
 
+def _same_columns(recorded: dict[str, Any], settings: Settings, path: str) -> None:
+    """One output has one set of columns: ``retrieve_company_details`` (which changes them)
+    stays what the run began with."""
+    if "company_details" in recorded and (
+        bool(recorded["company_details"]) != settings.retrieve_company_details
+    ):
+        raise ConfigError(
+            f"--journal {path}: its run was begun "
+            f"{'with' if recorded['company_details'] else 'without'} "
+            "--retrieve-company-details, which changes the output's columns; keep it so"
+        )
+
+
 def resume_enrich(
     common: Common, journal: Journal, settings: Settings, report_path: str | None
 ) -> int | None:
@@ -268,10 +317,11 @@ def resume_enrich(
     if not isinstance(recorded, dict):
         return None
     click.echo(f"resuming {journal.path} (enrich into {recorded['out']})", err=True)
+    company = recorded.get("company_details", settings.retrieve_company_details)
     return run_enrich(
         common,
         journal,
-        settings.replace(on_queue_full="wait"),
+        settings.replace(on_queue_full="wait", retrieve_company_details=bool(company)),
         journal.inputs(),
         out=Path(str(recorded["out"])),
         fmt=str(recorded.get("format", "csv")),
