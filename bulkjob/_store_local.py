@@ -19,6 +19,7 @@ A corrupt or foreign file, or one locked for longer than ``_BUSY_TIMEOUT``, is a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 #: Jobs stay registered this long: longer than any proof waits for a lost answer.
 _JOBS_KEPT = 30 * 86_400.0
-_MARK = ("bulkjob-window", 1)  # the meta row that says what this file is
+_MARK = ("bulkjob-window", 1)
+#: Tries at opening the file when another connection sets it up at the same moment.
+_SETUP_TRIES = 8  # the meta row that says what this file is
 
 
 def process_start(pid: int) -> str:
@@ -206,15 +209,8 @@ class LocalStore:
                 "delete it to start a fresh window"
             ) from None
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is not None:
-            return self._db
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"state_dir {self.path.parent}: cannot create it: {exc.strerror}"
-            ) from None
+    def _setup(self) -> sqlite3.Connection:
+        """A connection to the file, in WAL mode, its tables and mark in place."""
         db = sqlite3.connect(
             self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
@@ -224,15 +220,50 @@ class LocalStore:
             # A few hundred rows at most: keep the write-ahead log as small as they are.
             db.execute("PRAGMA wal_autocheckpoint=32")
             db.execute("PRAGMA journal_size_limit=262144")
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT v FROM meta WHERE k = ?", (_MARK[0],)).fetchone()
-            if row is None:
-                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", _MARK)
-            elif row[0] != _MARK[1]:
-                raise sqlite3.DatabaseError(f"window file version {row[0]}")
+            # The tables and the mark in one write transaction, taken at once: a read that
+            # then wants to write can deadlock with another connection doing the same on a
+            # fresh file, and SQLite answers that "locked" at once, without waiting.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                row = db.execute("SELECT v FROM meta WHERE k = ?", (_MARK[0],)).fetchone()
+                if row is None:
+                    db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", _MARK)
+                elif row[0] != _MARK[1]:
+                    raise sqlite3.DatabaseError(f"window file version {row[0]}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.rollback()
+                raise
         except BaseException:
             db.close()
             raise
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"state_dir {self.path.parent}: cannot create it: {exc.strerror}"
+            ) from None
+        # Connections opening a fresh file at once can meet SQLite's "locked" that does
+        # not wait (switching to WAL, a read upgraded to a write): set-up is idempotent,
+        # so it is tried again a few times before the file is called locked.
+        for attempt in itertools.count(1):
+            began = time.monotonic()
+            try:
+                db = self._setup()
+                break
+            except sqlite3.OperationalError as exc:
+                waited = time.monotonic() - began >= 1.0  # a lock held: the busy timeout ran
+                if "locked" not in str(exc) or waited or attempt >= _SETUP_TRIES:
+                    raise
+                time.sleep(0.02 * attempt)
         self._db = db
         return db
 

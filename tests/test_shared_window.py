@@ -261,3 +261,16 @@ async def test_a_cancelled_transaction_keeps_the_connection_until_its_thread_is_
     state = await again.state()
     await again.close()
     assert state.in_flight <= 1  # the cancelled acquire may have taken its slot, no more
+
+
+async def test_stores_opening_a_fresh_file_at_once_all_open(tmp_path: Path) -> None:
+    """Four connections set up one new store file at the same moment (two runs in one
+    process, or several processes starting together): none meets SQLite's at-once "locked"."""
+    for n in range(30):
+        settings = Settings(access_token=TOKEN, state_dir=str(tmp_path / f"s{n}"))
+        stores = [open_store(settings) for _ in range(4)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+        finally:
+            for store in stores:
+                await store.close()
