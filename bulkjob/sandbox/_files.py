@@ -11,6 +11,10 @@ Bounded: only the last :data:`KEEP_FILES` accepted jobs keep their file (on disk
 memory); an older job's results are rendered again on request, as before. A job whose
 results' inputs changed after acceptance (a test setting ``fails`` on a ledger record) is
 rendered again too: the stored file is used only while it is still the job's.
+
+When the sandbox does not track ids (benchmarks), a job's file holds placeholder ids and is
+a function of its key alone (kind, count, fate, layout): jobs with the same key share one
+file, rendered once, as a server would serve one stored file for identical results.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def _key(job: JobRecord) -> _Key:
 class _Stored:
     key: _Key
     rendering: asyncio.Future[Path]
+    shared: bool = False  # an untracked job's file, shared with the jobs of its key
 
 
 class ResultsFiles:
@@ -63,6 +68,10 @@ class ResultsFiles:
         self._parent = tempfile.gettempdir()
         self._dir: Path | None = None
         self._stored: collections.OrderedDict[str, _Stored] = collections.OrderedDict()
+        #: Files of untracked jobs, by key (shared; at most ``keep`` of them too).
+        self._shared: collections.OrderedDict[_Key, asyncio.Future[Path]] = (
+            collections.OrderedDict()
+        )
 
     def __repr__(self) -> str:
         return f"<ResultsFiles stored={len(self._stored)} keep={self._keep}>"
@@ -77,13 +86,23 @@ class ResultsFiles:
             return
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="bulkjob-sandbox-results-", dir=self._parent))
-        path = self._dir / f"{job.job_id}.csv"
         key = _key(job)
-        rendering = loop.run_in_executor(None, _render, job, path)
-        self._stored[job.job_id] = _Stored(key, rendering)
+        if job.id_list is None:  # placeholder ids: the same key, the same file
+            rendering = self._shared.get(key)
+            if rendering is None:
+                path = self._dir / f"shared-{len(self._shared)}-{job.job_id}.csv"
+                rendering = loop.run_in_executor(None, _render, job, path)
+                self._shared[key] = rendering
+                _bound(self._shared, self._keep)
+            self._stored[job.job_id] = _Stored(key, rendering, shared=True)
+        else:
+            path = self._dir / f"{job.job_id}.csv"
+            rendering = loop.run_in_executor(None, _render, job, path)
+            self._stored[job.job_id] = _Stored(key, rendering)
         while len(self._stored) > self._keep:
             _, old = self._stored.popitem(last=False)
-            old.rendering.add_done_callback(_remove)
+            if not old.shared:
+                old.rendering.add_done_callback(_remove)
 
     async def read(self, job: JobRecord) -> bytes | None:
         """``job``'s stored results file, or None when it has none (any more)."""
@@ -100,6 +119,7 @@ class ResultsFiles:
         """Wait for renderings in progress, then remove every stored file."""
         pending = [s.rendering for s in self._stored.values()]
         self._stored.clear()
+        self._shared.clear()
         await asyncio.gather(*pending, return_exceptions=True)
         if self._dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._dir, True)
@@ -109,6 +129,12 @@ class ResultsFiles:
 def _render(job: JobRecord, path: Path) -> Path:
     path.write_text(job.results_csv(), encoding="utf-8", newline="")
     return path
+
+
+def _bound(shared: collections.OrderedDict[_Key, asyncio.Future[Path]], keep: int) -> None:
+    while len(shared) > keep:
+        _, old = shared.popitem(last=False)
+        old.add_done_callback(_remove)
 
 
 def _remove(rendering: asyncio.Future[Path]) -> None:
