@@ -274,7 +274,7 @@ async def test_cli_enrich_reads_ids_from_stdin(sandbox: SandboxFactory, tmp_path
     out = tmp_path / "out.csv"
     proc = await start_cli(
         "enrich", "-", "--out", str(out), "--chunk-size", "1000", *cli_flags(sb),
-        stdin=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, cwd=tmp_path,
     )  # fmt: skip
     async with asyncio.timeout(90):
         _, err = await proc.communicate("".join(f"{v}\n" for v in values).encode())
