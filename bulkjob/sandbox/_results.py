@@ -146,15 +146,23 @@ _POSITIONS: dict[str, tuple[int, ...]] = {
     "country": (6,),
     "technologies": (7, 8),
 }
-_TABLES: dict[str, tuple[str, ...]] = {}
 #: Characters that make csv.writer quote a field (QUOTE_MINIMAL): such rows take its path.
 _NEEDS_QUOTING = re.compile(r'[,"\r\n]')
 
 
+_TABLES: dict[str, tuple[str, ...]] | None = None
+
+
 def _tables() -> dict[str, tuple[str, ...]]:
-    if not _TABLES:
-        _TABLES.update((f, _table(f, pos)) for f, pos in _POSITIONS.items())
-    return _TABLES
+    """The lookup tables, built at first use. Rendering runs in worker threads: the tables
+    are built whole, then published in one assignment, so no thread sees them half-built
+    (two threads may both build them; the result is the same)."""
+    global _TABLES
+    tables = _TABLES
+    if tables is None:
+        tables = {f: _table(f, pos) for f, pos in _POSITIONS.items()}
+        _TABLES = tables
+    return tables
 
 
 def _getter(fields: tuple[str, ...]) -> Callable[[bytes], str]:
