@@ -31,6 +31,7 @@ import os
 import reprlib
 import tempfile
 import threading
+import zlib
 from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -42,6 +43,7 @@ from ._errors import ConfigError
 __all__ = [
     "BATCH",
     "COMPRESS_LEVEL",
+    "COMPRESS_STRATEGY",
     "MARK",
     "SPOOL_SUFFIX",
     "IdSpool",
@@ -56,6 +58,13 @@ BATCH = 8192
 #: gzip level 1: the spool is written once and read two or three times; the fastest
 #: level still shrinks 64-character ids several-fold.
 COMPRESS_LEVEL = 1
+#: zlib's run-length strategy: random ids (base64 of random bytes, the usual kind) do not
+#: repeat, and the default strategy's match search spent ~3x the time of RLE on them for a
+#: 2% smaller file (RLE still entropy-codes: 64-character base64 ids shrink to ~76%, while
+#: sequential or padded ids shrink several-fold). Still a plain gzip file for every reader.
+COMPRESS_STRATEGY = zlib.Z_RLE
+#: zlib's window bits for a gzip member (header and CRC trailer) rather than a zlib stream.
+_GZIP_WBITS = 31
 #: Starts (and splits) a marker line. Not whitespace (``str.strip`` would eat it), not
 #: NUL (the pre-pass refuses NUL as binary data), and never a character of a real id.
 MARK = "\x01"
@@ -120,9 +129,10 @@ class _Writer:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
         self.path = Path(name)
         self._raw: BinaryIO = os.fdopen(fd, "wb")
-        # mtime=0: the same ids give the same bytes; the name is not recorded either.
-        self._gz = gzip.GzipFile(
-            filename="", mode="wb", fileobj=self._raw, compresslevel=COMPRESS_LEVEL, mtime=0
+        # zlib writes the gzip header itself, with mtime 0 and no name: the same ids give
+        # the same bytes.
+        self._gz = zlib.compressobj(
+            COMPRESS_LEVEL, zlib.DEFLATED, _GZIP_WBITS, zlib.DEF_MEM_LEVEL, COMPRESS_STRATEGY
         )
         self._hash = blake2b(digest_size=32)
         #: Items written so far: the next item's index.
@@ -133,20 +143,18 @@ class _Writer:
             return
         data = _encode(batch, self.index)
         self._hash.update(data)
-        self._gz.write(data)
+        self._raw.write(self._gz.compress(data))
         self.index += len(batch)
 
     def finish(self) -> IdSpool:
         """Close the file, on disk for good (fsynced)."""
-        self._gz.close()
+        self._raw.write(self._gz.flush())
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
         return IdSpool(self.path, self._hash.hexdigest(), self.index)
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._gz.close()
         with contextlib.suppress(OSError):
             self._raw.close()
         with contextlib.suppress(FileNotFoundError):

@@ -11,7 +11,7 @@ import collections
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -220,3 +220,98 @@ async def test_cli_enrich_writes_csv_and_resume_of_a_done_run(
     assert code == 0, err
     assert out.read_bytes() == before
     assert_paid_once(sb, values)
+
+
+# -- ids from a Python iterable (ids=) and from standard input -------------------------------------
+
+
+def _generate(values: list[str]) -> Iterator[str]:
+    """A one-shot generator: it can be read once only, like a database cursor."""
+    yield from values
+
+
+async def _agenerate(values: list[str]) -> AsyncIterator[str]:
+    """An async generator that yields to the loop now and then, like a database driver."""
+    for i, value in enumerate(values):
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
+        yield value
+
+
+def test_a_generator_of_100k_ids_gives_one_row_per_id(tmp_path: Path) -> None:
+    """``bulkjob.enrich(ids=gen())`` of 100,000 ids: one row per id, each id paid exactly
+    once in the sandbox's ledger, every job's rows delivered and recorded so."""
+    values = make_ids(100_000)
+    journal = tmp_path / "run.journal"
+    with bulkjob.Sandbox.running() as sb:
+        s = settings_for(sb, chunk_size=10_000)
+        it = bulkjob.enrich(ids=_generate(values), settings=s, journal=journal)
+        rows = list(it)
+        assert_paid_once(sb, values)
+    assert counts(rows) == collections.Counter(values)
+    assert it.report.rows_delivered == 100_000 and len(it.report.jobs) == 10
+    assert all(r.delivered_at for r in journal_rows(journal).values())
+
+
+async def test_an_async_generator_through_enrich_async(sandbox: SandboxFactory) -> None:
+    """``enrich_async(ids=agen())``: the async generator is read on the loop, one row per id,
+    each paid once."""
+    sb = await sandbox(no_match_rate=0.2)
+    values = make_ids(20_000)
+    s = settings_for(sb, chunk_size=2_500)
+    async with bulkjob.enrich_async(ids=_agenerate(values), settings=s) as it:
+        rows = [row async for row in it]
+    assert counts(rows) == collections.Counter(values)
+    assert {row["matchStatus"] for row in rows} == {"found", "not found"}
+    assert it.report.rows_delivered == 20_000
+    assert_paid_once(sb, values)
+
+
+async def test_cli_enrich_reads_ids_from_stdin(sandbox: SandboxFactory, tmp_path: Path) -> None:
+    """``bulkjob enrich - --out F`` (a real process) reads the ids from standard input."""
+    sb = await sandbox()
+    values = make_ids(3_000)
+    out = tmp_path / "out.csv"
+    proc = await start_cli(
+        "enrich", "-", "--out", str(out), "--chunk-size", "1000", *cli_flags(sb),
+        stdin=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    async with asyncio.timeout(90):
+        _, err = await proc.communicate("".join(f"{v}\n" for v in values).encode())
+    assert proc.returncode == 0, err.decode()
+    rows = read_output(out, "csv")
+    assert collections.Counter(r[ID] for r in rows) == collections.Counter(values)
+    assert_paid_once(sb, values)
+
+
+async def test_bad_items_through_ids_are_handled_as_submit_handles_them(
+    sandbox: SandboxFactory,
+) -> None:
+    """Bad items in ``ids=``: rejected with their index, counted and sampled in the report
+    exactly as ``submit_async(ids=...)`` does; the good ones come back as rows."""
+    good = make_ids(3)
+    items: list[object] = [good[0], 42, good[1], "not an id!", "a\nb", None, good[2]]
+    sb_submit = await sandbox()
+    submitted = await bulkjob.submit_async(ids=items, settings=settings_for(sb_submit))  # type: ignore[arg-type]
+    sb = await sandbox()
+    it = bulkjob.enrich_async(ids=items, settings=settings_for(sb))
+    rows = [row async for row in it]
+    assert counts(rows) == collections.Counter(good)
+    r = it.report
+    assert (r.ids_submitted, r.ids_invalid) == (submitted.ids_submitted, submitted.ids_invalid)
+    assert r.invalid_samples == submitted.invalid_samples
+    assert r.invalid_samples[0] == "ids[1]: '42': not a str (int)"
+    assert_paid_once(sb, good)
+
+
+async def test_strict_bad_item_through_ids_is_the_submit_error(sandbox: SandboxFactory) -> None:
+    """Under strict, the first bad item of ``ids=`` is submit's InputError; nothing is sent."""
+    sb = await sandbox()
+    items: list[object] = [*make_ids(5), b"bytes-id"]
+    s = settings_for(sb, strict=True)
+    with pytest.raises(InputError, match=r"^ids\[5\]: not a str \(bytes\): b'bytes-id'$"):
+        async for _ in bulkjob.enrich_async(ids=items, settings=s):
+            pass
+    with pytest.raises(InputError, match=r"^ids\[5\]: not a str \(bytes\): b'bytes-id'$"):
+        await bulkjob.submit_async(ids=items, settings=s)  # type: ignore[arg-type]
+    assert sb.ledger.ids_accepted == 0

@@ -23,7 +23,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 
 __all__ = ["ID_COLUMNS", "MATCH_STATUS", "header", "is_unmatched", "results_csv"]
 
@@ -82,7 +83,11 @@ def _pick(options: tuple[str, ...], byte: int) -> str:
 
 
 def _values(id_: str) -> dict[str, str]:
-    d = hashlib.sha256(id_.encode()).digest()
+    """Every field of ``id_``'s found row (the reference the fast tables are built from)."""
+    return _values_of(hashlib.sha256(id_.encode()).digest())
+
+
+def _values_of(d: bytes) -> dict[str, str]:
     first = _pick(_FIRST_NAMES, d[0])
     last = _pick(_LAST_NAMES, d[1])
     company = _pick(_COMPANIES, d[2])
@@ -102,6 +107,83 @@ def _values(id_: str) -> dict[str, str]:
     }
 
 
+# -- rendering fast ---------------------------------------------------------------------------
+# Every field depends on a few bytes of the id's digest, each through ``byte % 8`` (or % 100):
+# so each field is one lookup in a table indexed by the byte(s) it depends on, built once
+# from _values_of. A row is then a digest, a few lookups and one join: about a third of
+# building the dict and going through csv.writer, and what lets the sandbox keep up with a
+# client that downloads a 10,000-row file per job as fast as it parses it.
+
+#: The values one digest byte takes.
+_BY_BYTE = range(256)
+
+
+def _table(field: str, positions: tuple[int, ...]) -> tuple[str, ...]:
+    """``field``'s value for every combination of the digest bytes at ``positions``."""
+    out = []
+    for key in range(8 ** len(positions)) if len(positions) > 1 else _BY_BYTE:
+        d = bytearray(9)
+        if len(positions) == 1:
+            d[positions[0]] = key
+        else:
+            for k, pos in enumerate(positions):
+                d[pos] = (key >> (3 * k)) & 7
+        out.append(_values_of(bytes(d))[field])
+    return tuple(out)
+
+
+#: Field -> the digest bytes it depends on (see _values_of).
+_POSITIONS: dict[str, tuple[int, ...]] = {
+    "firstName": (0,),
+    "lastName": (1,),
+    "email": (0, 1, 2),
+    "jobTitle": (3,),
+    "phone": (4,),
+    "companyName": (2,),
+    "website": (2,),
+    "industry": (5,),
+    "city": (6,),
+    "country": (6,),
+    "technologies": (7, 8),
+}
+#: Characters that make csv.writer quote a field (QUOTE_MINIMAL): such rows take its path.
+_NEEDS_QUOTING = re.compile(r'[,"\r\n]')
+
+
+_TABLES: dict[str, tuple[str, ...]] | None = None
+
+
+def _tables() -> dict[str, tuple[str, ...]]:
+    """The lookup tables, built at first use. Rendering runs in worker threads: the tables
+    are built whole, then published in one assignment, so no thread sees them half-built
+    (two threads may both build them; the result is the same)."""
+    global _TABLES
+    tables = _TABLES
+    if tables is None:
+        tables = {f: _table(f, pos) for f, pos in _POSITIONS.items()}
+        _TABLES = tables
+    return tables
+
+
+def _getter(fields: tuple[str, ...]) -> Callable[[bytes], str]:
+    """A function from an id's digest to its found row's fields, joined by commas."""
+    tables = _tables()
+    parts = [_lookup(tables[f], _POSITIONS[f]) for f in fields]
+    return lambda d: ",".join([part(d) for part in parts])
+
+
+def _lookup(table: tuple[str, ...], pos: tuple[int, ...]) -> Callable[[bytes], str]:
+    """One field: its table, indexed by the digest byte(s) it depends on (mod 8 when several)."""
+    if len(pos) == 1:
+        (a,) = pos
+        return lambda d: table[d[a]]
+    if len(pos) == 2:
+        a, b = pos
+        return lambda d: table[(d[a] & 7) | (d[b] & 7) << 3]
+    a, b, c = pos
+    return lambda d: table[(d[a] & 7) | (d[b] & 7) << 3 | (d[c] & 7) << 6]
+
+
 def results_csv(
     kind: str,
     ids: Iterable[str],
@@ -114,16 +196,36 @@ def results_csv(
     """The whole results file (see the module docstring for its layout)."""
     columns = header(kind, id_column=id_column, company_details=company_details)
     fields = columns[1:-1]
-    blank = [""] * len(fields)
+    blank = "," * len(fields)
+    row_of = _getter(fields)
+    sha256 = hashlib.sha256
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    for id_ in ids:
-        if failed:
-            writer.writerow((id_, *blank, FAILED))
-        elif is_unmatched(id_, no_match_rate):
-            writer.writerow((id_, *blank, NOT_FOUND))
-        else:
-            values = _values(id_)
-            writer.writerow((id_, *(values[f] for f in fields), FOUND))
+    ids = list(ids)
+    if not all(ids) or _NEEDS_QUOTING.search("".join(ids)) is not None:
+        for id_ in ids:  # some id needs quoting: csv.writer knows how
+            writer.writerow((id_, *_row(id_, fields, no_match_rate, failed)))
+    elif failed:
+        out.write("".join([f"{id_}{blank},{FAILED}\n" for id_ in ids]))
+    elif no_match_rate > 0.0:
+        for id_ in ids:
+            if is_unmatched(id_, no_match_rate):
+                out.write(f"{id_}{blank},{NOT_FOUND}\n")
+            else:
+                out.write(f"{id_},{row_of(sha256(id_.encode()).digest())},{FOUND}\n")
+    else:  # every id is matched (is_unmatched is never true at rate 0)
+        out.write(
+            "".join([f"{id_},{row_of(sha256(id_.encode()).digest())},{FOUND}\n" for id_ in ids])
+        )
     return out.getvalue()
+
+
+def _row(id_: str, fields: tuple[str, ...], no_match_rate: float, failed: bool) -> list[str]:
+    """The fields after the id, the slow and simple way (for ids that need quoting)."""
+    if failed:
+        return [*([""] * len(fields)), FAILED]
+    if is_unmatched(id_, no_match_rate):
+        return [*([""] * len(fields)), NOT_FOUND]
+    values = _values(id_)
+    return [*(values[f] for f in fields), FOUND]

@@ -69,6 +69,7 @@ from ._bodies import (
     timestamp,
 )
 from ._control import control_routes
+from ._files import ResultsFiles
 from ._state import (
     ACCEPTED,
     FAILED,
@@ -104,6 +105,8 @@ class Sandbox:
         self._port: int | None = None
         self._diagnostics = 0
         self._webhooks = WebhookCaller(self._state)
+        self._files = ResultsFiles()
+        self._state.accept_listeners.append(self._files.accepted)
 
     def __repr__(self) -> str:
         where = self.base_url if self._port is not None else "not started"
@@ -219,6 +222,7 @@ class Sandbox:
             await runner.cleanup()
         # After the runner: no request is left to arm a call. Calls not due yet are not made.
         await self._webhooks.close()
+        await self._files.close()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()
@@ -415,15 +419,19 @@ class Sandbox:
         if status not in (FINISHED, FAILED):
             self.ledger.rejected["not_finished"] += 1
             raise SandboxRefusal(400, NOT_FINISHED, "Job is not finished")
-        text = job.results_csv()
+        # The file stored at acceptance; rendered now only when it is no longer stored.
+        data = await self._files.read(job)
+        if data is None:
+            data = job.results_csv().encode()
         if self.config.results_cut_rate and (
             self._state.faults_rng.random() < self.config.results_cut_rate
         ):
             self.ledger.faults["results_cut"] += 1
-            text += 'cut-short,"an open quote\n'  # the file ends inside a quoted field
+            data += b'cut-short,"an open quote\n'  # the file ends inside a quoted field
         return web.Response(
-            text=text,
+            body=data,
             content_type="text/csv",
+            charset="utf-8",
             headers={"Content-Disposition": f'attachment; filename="{job.job_id}.csv"'},
         )
 

@@ -29,7 +29,7 @@ import random
 import re
 import string
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -126,6 +126,8 @@ class AccountState:
         self.admitted: collections.deque[float] = collections.deque()
         self.lockout_until = 0.0
         self.consumed = 0
+        #: Called with (job, its ids) when a job is accepted (the server stores its results).
+        self.accept_listeners: list[Callable[[JobRecord, Sequence[str]], None]] = []
 
     def wall_time(self) -> float:
         """The server's wall clock: POSIX time shifted by ``clock_skew``."""
@@ -231,6 +233,8 @@ class AccountState:
         )
         self._place(job)
         self.ledger.record_job(job, ids, track_ids=config.track_ids)
+        for listener in self.accept_listeners:
+            listener(job, ids)
         return job
 
     def add_foreign_job(
