@@ -209,6 +209,16 @@ class _Worker:
                     with contextlib.suppress(queue.Empty):
                         self.queue.get_nowait()
 
+    def next_item(self) -> _Item:
+        """The next hand-over; None at the end. A close() from another thread may have
+        drained the end marker: a worker gone with nothing left is the end too."""
+        while True:
+            try:
+                return self.queue.get(timeout=_PUT_POLL)
+            except queue.Empty:
+                if self.closing.is_set() and not self.thread.is_alive() and self.queue.empty():
+                    return None
+
     def past_job(self) -> None:
         """The consumer asked for the row after a job's last one: the worker records it
         delivered before it hands over the next job's rows."""
@@ -273,7 +283,7 @@ class Enriched:
 
     def _refill(self, worker: _Worker) -> Row:
         while True:
-            item = worker.queue.get()
+            item = worker.next_item()
             if item is None:  # the end: the run's verdict, if any
                 worker.thread.join(CLOSE_GRACE_SECONDS)
                 self._done = True
