@@ -414,8 +414,8 @@ class JobQueue:
     def opened(self, job_id: str, seq: int, place: str | None = None) -> None:
         """``job_id`` (chunk ``seq``) is queued or running: it holds a place till final
         (the send's, a lost answer's, or one the book adopts: a resumed run's job)."""
-        place = place or self.unproven.pop(seq, None)
-        self.unproven.pop(seq, None)
+        lost = self.unproven.pop(seq, None)  # a lost answer's place, now the job's
+        place = place or lost
         now = time.monotonic()
         job = self._open[job_id] = _Open(seq, now, now + self._first_look(), place=place)
         self._orphans.pop(job_id, None)
@@ -540,9 +540,9 @@ class JobQueue:
             status = str(data.get("status") or "")
         except RequestError as exc:
             log.info("queue.orphan_unreadable", job_id=job_id, error=str(exc))
-            status = "unreadable"
+            status = ""  # no status to wait for: its place goes, as a final job's does
         now = time.monotonic()
-        if status and status not in FINAL_STATUSES and status != "unreadable":
+        if status and status not in FINAL_STATUSES:
             job.due = now + min(max(now - job.since, _MIN_POLL), self._settings.queue_poll_interval)
             return
         self._orphans.pop(job_id, None)

@@ -311,9 +311,9 @@ class Journal:
         the run starts. A journal from before it gets one at its first use by a command that
         holds it (before that command registers anything, so the name never changes, even if
         the file moves); read-only, one derived from when it was created."""
-        rows = self._query("SELECT value FROM run WHERE key = 'run_id'", ())
-        if rows:
-            return str(json.loads(str(rows[0][0])))
+        recorded = self.meta_or("run_id")
+        if recorded is not None:
+            return str(recorded)
         if self.readonly or not self.locked:
             basis = f"{os.path.realpath(self.path)}\0{self.meta('created')}"
             return hashlib.sha256(basis.encode()).hexdigest()[:32]
@@ -339,8 +339,7 @@ class Journal:
 
     def ids_record(self) -> dict[str, object] | None:
         """The spool of a run of ``ids=`` (path, digest, items), None for a run of files."""
-        rows = self._query("SELECT value FROM run WHERE key = 'ids'")
-        value = json.loads(str(rows[0][0])) if rows else None
+        value = self.meta_or("ids")
         return value if isinstance(value, dict) else None
 
     def check_identity(self) -> None:

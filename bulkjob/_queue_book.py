@@ -29,6 +29,7 @@ This module is pure: it changes a book (plain data, JSON in the stores) and neve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,23 +129,15 @@ def _orphan(places: dict[str, dict[str, Any]], place_id: str) -> None:
         del places[place_id]
 
 
-def _view(
-    book: Book, place: str | None, cap: int | None, granted: bool = False, held_for: float = 0.0
-) -> QueueView:
+def _view(book: Book, cap: int | None) -> QueueView:
+    """The book as a run with ``cap`` sees it; nothing granted."""
     places: dict[str, dict[str, Any]] = book["places"]
     limit: int | None = book["limit"]
     if cap is not None:
         limit = cap if limit is None else min(limit, cap)
     orphans = tuple((pid, str(p["job"])) for pid, p in places.items() if not p["holder"])
     return QueueView(
-        granted,
-        place,
-        limit,
-        book["account_limit"],
-        book["source"],
-        len(places),
-        orphans[:16],
-        held_for,
+        False, None, limit, book["account_limit"], book["source"], len(places), orphans[:16]
     )
 
 
@@ -160,14 +153,14 @@ def take(book: Book, run: str, holder: str, cap: int | None, now: float, alive: 
         # No bulkjob job anywhere: a limit lowered for other clients' jobs is a guess
         # from back then; the account's own limit stands until a refusal says otherwise.
         book["limit"] = book["account_limit"]
-    view = _view(book, None, cap)
+    view = _view(book, cap)
     if view.limit is None:
-        return _view(book, None, cap, granted=True)
+        return dataclasses.replace(view, granted=True)
     mine = waiters.setdefault(run, {"since": now, "holder": holder})
     mine["seen"] = now
     hold = book.get("hold_until", 0.0) - now
     if hold > 0:
-        return _view(book, None, cap, held_for=hold)
+        return dataclasses.replace(view, held_for=hold)
     if len(places) >= view.limit:
         return view
     held: dict[str, int] = {}
@@ -179,11 +172,16 @@ def take(book: Book, run: str, holder: str, cap: int | None, now: float, alive: 
 
     if min(waiters, key=rank) != run:
         return view  # another run deserves this place more: it gets its turn first
+    place_id = _new_place(book, run, holder, None, now)
+    del waiters[run]  # the run's next ask queues behind the others again
+    return dataclasses.replace(view, granted=True, place=place_id, taken=len(places))
+
+
+def _new_place(book: Book, run: str, holder: str, job: str | None, now: float) -> str:
     place_id = str(book["next"])
     book["next"] += 1
-    places[place_id] = {"run": run, "holder": holder, "job": None, "at": now}
-    del waiters[run]  # the run's next ask queues behind the others again
-    return _view(book, place_id, cap, granted=True)
+    book["places"][place_id] = {"run": run, "holder": holder, "job": job, "at": now}
+    return place_id
 
 
 def place_job(book: Book, place: str, job: str) -> None:
@@ -208,10 +206,7 @@ def adopt(book: Book, run: str, holder: str, job: str, now: float) -> str:
         if place["job"] == job:
             place.update(run=run, holder=holder)
             return place_id
-    place_id = str(book["next"])
-    book["next"] += 1
-    places[place_id] = {"run": run, "holder": holder, "job": job, "at": now}
-    return place_id
+    return _new_place(book, run, holder, job, now)
 
 
 def learned(book: Book, limit: int, account_limit: int | None, source: str | None) -> None:
@@ -282,9 +277,11 @@ def load(text: str | bytes | None) -> Book:
     return book
 
 
-def holding(book: Book) -> dict[str, int]:
-    """Places per holder ("" for orphans): for ``bulkjob throttle``."""
+def holding(book: Book, alive: Alive) -> dict[str, int]:
+    """Places per holder, "" for orphans (a holder that is gone holds orphans already):
+    for ``bulkjob throttle``, which changes nothing."""
     counts: dict[str, int] = {}
     for place in book["places"].values():
-        counts[place["holder"]] = counts.get(place["holder"], 0) + 1
+        holder = place["holder"] if place["holder"] and alive(place["holder"]) else ""
+        counts[holder] = counts.get(holder, 0) + 1
     return counts

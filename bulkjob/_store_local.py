@@ -56,9 +56,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 #: Jobs stay registered this long: longer than any proof waits for a lost answer.
 _JOBS_KEPT = 30 * 86_400.0
-_MARK = ("bulkjob-window", 1)
+_MARK = ("bulkjob-window", 1)  # the meta row that says what this file is
 #: Tries at opening the file when another connection sets it up at the same moment.
-_SETUP_TRIES = 8  # the meta row that says what this file is
+_SETUP_TRIES = 8
 
 
 def process_start(pid: int) -> str:

@@ -269,7 +269,7 @@ class RedisStore:
         if parts.password:
             register_secret(urllib.parse.unquote(parts.password))
         self.me = Holder(socket.gethostname(), os.getpid(), process_start(os.getpid()))
-        self.holder = self._holder = holder_key(self.me)
+        self.holder = holder_key(self.me)
         self._keys = keys_of(account)
         self._client = aioredis.Redis.from_url(
             url,
@@ -315,7 +315,7 @@ class RedisStore:
     async def acquire(self) -> tuple[str | None, float]:
         p = self.params
         slot, wait = await self._run(
-            self._acquire, p.window, p.max_requests, self.lease, self._holder, EPSILON
+            self._acquire, p.window, p.max_requests, self.lease, self.holder, EPSILON
         )
         if slot:
             self._mine.add(_text(slot))
@@ -398,7 +398,7 @@ class RedisStore:
                         if not isinstance(book.get("seen"), dict):
                             book["seen"] = {}
                         seen: dict[str, float] = book["seen"]
-                        seen[self._holder] = now
+                        seen[self.holder] = now
                         for holder, at in list(seen.items()):
                             if now - at > self.lease:
                                 del seen[holder]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from ._errors import ConfigError
-from ._queue_book import Alive, Book, new_book
+from ._queue_book import Alive, Book, holding, new_book
 from ._settings import REDIS_MISSING, Settings
 
 __all__ = [
@@ -354,10 +354,7 @@ async def window_state(settings: Settings) -> WindowState:
 
 def _queue_summary(book: Book, now: float, alive: Alive) -> dict[str, object]:
     """The queue book for ``bulkjob throttle``: the limit, the places and who holds them."""
-    holders: dict[str, int] = {}
-    for place in book["places"].values():
-        holder = place["holder"] if alive(place["holder"] or "-") else ""
-        holders[holder] = holders.get(holder, 0) + 1
+    holders = holding(book, alive)
     return {
         "limit": book["limit"],
         "limit_source": book["source"],
