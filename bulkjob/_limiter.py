@@ -56,6 +56,7 @@ class WindowLimiter:
     """At most ``max_requests`` request slots in any sliding window of ``per_seconds``."""
 
     __slots__ = (
+        "_asking",
         "_held",
         "_in_flight",
         "_pacer",
@@ -98,6 +99,10 @@ class WindowLimiter:
             )
         )
         self._in_flight = 0
+        #: One task of this process asks the store at a time, the others queue behind it
+        #: (first come, first served): a full window then costs one ask per process per
+        #: slot that frees, not one per waiting task (all woken for the same slot).
+        self._asking = asyncio.Lock()
         #: Pauses after 429s seen by this process, and the seconds they added to the
         #: account's pause (overlaps counted once).
         self.pauses = 0
@@ -127,21 +132,26 @@ class WindowLimiter:
         try:
             if self._pacer is not None:
                 await self._pacer.acquire()
-            while True:
-                slot, wait = await self.store.acquire()
-                if slot is not None:
-                    return slot
-                if not math.isinf(wait):
-                    await asyncio.sleep(wait)  # a pause, or the oldest completion leaving
-                elif self.store.name == "memory":
-                    await self._wait_release()  # every slot in flight here: a release frees
-                else:
-                    # Every slot in flight, some maybe in other processes, whose releases
-                    # are not heard here: ask the store again soon (or at a release here).
-                    await self._wait_release(self._poll)
+            async with self._asking:
+                return await self._ask()
         except BaseException:
             self._in_flight -= 1
             raise
+
+    async def _ask(self) -> str:
+        """Ask the store until it gives a slot (the caller is this process's one asker)."""
+        while True:
+            slot, wait = await self.store.acquire()
+            if slot is not None:
+                return slot
+            if not math.isinf(wait):
+                await asyncio.sleep(wait)  # a pause, or the oldest completion leaving
+            elif self.store.name == "memory":
+                await self._wait_release()  # every slot in flight here: a release frees
+            else:
+                # Every slot in flight, some maybe in other processes, whose releases are
+                # not heard here: ask the store again soon (or at a release here).
+                await self._wait_release(self._poll)
 
     async def release(self, slot: str) -> None:
         """Return a slot: its window starts now, when the answer (or failure) came back."""

@@ -245,3 +245,33 @@ def test_a_store_failing_at_release_never_fails_the_request() -> None:
         return limiter.in_flight
 
     assert run_virtual(main) == 0
+
+
+def test_one_task_per_process_asks_the_store_while_the_window_is_full() -> None:
+    """Tasks waiting for a full window queue behind one asker: each slot that frees costs
+    about one ask of the store, not one per waiting task (all would wake for that slot).
+    For a shared store every ask is a transaction or a round trip."""
+    from bulkjob._window_store import MemoryStore, StoreParams
+
+    class Counting(MemoryStore):
+        asks = 0
+
+        async def acquire(self) -> tuple[str | None, float]:
+            Counting.asks += 1
+            return await super().acquire()
+
+    async def main() -> int:
+        store = Counting(StoreParams(2, 1.0, 0.0, 10.0))
+        limiter = WindowLimiter(2, 1.0, pace=False, store=store)
+
+        async def one() -> None:
+            async with limiter:
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(one() for _ in range(20)))
+        return Counting.asks
+
+    # 20 slots, 2 per window: 18 of them wait for one. Each wait costs the asker one ask
+    # that finds the window full and one that takes the slot; with every waiting task
+    # asking, it was about 20 per slot.
+    assert run_virtual(main) <= 2 * 20
