@@ -230,6 +230,11 @@ redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]))
 return 1
 """
+# The queue book and Redis's time, read at one moment (KEYS[5] is the book).
+_PEEK = """
+local t = redis.call('TIME')
+return {redis.call('GET', KEYS[5]) or '', t[1], t[2]}
+"""
 _LOOKUP = """
 local out = {}
 for i, job in ipairs(ARGV) do out[i] = redis.call('HGET', KEYS[4], job) or '' end
@@ -283,6 +288,7 @@ class RedisStore:
         self._state = self._client.register_script(_STATE)
         self._register = self._client.register_script(_REGISTER)
         self._lookup = self._client.register_script(_LOOKUP)
+        self._peek = self._client.register_script(_PEEK)
         self._scripts = (
             self._acquire,
             self._release,
@@ -291,6 +297,7 @@ class RedisStore:
             self._state,
             self._register,
             self._lookup,
+            self._peek,
         )
         self._reached = False
         self._closed = False
@@ -381,10 +388,45 @@ class RedisStore:
         }
 
     async def queue(self, change: BookChange[T]) -> T:
-        """A read-change-write of the queue book under WATCH, retried when another process
-        wrote it in between; Redis's clock. A holder is there while it keeps its lease."""
+        """``change`` made to the queue book in one atomic step, on Redis's clock. A holder
+        is there while it keeps its lease (its entry in the book's ``seen``).
+
+        First one read (the book and the time, one script): a change that leaves the book
+        as it was (an ask granted while no limit is known, a look at who waits) is answered
+        from it, a read at that moment. Only a change that writes goes on to a
+        read-change-write under WATCH, retried when another process wrote in between: the
+        common ask of a run that meets no limit costs one round trip and meets no conflict.
+        """
         if self._closed:
             raise RuntimeError("the throttle store is closed")
+        raw, seconds, micros = await self._run(self._peek)
+        book = load(raw)
+        now = int(seconds) + int(micros) / 1e6
+        alive = self._alive(book, now)
+        before = json.dumps(book)
+        answer = change(book, now, alive)
+        if json.dumps(book) == before and not self._must_renew(book, now):
+            self._in_queue = self._in_queue or self.holder in book["seen"]
+            return answer
+        return await self._write_queue(change)
+
+    def _alive(self, book: Book, now: float) -> Callable[[str], bool]:
+        """Whether a holder is there: heard from within a lease (the book's ``seen``)."""
+        if not isinstance(book.get("seen"), dict):
+            book["seen"] = {}
+        seen: dict[str, float] = book["seen"]
+        return lambda holder: holder in seen and now - seen[holder] <= self.lease
+
+    def _must_renew(self, book: Book, now: float) -> bool:
+        """Whether this process's entry in ``seen`` is due: it holds places (or had an
+        entry) and was last heard from a renewal period ago or more."""
+        heard: float | None = book["seen"].get(self.holder)
+        if heard is None:
+            return any(p["holder"] == self.holder for p in book["places"].values())
+        return now - heard >= self.lease / _RENEWALS_PER_LEASE
+
+    async def _write_queue(self, change: BookChange[T]) -> T:
+        """The read-change-write under WATCH (see :meth:`queue`)."""
         key = self._keys[4]
         with self._errors():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -395,14 +437,12 @@ class RedisStore:
                         seconds, micros = await pipe.time()
                         now = seconds + micros / 1e6
                         book: Book = load(raw)
-                        if not isinstance(book.get("seen"), dict):
-                            book["seen"] = {}
+                        alive = self._alive(book, now)
                         seen: dict[str, float] = book["seen"]
+                        for holder in [h for h in seen if not alive(h)]:
+                            del seen[holder]
                         seen[self.holder] = now
-                        for holder, at in list(seen.items()):
-                            if now - at > self.lease:
-                                del seen[holder]
-                        answer = change(book, now, seen.__contains__)
+                        answer = change(book, now, alive)
                         pipe.multi()  # type: ignore[no-untyped-call]
                         pipe.set(key, json.dumps(book), ex=_BOOK_KEPT)
                         await pipe.execute()

@@ -504,3 +504,65 @@ async def test_registered_jobs_are_shared_through_redis(redis_url: str) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+# -- the queue book -------------------------------------------------------------------------
+
+
+async def test_a_queue_change_that_changes_nothing_writes_nothing(redis_url: str) -> None:
+    """An ask for a place while no limit is known (every send of a run that meets none) is
+    answered from one read: the book is not written, so runs cannot conflict over it.
+    A change that writes still does, and a read leaves the book as it was."""
+    from bulkjob import _queue_book as book
+
+    params = StoreParams(10, 1.0, INITIAL_DELAY, 60.0)
+    account = _account()
+    store = RedisStore(params, account, redis_url, lease=30.0)
+    client = aioredis.Redis.from_url(redis_url)
+    key = keys_of(account)[4]
+
+    def take(b: book.Book, now: float, alive: book.Alive) -> book.QueueView:
+        return book.take(b, "run-a", store.holder, None, now, alive)
+
+    try:
+        view = await store.queue(take)
+        assert view.granted and view.place is None and view.limit is None
+        assert await client.exists(key) == 0, "a grant with no limit known wrote the book"
+        await store.queue(lambda b, now, alive: book.learned(b, 2, 2, "message"))
+        written = await client.get(key)
+        assert json.loads(written)["limit"] == 2
+        assert await store.queue(lambda b, now, alive: book.waiting(b, "run-a", now)) == 0
+        assert await client.get(key) == written, "a look at the book rewrote it"
+        view = await store.queue(take)  # a limit is known: the place is counted, written
+        assert view.granted and view.place in json.loads(await client.get(key))["places"]
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_a_holder_of_places_stays_alive_in_the_book_past_its_lease(redis_url: str) -> None:
+    """A process holding places and asking for nothing that writes is still renewed in the
+    book (its renewer writes when due), so another run never takes its places for orphans."""
+    from bulkjob import _queue_book as book
+
+    params = StoreParams(10, 1.0, INITIAL_DELAY, 60.0)
+    account = _account()
+    lease = 0.6
+    holder = RedisStore(params, account, redis_url, lease=lease)
+    other = RedisStore(params, account, redis_url, lease=lease)
+    other.holder = "another-host|1|1"  # as another host's process would be named
+    try:
+        await holder.queue(lambda b, now, alive: book.learned(b, 2, 2, "message"))
+        view = await holder.queue(
+            lambda b, now, alive: book.take(b, "run-a", holder.holder, None, now, alive)
+        )
+        assert view.place is not None
+        await asyncio.sleep(3 * lease)  # the renewer's only: nothing else of the holder
+        seen = await other.queue(
+            lambda b, now, alive: book.take(b, "run-b", other.holder, None, now, alive)
+        )
+        assert seen.orphans == (), "a live holder's places were taken for orphans"
+        assert seen.taken == 2  # its place, and the one just granted to run-b
+    finally:
+        await holder.close()
+        await other.close()
