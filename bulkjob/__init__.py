@@ -7,7 +7,7 @@ on quota / queue-full errors, and accounts for every id in a :class:`RunReport`.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from ._enrich import Row
 from ._enrich_iter import Enriched, EnrichedAsync, enrich, enrich_async
@@ -48,12 +48,41 @@ from ._sync import (
     wait,
     wait_async,
 )
-from .sandbox import Sandbox, SandboxConfig
 
-try:
-    __version__ = version("bulkjob")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from .sandbox import Sandbox, SandboxConfig
+
+    __version__: str
+
+
+_LAZY = ("Sandbox", "SandboxConfig", "__version__")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def __getattr__(name: str) -> object:
+    """The sandbox and the version, looked up when first asked for: a command-line run
+    (``python -m bulkjob submit``) then starts without importing the sandbox's server or
+    searching the installed packages' metadata, which several runs starting at once on a
+    small host feel."""
+    if name in ("Sandbox", "SandboxConfig"):
+        from . import sandbox
+
+        value: object = getattr(sandbox, name)
+    elif name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("bulkjob")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0+unknown"
+    else:
+        raise AttributeError(f"module 'bulkjob' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AmbiguousError",

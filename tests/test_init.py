@@ -10,13 +10,28 @@ def test_all_is_sorted_and_complete() -> None:
     assert list(bulkjob.__all__) == sorted(bulkjob.__all__)
     import types
 
-    # Subpackages (bulkjob.sandbox, bulkjob.cli) are reached by their own names.
+    # Subpackages (bulkjob.sandbox, bulkjob.cli) are reached by their own names; the
+    # sandbox's classes and the version are imported at first use, and dir() lists them.
     public = {
         n
-        for n, v in vars(bulkjob).items()
-        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+        for n in dir(bulkjob)
+        if not n.startswith("_") and not isinstance(getattr(bulkjob, n), types.ModuleType)
     } | {"__version__"}
-    assert set(bulkjob.__all__) == public - {"annotations", "version", "PackageNotFoundError"}
+    assert set(bulkjob.__all__) == public - {"annotations", "TYPE_CHECKING"}
+
+
+def test_command_line_starts_without_the_sandbox() -> None:
+    """The command line does not import the sandbox's server (several runs starting at
+    once on a small host pay every import), while ``bulkjob.Sandbox`` still works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bulkjob.cli._main; print('bulkjob.sandbox' in sys.modules); "
+        "import bulkjob; print(bulkjob.Sandbox.__name__, 'bulkjob.sandbox' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["False", "Sandbox True"], out.stderr
 
 
 def test_version_from_metadata() -> None:

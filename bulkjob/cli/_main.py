@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import click
 
-from .. import __version__
 from .._errors import (
     STOP_EXIT_CODES,
     BulkJobError,
@@ -50,10 +49,26 @@ _EPILOG = (
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=_EPILOG,
 )
-@click.version_option(__version__, "--version", prog_name="bulkjob", message="%(prog)s %(version)s")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, on: _print_version(ctx) if on else None,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """Push millions of ids through InsideView-style bulk job APIs as fast as the throttle
     allows: never an id lost, paid twice, or a lockout."""
+
+
+def _print_version(ctx: click.Context) -> None:
+    """``--version``: the package's metadata is searched only when asked (start-up time
+    every other command would pay)."""
+    from .. import __version__
+
+    click.echo(f"bulkjob {__version__}")
+    ctx.exit()
 
 
 for _command in COMMANDS:
