@@ -38,7 +38,28 @@ def _ledger_stats(sandbox: Sandbox) -> dict[str, object]:
         "max_in_window": ledger.max_in_window(window) if ledger.request_times else 0,
         "faults": dict(ledger.faults),
         "rejected": dict(ledger.rejected),
+        # The first API request on the host's monotonic clock (one clock for every
+        # process on Linux): when the clients' start-up ended.
+        "first_request_at": min(ledger.request_times, default=None),
+        "sustained_rate": _sustained_rate(
+            [job.accepted_at for job in ledger.jobs.values()], sandbox.config.throttle_requests
+        ),
     }
+
+
+def _sustained_rate(times: list[float], limit: int | None) -> float | None:
+    """Jobs accepted per second once the window was first full: the jobs after the
+    ``limit``-th over the time from its acceptance to the last one's (requests refused
+    with a 429 are no jobs).
+
+    This is the rate a long run keeps (hours against a window of minutes); the first
+    window's worth, sent as fast as the clients start, and the clients' start-up are left
+    out. None with fewer jobs than that."""
+    if limit is None or len(times) <= limit:
+        return None
+    ordered = sorted(times)
+    span = ordered[-1] - ordered[limit - 1]
+    return (len(ordered) - limit) / span if span > 0 else None
 
 
 async def _serve(config: SandboxConfig) -> None:
