@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import signal
 import socket
@@ -42,24 +43,32 @@ def _ledger_stats(sandbox: Sandbox) -> dict[str, object]:
         # process on Linux): when the clients' start-up ended.
         "first_request_at": min(ledger.request_times, default=None),
         "sustained_rate": _sustained_rate(
-            [job.accepted_at for job in ledger.jobs.values()], sandbox.config.throttle_requests
+            [job.accepted_at for job in ledger.jobs.values()], sandbox.config.throttle_window
         ),
     }
 
 
-def _sustained_rate(times: list[float], limit: int | None) -> float | None:
-    """Jobs accepted per second once the window was first full: the jobs after the
-    ``limit``-th over the time from its acceptance to the last one's (requests refused
-    with a 429 are no jobs).
+def _sustained_rate(times: list[float], window: float, samples: int = 2000) -> float | None:
+    """Jobs per second as the server saw them once the first window has passed: the
+    average, over evenly spaced moments from one window after the first job to the last
+    job, of the jobs accepted in the window ending at that moment, per window length.
 
-    This is the rate a long run keeps (hours against a window of minutes); the first
-    window's worth, sent as fast as the clients start, and the clients' start-up are left
-    out. None with fewer jobs than that."""
-    if limit is None or len(times) <= limit:
-        return None
+    Averaging the window's count over time is the rate itself over whole windows (each
+    job counts for the ``window`` seconds it stays in), and it never reads above N per
+    window while the server never saw more than N in one, whatever the bursts' phase.
+    Jobs rather than requests: a request refused with a 429 is no work done; a token or a
+    status request (none in ``bench shared``) takes a slot and makes no job. The clients'
+    start-up and the first window, sent as fast as they start, are left out: this is
+    the rate a long run keeps. None when the jobs span less than two windows."""
     ordered = sorted(times)
-    span = ordered[-1] - ordered[limit - 1]
-    return (len(ordered) - limit) / span if span > 0 else None
+    if len(ordered) < 2 or ordered[-1] - ordered[0] < 2 * window:
+        return None
+    first, last = ordered[0] + window, ordered[-1]
+    total = 0
+    for k in range(samples):
+        at = first + (last - first) * k / (samples - 1)
+        total += bisect.bisect_right(ordered, at) - bisect.bisect_right(ordered, at - window)
+    return total / samples / window
 
 
 async def _serve(config: SandboxConfig) -> None:

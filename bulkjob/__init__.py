@@ -50,38 +50,40 @@ from ._sync import (
 )
 
 if TYPE_CHECKING:
+    from . import sandbox as sandbox
     from .sandbox import Sandbox, SandboxConfig
 
     __version__: str
 
 
-_LAZY = ("Sandbox", "SandboxConfig", "__version__")
+_LAZY = ("Sandbox", "SandboxConfig", "__version__", "sandbox")
 
+if not TYPE_CHECKING:  # type checkers see the imports above: a misspelt name stays an error
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
 
+    def __getattr__(name: str) -> object:
+        """The sandbox and the version, looked up when first asked for: a command-line run
+        (``python -m bulkjob submit``) then starts without importing the sandbox's server or
+        searching the installed packages' metadata, which several runs starting at once on
+        a small host feel."""
+        if name in ("Sandbox", "SandboxConfig", "sandbox"):
+            import importlib
 
-def __getattr__(name: str) -> object:
-    """The sandbox and the version, looked up when first asked for: a command-line run
-    (``python -m bulkjob submit``) then starts without importing the sandbox's server or
-    searching the installed packages' metadata, which several runs starting at once on a
-    small host feel."""
-    if name in ("Sandbox", "SandboxConfig"):
-        from . import sandbox
+            sandbox = importlib.import_module(".sandbox", __name__)
+            value = sandbox if name == "sandbox" else getattr(sandbox, name)
+        elif name == "__version__":
+            from importlib.metadata import PackageNotFoundError, version
 
-        value: object = getattr(sandbox, name)
-    elif name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            value = version("bulkjob")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            value = "0+unknown"
-    else:
-        raise AttributeError(f"module 'bulkjob' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+            try:
+                value = version("bulkjob")
+            except PackageNotFoundError:  # pragma: no cover - running from a source tree
+                value = "0+unknown"
+        else:
+            raise AttributeError(f"module 'bulkjob' has no attribute {name!r}")
+        globals()[name] = value
+        return value
 
 
 __all__ = [

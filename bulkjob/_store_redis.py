@@ -519,7 +519,7 @@ class RedisStore:
             await asyncio.sleep(every)
             try:
                 if self._in_queue:  # this process's places in the queue book live on
-                    await self.queue(lambda book, now, alive: None)
+                    await self._write_queue(lambda book, now, alive: None)
                 if not self._mine:
                     continue
                 await self._run(self._renew, self.lease, *sorted(self._mine))

@@ -54,7 +54,10 @@ _EPILOG = (
     is_flag=True,
     expose_value=False,
     is_eager=True,
-    callback=lambda ctx, _param, on: _print_version(ctx) if on else None,
+    # Not while the shell's completion parses the line: it reads only the completions.
+    callback=lambda ctx, _param, on: (
+        _print_version(ctx) if on and not ctx.resilient_parsing else None
+    ),
     help="Show the version and exit.",
 )
 def cli() -> None:
