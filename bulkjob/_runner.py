@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
@@ -159,6 +160,7 @@ class Runner:
             strict=s.strict,
             stdin=self._stdin,
             spooled_ids=spooled,
+            scanned=self._spool.scan if self._spool is not None else None,
         )
         journal: Journal | None = None
         owned = not isinstance(self._journal_arg, Journal) and not self._keep_journal
@@ -246,12 +248,12 @@ class Runner:
                     ids = spool.record() if spool is not None else None
                     journal.start(self.settings.public(), inputs, ids=ids)
                 return journal, {}
-            records = iter(source)
-            chunks = chunked(records, self.settings.chunk_size)
+            blocks = source.blocks()
+            chunks = chunked(itertools.chain.from_iterable(blocks), self.settings.chunk_size)
             try:
                 return journal, journal.resumable_rows(chunks, self.inputs)
             finally:  # verification may stop early: release the open input file now
-                _close(chunks, records)
+                _close(chunks, blocks)
         except BaseException:
             if not isinstance(arg, Journal):
                 journal.close_sync()
@@ -332,8 +334,9 @@ class Runner:
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         ticker = asyncio.create_task(self._tick()) if self._progress is not None else None
         logger = asyncio.create_task(self.progress_log.run())
-        records = iter(source)
-        chunks = chunked(records, s.chunk_size)
+        # Records flow block by block, read in C (chain, zip): no Python frame per id.
+        blocks = source.blocks()
+        chunks = chunked(itertools.chain.from_iterable(blocks), s.chunk_size)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(chunks, queue, digest=journal is not None))
@@ -345,7 +348,7 @@ class Runner:
             if ticker is not None:
                 ticker.cancel()
             logger.cancel()
-            _close(chunks, records)  # now, so the source's counts include what it had read
+            _close(chunks, blocks)  # now, so the source's counts include what it had read
 
     async def _read(
         self, chunks: Iterator[Chunk], queue: asyncio.Queue[Chunk | None], *, digest: bool
