@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gzip
+import itertools
 import os
 import reprlib
 import tempfile
@@ -252,16 +253,23 @@ def _spool(
 ) -> IdSpool:
     writer = _Writer(directory, prefix)
     try:
-        batch: list[object] = []
-        append = batch.append
-        for item in ids:
-            append(item)
-            if len(batch) >= BATCH:
-                if stop is not None and stop.is_set():
-                    raise _Abandoned
-                writer.write(batch)
-                batch.clear()
-        writer.write(batch)
+        items = iter(ids)
+        # Batches are taken in C (islice), and written (compressed and hashed, both
+        # outside the GIL) by a thread of their own while the next batch is read.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ids-spool") as pool:
+            pending: concurrent.futures.Future[None] | None = None
+            try:
+                while batch := list(itertools.islice(items, BATCH)):
+                    if stop is not None and stop.is_set():
+                        raise _Abandoned
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(writer.write, batch)
+            finally:
+                if pending is not None:  # the writer must be idle to finish or abort
+                    concurrent.futures.wait([pending])
+            if pending is not None:
+                pending.result()
         return writer.finish()
     except BaseException:
         writer.abort()
