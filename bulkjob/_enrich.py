@@ -31,7 +31,7 @@ import itertools
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -194,6 +194,8 @@ class Enrichment:
         self._changed = asyncio.Event()
         self._run: asyncio.Task[RunReport] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: Delivery marks waiting for the consumer (see deliver_when).
+        self._marks: list[asyncio.Task[None]] = []
         self._tmp: Path | None = None
         self._closed = False
         #: Jobs finished and downloaded, jobs skipped as delivered by an earlier call.
@@ -251,7 +253,13 @@ class Enrichment:
             while (job := await self._out.get()) is not None:
                 yield job
             ended = not any(_failed(t) for t in self._tasks)
+            await asyncio.gather(*self._marks)  # the last jobs' marks, before the journal closes
+        except BaseException:
+            ended = False
+            raise
         finally:
+            for mark in self._marks:
+                mark.cancel()  # a consumer gone before a job's end: not delivered
             await self._shutdown(early=not ended)
         self._verdict()
 
@@ -263,6 +271,20 @@ class Enrichment:
             await journal.delivered(job.info.chunk, out_bytes=out_bytes)
         await asyncio.to_thread(job.path.unlink, missing_ok=True)
         log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
+
+    def deliver_when(self, past: Awaitable[None], job: JobRows, rows: int) -> asyncio.Task[None]:
+        """Record ``job`` delivered once ``past`` says the consumer is past its last row, in a
+        task of its own: the next job can be read meanwhile (and handed over once the task
+        is done). The run's end waits for it; closed early, it is cancelled."""
+
+        async def mark() -> None:
+            await past
+            await self.delivered(job, rows)
+
+        self._marks = [m for m in self._marks if not m.done()]
+        task = asyncio.create_task(mark())
+        self._marks.append(task)
+        return task
 
     def _verdict(self) -> None:
         """Raise what the consumer must know once every row it could get was handed over."""

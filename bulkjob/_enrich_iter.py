@@ -172,19 +172,28 @@ class _Worker:
             self._task = asyncio.current_task()
             self._acked = asyncio.Event()
             self.core = core = self._make()
+        mark: asyncio.Task[None] | None = None
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
                 n = 0
                 with contextlib.closing(job.batches(BATCH_ROWS)) as batches:
                     for batch in batches:
+                        if mark is not None:  # this job's first batch was read meanwhile
+                            await mark
+                            mark = None
                         await self._put((job, batch, False))
                         n += len(batch)
+                if mark is not None:
+                    await mark
+                    mark = None
                 await self._put((job, [], True))
                 # Recorded once the consumer asked for the row after the job's last one, and
                 # before anything of the next job is handed over: durable when it gets it.
-                await self._acked.wait()
-                self._acked.clear()
-                await core.delivered(job, n)
+                mark = core.deliver_when(self._past_job(), job, n)
+
+    async def _past_job(self) -> None:
+        await self._acked.wait()
+        self._acked.clear()
 
     async def _put(self, item: _Item) -> None:
         try:

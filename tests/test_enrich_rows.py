@@ -102,3 +102,22 @@ def test_close_ends_the_batch_being_read(tmp_path: Path) -> None:
         next(it)
         it.close()
         assert list(it) == []
+
+
+def test_a_job_is_durably_delivered_before_the_next_jobs_first_row(tmp_path: Path) -> None:
+    """The next job is read while the last one's mark is written, but its first row comes
+    only once the journal holds that mark: at every change of job, the one before is in."""
+    values = make_ids(1_500)
+    path = write_ids(tmp_path / "ids.txt", values)
+    journal = tmp_path / "run.journal"
+    with bulkjob.Sandbox.running() as sb:
+        s = settings_for(sb, chunk_size=100)
+        seen: list[str] = []
+        for row in bulkjob.enrich([str(path)], settings=s, journal=journal):
+            if seen and row.job_id != seen[-1]:
+                delivered = {r.job_id for r in journal_rows(journal).values() if r.delivered_at}
+                assert set(seen) <= delivered
+            if not seen or row.job_id != seen[-1]:
+                seen.append(row.job_id)
+        assert len(seen) == 15
+        assert {r.job_id for r in journal_rows(journal).values() if r.delivered_at} == set(seen)
