@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import BinaryIO
 import aiohttp
 
 from ._account import CreditCheck
-from ._chunker import Chunk, chunked, read_ahead
+from ._chunker import Chunk, chunked_blocks, read_ahead
 from ._client import REQUEST_KINDS, ApiClient
 from ._counts import RunCounts
 from ._errors import ConfigError, InputError, JournalError, UnreachableError, first_error
@@ -249,7 +248,7 @@ class Runner:
                     journal.start(self.settings.public(), inputs, ids=ids)
                 return journal, {}
             blocks = source.blocks()
-            chunks = chunked(itertools.chain.from_iterable(blocks), self.settings.chunk_size)
+            chunks = chunked_blocks(blocks, self.settings.chunk_size)
             try:
                 return journal, journal.resumable_rows(chunks, self.inputs)
             finally:  # verification may stop early: release the open input file now
@@ -334,9 +333,9 @@ class Runner:
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         ticker = asyncio.create_task(self._tick()) if self._progress is not None else None
         logger = asyncio.create_task(self.progress_log.run())
-        # Records flow block by block, read in C (chain, zip): no Python frame per id.
+        # Ids flow block by block and are cut into chunks by slicing: no Python code per id.
         blocks = source.blocks()
-        chunks = chunked(itertools.chain.from_iterable(blocks), s.chunk_size)
+        chunks = chunked_blocks(blocks, s.chunk_size)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(chunks, queue, digest=journal is not None))

@@ -39,10 +39,20 @@ from typing import BinaryIO, cast
 
 from ._errors import InputError
 from ._ids import MARK, SpoolScan, decode_marker
-from ._records import IDS, IdRecord, InputSummary, InvalidSample, Origin, SourceStats
+from ._records import IDS, IdRecord, IdRun, InputSummary, InvalidSample, Origin, SourceStats
 from ._settings import DEFAULT_ID_PATTERN
 
-__all__ = ["IdRecord", "IdSource", "InputSummary", "InvalidSample", "Origin", "SourceStats"]
+__all__ = [
+    "IdBlock",
+    "IdRecord",
+    "IdRun",
+    "IdSource",
+    "InputSummary",
+    "InvalidSample",
+    "Origin",
+    "SourceStats",
+    "records_of",
+]
 
 #: Read size of both passes: large enough that per-block overhead vanishes, small
 #: enough that memory stays constant whatever the file size.
@@ -213,8 +223,7 @@ class IdSource:
             # error before anything is sent, not a surprise halfway through.
             scratch = SourceStats()
             for entry in self._entries:
-                blocks = self._file_blocks(entry, scratch, None, strict=self._strict)
-                deque(itertools.chain.from_iterable(blocks), maxlen=0)
+                deque(records_of(self._file_blocks(entry, scratch, None, strict=self._strict)), 0)
         self._summary = InputSummary(files=files, lines=lines, bytes=size)
         return self._summary
 
@@ -282,16 +291,11 @@ class IdSource:
 
         Each call is a fresh pass: ``stats`` and the dedupe memory start over.
         """
-        blocks = self.blocks()
-        try:
-            for block in blocks:
-                yield from block
-        finally:
-            blocks.close()  # counts what was handed over of a block left part-read
+        return records_of(self.blocks())
 
-    def blocks(self) -> Generator[Iterable[IdRecord], None, None]:
-        """The main pass a block at a time: iterables of records, to be read in order, each
-        to its end before the next is asked for (``itertools.chain.from_iterable`` does).
+    def blocks(self) -> Generator[IdBlock, None, None]:
+        """The main pass a block at a time, to be read in order, each to its end before the
+        next is asked for: an :class:`IdRun` (set its ``taken``), or an iterable of records.
 
         Close it when stopping early: the block being read then counts, in ``stats``,
         exactly the records handed over from it, as :meth:`__iter__` does.
@@ -305,7 +309,7 @@ class IdSource:
 
     def _file_blocks(
         self, entry: tuple[str, str], stats: SourceStats, seen: set[bytes] | None, *, strict: bool
-    ) -> Generator[Iterable[IdRecord], None, None]:
+    ) -> Generator[IdBlock, None, None]:
         with self._open(entry) as stream:
             if self._column is None:
                 yield from self._plain_blocks(stream, entry[0], stats, seen, strict)
@@ -323,7 +327,7 @@ class IdSource:
         stats: SourceStats,
         seen: set[bytes] | None,
         strict: bool,
-    ) -> Generator[Iterable[IdRecord], None, None]:
+    ) -> Generator[IdBlock, None, None]:
         fullmatch = self._fullmatch
         decode = codecs.getincrementaldecoder("utf-8")().decode
         is_gzip = _is_gzip(stream)
@@ -355,14 +359,13 @@ class IdSource:
             if seen is None:
                 values = list(map(str.strip, lines))
                 if "" not in values and all(map(fullmatch, values)):
-                    # The usual block, every line an id: checked and paired with its
-                    # origin by C loops, no Python code per id. Counted by where the
-                    # reader got to: ``at`` is drawn once per record handed over.
-                    at = itertools.count(done + 1)
+                    # The usual block, every line an id: checked by C loops and handed on
+                    # whole, no Python code per id. Counted by where the reader got to.
+                    run = IdRun(values, display, done + 1)
                     try:
-                        yield zip(values, itertools.repeat(display), at)
+                        yield run
                     finally:
-                        stats.ids_read += next(at) - done - 1
+                        stats.ids_read += run.taken
                     done += len(values)
                     continue
             # Otherwise line by line: blanks, rejects (with their line) and dedupe.
@@ -535,6 +538,26 @@ class IdSource:
                     yield cast(BinaryIO, unzipped)
             else:
                 yield raw
+
+
+#: What :meth:`IdSource.blocks` hands on.
+IdBlock = IdRun | Iterable[IdRecord]
+
+
+def records_of(blocks: Generator[IdBlock, None, None]) -> Generator[IdRecord, None, None]:
+    """The records of ``blocks``, one at a time (closing it closes ``blocks``)."""
+    try:
+        for block in blocks:
+            if isinstance(block, IdRun):
+                at = itertools.count(block.line)  # drawn once per record handed on
+                try:
+                    yield from zip(block.ids, itertools.repeat(block.path), at)
+                finally:
+                    block.taken = next(at) - block.line
+            else:
+                yield from block
+    finally:
+        blocks.close()  # counts what was handed on of a block left part-read
 
 
 def _matcher(pattern: str, spooled_ids: bool) -> Callable[[str], re.Match[str] | None]:

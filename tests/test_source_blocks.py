@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulkjob._chunker import chunked, chunked_blocks
 from bulkjob._errors import InputError
 from bulkjob._ids import spool_sync
 from bulkjob._source import NO_MATCH, IdSource
@@ -115,3 +116,37 @@ def test_a_spool_writer_knows_what_the_pre_pass_finds(
         assert outcomes[0] == outcomes[1]
     finally:
         spool.discard()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=_LINES,
+    block=st.integers(1, 40),
+    size=st.integers(1, 7),
+    stop=st.integers(0, 12),
+    dedupe=st.booleans(),
+)
+def test_chunks_cut_from_blocks_are_the_chunks_of_the_records(
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[str],
+    block: int,
+    size: int,
+    stop: int,
+    dedupe: bool,
+) -> None:
+    """Runs cut by slicing give the very chunks (ids, origins, numbers) and counts of
+    chunking the records one by one, read whole or stopped after some chunks."""
+    path = write(tmp_path_factory.mktemp("chunks"), lines)
+    if all(kind == "blank" for kind, _, _ in reference(lines)):
+        return
+    outcomes = []
+    for by_blocks in (False, True):
+        with IdSource([str(path)], id_pattern=PATTERN, block_size=block, dedupe=dedupe) as source:
+            blocks = source.blocks()
+            records = iter(source)
+            chunks = chunked_blocks(blocks, size) if by_blocks else chunked(records, size)
+            got = [(c.seq, c.ids, c.first, c.last) for c in itertools.islice(chunks, stop)]
+            chunks.close()  # type: ignore[attr-defined]
+            (blocks if by_blocks else records).close()  # type: ignore[attr-defined]
+            outcomes.append((got, source.stats))
+    assert outcomes[0] == outcomes[1]
