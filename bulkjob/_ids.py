@@ -1,11 +1,15 @@
 """Ids from a Python iterable (``ids=``): spooled to a gzip file as they are read.
 
-The run reads its input twice (the pre-pass, then the main pass) and a resume reads it
-again, but a generator over a database cursor can be read once. So the iterable is
+The run reads its input again (the main pass; a resume reads it once more), but a
+generator over a database cursor can be read once. So the iterable is
 written, as it is read, to a compressed spool file, and the run reads that as an input
 named ``ids`` (:data:`~bulkjob._records.IDS`): line ``n`` holds item ``ids[n - 1]``, so
 rejects, chunk ranges and errors all say ``ids[i]``. Memory stays flat whatever the
 count: items pass through in batches of :data:`BATCH`, nothing keeps the list.
+
+The writer also notes what the source's pre-pass would find (lines, bytes, whether any
+line is more than whitespace: :class:`SpoolScan`), so a spool just written is not read
+back for it.
 
 One item is one line, always, so that line numbers stay indexes. An item that cannot be
 a line of ids (not a ``str``, or holding a line break, a NUL, or a lone surrogate) is

@@ -3,12 +3,14 @@
 ``check()`` is the pre-pass. It runs before anything is submitted and works on 1 MiB
 blocks at C speed (``bytes.count``, ``bytes.find``, an incremental UTF-8 decoder), so a
 binary file, a bad byte on line 7,000,000 or a missing CSV column fails the run before
-a single credit is spent. With ``strict=True`` it also validates every id.
+a single credit is spent. With ``strict=True`` it also validates every id. A spool of
+``ids=`` just written skips the scan: its writer saw the same (``scanned``).
 
 Iterating the source is the main pass. Its per-id path is kept lean on purpose: a
 whole block is decoded and split in C; a block whose every line is a valid id (the
-usual case, without ``dedupe``) is then stripped, matched and paired with its origins
-by C loops (``map``, ``zip``), with no Python code per id. Any other block goes line
+usual case, without ``dedupe``) is stripped and matched by C loops (``map``) and handed
+on whole as an :class:`IdRun`, which the chunker cuts by slicing: no Python code and no
+tuple per id (:meth:`IdSource.blocks`; iterating gives records). Any other block goes line
 by line: one ``strip``, one precompiled ``fullmatch`` and one plain ``(id, path,
 line)`` tuple per line, so blanks, rejects and their line numbers come out exactly as
 before. Counters are kept in locals and flushed to :class:`SourceStats` once per block.
