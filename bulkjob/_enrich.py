@@ -272,13 +272,16 @@ class Enrichment:
         await asyncio.to_thread(job.path.unlink, missing_ok=True)
         log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
 
-    def deliver_when(self, past: Awaitable[None], job: JobRows, rows: int) -> asyncio.Task[None]:
-        """Record ``job`` delivered once ``past`` says the consumer is past its last row, in a
-        task of its own: the next job can be read meanwhile (and handed over once the task
-        is done). The run's end waits for it; closed early, it is cancelled."""
+    def deliver_when(
+        self, past: Callable[[], Awaitable[None]], job: JobRows, rows: int
+    ) -> asyncio.Task[None]:
+        """Record ``job`` delivered once ``past()`` says the consumer is past its last row, in
+        a task of its own: the next job can be read meanwhile (and handed over once the task
+        is done). The run's end waits for it; closed early, it is cancelled (``past`` is
+        called only when the task runs: no coroutine is left never awaited)."""
 
         async def mark() -> None:
-            await past
+            await past()
             await self.delivered(job, rows)
 
         self._marks = [m for m in self._marks if not m.done()]

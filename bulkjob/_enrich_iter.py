@@ -189,7 +189,7 @@ class _Worker:
                 await self._put((job, [], True))
                 # Recorded once the consumer asked for the row after the job's last one, and
                 # before anything of the next job is handed over: durable when it gets it.
-                mark = core.deliver_when(self._past_job(), job, n)
+                mark = core.deliver_when(self._past_job, job, n)
 
     async def _past_job(self) -> None:
         await self._acked.wait()
