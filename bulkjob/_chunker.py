@@ -16,10 +16,10 @@ from itertools import islice
 from operator import itemgetter
 
 from ._errors import ConfigError
-from ._records import IdRecord, Origin
+from ._records import IdRecord, IdRun, Origin
 from ._settings import MAX_CHUNK_SIZE
 
-__all__ = ["Chunk", "chunked", "read_ahead"]
+__all__ = ["Chunk", "chunked", "chunked_blocks", "read_ahead"]
 
 _first = itemgetter(0)
 
@@ -60,11 +60,15 @@ class Chunk:
 def chunked(records: Iterable[IdRecord], size: int, *, start: int = 1) -> Iterator[Chunk]:
     """Group ``records`` into chunks of ``size`` ids (the last may be smaller), numbered from
     ``start``. Arguments are checked at the call, not at the first ``next``."""
+    _check(size, start)
+    return _chunks(iter(records), size, start)
+
+
+def _check(size: int, start: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk_size: must be from 1 to {MAX_CHUNK_SIZE}, got {size!r}")
     if isinstance(start, bool) or not isinstance(start, int) or start < 1:
         raise ConfigError(f"start: must be an integer of at least 1, got {start!r}")
-    return _chunks(iter(records), size, start)
 
 
 def _chunks(records: Iterator[IdRecord], size: int, seq: int) -> Iterator[Chunk]:
@@ -74,6 +78,50 @@ def _chunks(records: Iterator[IdRecord], size: int, seq: int) -> Iterator[Chunk]
         ids = list(map(_first, batch))
         yield Chunk(seq, ids, Origin(first_path, first_line), Origin(last_path, last_line))
         seq += 1
+
+
+def chunked_blocks(
+    blocks: Iterable[IdRun | Iterable[IdRecord]], size: int, *, start: int = 1
+) -> Iterator[Chunk]:
+    """:func:`chunked` over the main pass's blocks (:meth:`IdSource.blocks`): the same
+    chunks, but a run of valid ids is cut by slicing, with no tuple per id."""
+    _check(size, start)
+    return _block_chunks(iter(blocks), size, start)
+
+
+def _block_chunks(
+    blocks: Iterator[IdRun | Iterable[IdRecord]], size: int, seq: int
+) -> Iterator[Chunk]:
+    ids: list[str] = []
+    first = last = Origin("", 0)
+    for block in blocks:
+        if isinstance(block, IdRun):
+            run, at, end = block.ids, 0, len(block.ids)
+            while at < end:
+                take = min(size - len(ids), end - at)
+                if not ids:
+                    first = Origin(block.path, block.line + at)
+                ids += run[at : at + take]
+                at += take
+                block.taken = at  # handed on once the chunk is, at the latest
+                if len(ids) == size:
+                    last = Origin(block.path, block.line + at - 1)
+                    yield Chunk(seq, ids, first, last)
+                    seq, ids = seq + 1, []
+            if ids:
+                last = Origin(block.path, block.line + end - 1)
+            continue
+        for value, path, line in block:  # a block of rejects, blanks or dedupe: rare
+            if not ids:
+                first = Origin(path, line)
+            ids.append(value)
+            if len(ids) == size:
+                yield Chunk(seq, ids, first, Origin(path, line))
+                seq, ids = seq + 1, []
+            else:
+                last = Origin(path, line)
+    if ids:
+        yield Chunk(seq, ids, first, last)
 
 
 async def read_ahead(

@@ -27,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import itertools
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,7 +55,7 @@ from ._report import FailedJob, JobInfo, RunReport
 from ._runner import Runner
 from ._settings import Settings
 
-__all__ = ["PREFETCH", "Enrichment", "JobRows", "Row", "read_rows"]
+__all__ = ["PREFETCH", "Enrichment", "JobRows", "Row", "read_rows", "row_batches", "row_class"]
 
 log = get_logger()
 
@@ -81,6 +82,23 @@ class Row(dict[str, str]):
     def __repr__(self) -> str:
         return f"Row({dict.__repr__(self)}, job_id={self.job_id!r})"
 
+    def __reduce__(self) -> tuple[Callable[[dict[str, str], str], Row], tuple[dict[str, str], str]]:
+        # A job's rows are of a class made for that job (see row_class): pickled and copied
+        # as a plain Row.
+        return _restore_row, (dict(self), self.job_id)
+
+
+def _restore_row(fields: dict[str, str], job_id: str) -> Row:
+    row = Row(fields)
+    row.job_id = job_id
+    return row
+
+
+def row_class(job_id: str) -> type[Row]:
+    """A :class:`Row` subclass whose ``job_id`` is a class attribute: a job's rows are built
+    by calling it in C (``map``), with no attribute set per row."""
+    return type("Row", (Row,), {"__slots__": (), "job_id": job_id, "__module__": __name__})
+
 
 @dataclass(frozen=True, slots=True)
 class JobRows:
@@ -93,18 +111,34 @@ class JobRows:
         """Its rows, read from disk one at a time."""
         return read_rows(self.path, self.info.job_id)
 
+    def batches(self, size: int) -> Generator[list[Row], None, None]:
+        """Its rows, read from disk ``size`` at a time."""
+        return row_batches(self.path, self.info.job_id, size)
 
-def read_rows(path: Path, job_id: str) -> Generator[Row, None, None]:
-    """Rows of a results CSV keyed by its header (a UTF-8 BOM is dropped)."""
+
+def row_batches(path: Path, job_id: str, size: int) -> Generator[list[Row], None, None]:
+    """Rows of a results CSV keyed by its header (a UTF-8 BOM is dropped), in lists of
+    ``size``: parsed (``csv``), paired with the header (``zip``) and made rows in C loops."""
+    make = row_class(job_id)
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
             return
-        for record in reader:
-            row = Row(zip(header, record, strict=False))
-            row.job_id = job_id
-            yield row
+        rows = map(make, map(zip, itertools.repeat(header), reader))
+        while batch := list(itertools.islice(rows, size)):
+            yield batch
+
+
+def read_rows(path: Path, job_id: str) -> Generator[Row, None, None]:
+    """Rows of a results CSV keyed by its header (a UTF-8 BOM is dropped)."""
+    with contextlib.closing(row_batches(path, job_id, _READ_BATCH)) as batches:
+        for batch in batches:
+            yield from batch
+
+
+#: Rows parsed at a time by :func:`read_rows`.
+_READ_BATCH = 1024
 
 
 @dataclass(slots=True)
@@ -160,6 +194,8 @@ class Enrichment:
         self._changed = asyncio.Event()
         self._run: asyncio.Task[RunReport] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: Delivery marks waiting for the consumer (see deliver_when).
+        self._marks: list[asyncio.Task[None]] = []
         self._tmp: Path | None = None
         self._closed = False
         #: Jobs finished and downloaded, jobs skipped as delivered by an earlier call.
@@ -217,7 +253,13 @@ class Enrichment:
             while (job := await self._out.get()) is not None:
                 yield job
             ended = not any(_failed(t) for t in self._tasks)
+            await asyncio.gather(*self._marks)  # the last jobs' marks, before the journal closes
+        except BaseException:
+            ended = False
+            raise
         finally:
+            for mark in self._marks:
+                mark.cancel()  # a consumer gone before a job's end: not delivered
             await self._shutdown(early=not ended)
         self._verdict()
 
@@ -229,6 +271,23 @@ class Enrichment:
             await journal.delivered(job.info.chunk, out_bytes=out_bytes)
         await asyncio.to_thread(job.path.unlink, missing_ok=True)
         log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
+
+    def deliver_when(
+        self, past: Callable[[], Awaitable[None]], job: JobRows, rows: int
+    ) -> asyncio.Task[None]:
+        """Record ``job`` delivered once ``past()`` says the consumer is past its last row, in
+        a task of its own: the next job can be read meanwhile (and handed over once the task
+        is done). The run's end waits for it; closed early, it is cancelled (``past`` is
+        called only when the task runs: no coroutine is left never awaited)."""
+
+        async def mark() -> None:
+            await past()
+            await self.delivered(job, rows)
+
+        self._marks = [m for m in self._marks if not m.done()]
+        task = asyncio.create_task(mark())
+        self._marks.append(task)
+        return task
 
     def _verdict(self) -> None:
         """Raise what the consumer must know once every row it could get was handed over."""

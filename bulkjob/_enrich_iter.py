@@ -22,7 +22,7 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Unpack
 
@@ -84,12 +84,12 @@ class EnrichedAsync:
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
                 n = 0
-                with contextlib.closing(job.rows()) as rows:
-                    for row in rows:
-                        yield row
-                        n += 1
-                        if n % _YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
+                with contextlib.closing(job.batches(_YIELD_EVERY)) as batches:
+                    for batch in batches:
+                        for row in batch:
+                            yield row
+                        n += len(batch)
+                        await asyncio.sleep(0)
                 await core.delivered(job, n)  # the consumer asked for the row after its last
 
     async def aclose(self) -> None:
@@ -172,19 +172,28 @@ class _Worker:
             self._task = asyncio.current_task()
             self._acked = asyncio.Event()
             self.core = core = self._make()
+        mark: asyncio.Task[None] | None = None
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
                 n = 0
-                with contextlib.closing(job.rows()) as rows:
-                    while batch := list(itertools.islice(rows, BATCH_ROWS)):
+                with contextlib.closing(job.batches(BATCH_ROWS)) as batches:
+                    for batch in batches:
+                        if mark is not None:  # this job's first batch was read meanwhile
+                            await mark
+                            mark = None
                         await self._put((job, batch, False))
                         n += len(batch)
+                if mark is not None:
+                    await mark
+                    mark = None
                 await self._put((job, [], True))
                 # Recorded once the consumer asked for the row after the job's last one, and
                 # before anything of the next job is handed over: durable when it gets it.
-                await self._acked.wait()
-                self._acked.clear()
-                await core.delivered(job, n)
+                mark = core.deliver_when(self._past_job, job, n)
+
+    async def _past_job(self) -> None:
+        await self._acked.wait()
+        self._acked.clear()
 
     async def _put(self, item: _Item) -> None:
         try:
@@ -240,69 +249,84 @@ class _Worker:
         self.thread.join(CLOSE_GRACE_SECONDS)
 
 
+class _Hand:
+    """What an :class:`Enriched` and its stream of rows share. The stream holds no reference
+    to the :class:`Enriched`, so that ``for row in enrich(...)`` left with ``break`` drops
+    the stream at once (which stops the run), whatever became of the :class:`Enriched`."""
+
+    __slots__ = ("done", "make", "rows", "worker")
+
+    def __init__(self, make: Callable[[], Enrichment]) -> None:
+        self.make = make
+        self.worker: _Worker | None = None
+        #: The batch being read: emptied by close(), which so ends it at once.
+        self.rows: list[Row] = []
+        self.done = False
+
+
+def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
+    """The worker's batches of rows, in order. Asked for the next batch, it is past the
+    last row of the one before: at a job's end, that is when the job is delivered."""
+    if hand.done:
+        return
+    if hand.worker is None:
+        hand.worker = _Worker(hand.make)
+    worker = hand.worker
+    try:
+        while not hand.done:
+            item = worker.next_item()
+            if item is None:  # the end: the run's verdict, if any
+                worker.thread.join(CLOSE_GRACE_SECONDS)
+                hand.done = True
+                if worker.error is not None:
+                    raise worker.error
+                return
+            _, rows, last = item
+            if last:  # the consumer asked for the row after the job's last one
+                worker.past_job()
+                continue
+            hand.rows = rows
+            yield rows
+    except BaseException:  # the run's error, an interrupt, or the stream dropped (break)
+        hand.done = True
+        worker.close()
+        raise
+
+
 class Enriched:
     """The rows of an enrich run, as a plain iterator (``for row in it``).
 
     Works in scripts and in notebook cells alike. Breaking out of the loop, :meth:`close`
     or dropping the iterator stops the run as a Ctrl-C does; the journal stays
     resumable. :attr:`report` is the run's report, final after the iteration.
+
+    ``iter(it)`` is the rows themselves, a C iterator over the worker's batches
+    (``itertools.chain``): no Python call per row. ``next(it)`` reads the same stream.
     """
 
     def __init__(self, make: Callable[[], Enrichment]) -> None:
-        self._make = make
-        self._worker: _Worker | None = None
-        self._rows: list[Row] = []
-        self._at = 0
-        self._done = False
+        self._hand = _Hand(make)
+        self._rows: Iterator[Row] = itertools.chain.from_iterable(_batches(self._hand))
 
     @property
     def report(self) -> RunReport:
         """The run's report (empty until the iteration starts; final after it)."""
-        worker = self._worker
+        worker = self._hand.worker
         return worker.core.report if worker is not None and worker.core else RunReport()
 
-    def __iter__(self) -> Enriched:
-        return self
+    def __iter__(self) -> Iterator[Row]:
+        return self._rows
 
     def __next__(self) -> Row:
-        if self._at < len(self._rows):
-            row = self._rows[self._at]
-            self._at += 1
-            return row
-        if self._done:
-            raise StopIteration
-        if self._worker is None:
-            self._worker = _Worker(self._make)
-        try:
-            return self._refill(self._worker)
-        except BaseException:
-            self._done = True
-            self._rows, self._at = [], 0
-            self._worker.close()
-            raise
-
-    def _refill(self, worker: _Worker) -> Row:
-        while True:
-            item = worker.next_item()
-            if item is None:  # the end: the run's verdict, if any
-                worker.thread.join(CLOSE_GRACE_SECONDS)
-                self._done = True
-                if worker.error is not None:
-                    raise worker.error
-                raise StopIteration
-            _, rows, last = item
-            if last:  # the consumer asked for the row after the job's last one
-                worker.past_job()
-                continue
-            self._rows, self._at = rows, 1
-            return rows[0]
+        return next(self._rows)
 
     def close(self) -> None:
         """Stop the run unless it ended (a stop like Ctrl-C); the journal stays resumable."""
-        self._done = True
-        self._rows, self._at = [], 0
-        if self._worker is not None:
-            self._worker.close()
+        hand = self._hand
+        hand.done = True
+        hand.rows.clear()
+        if hand.worker is not None:
+            hand.worker.close()
 
     def __enter__(self) -> Enriched:
         return self
@@ -316,10 +340,13 @@ class Enriched:
         self.close()
 
     def __del__(self) -> None:
-        # A `for` loop left with break drops the iterator: stop the run now, not at exit.
+        # ``for row in enrich(...)`` drops it before its stream starts (no worker yet); the
+        # stream stops the run when it goes. Dropped with its run going (``it`` left after
+        # a ``break``): stop the run now, not at exit.
         with contextlib.suppress(Exception):
-            if self._worker is not None and self._worker.thread.is_alive():
-                self._worker.close()
+            worker = self._hand.worker
+            if worker is not None and worker.thread.is_alive():
+                worker.close()
 
 
 def enrich(

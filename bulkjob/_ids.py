@@ -1,11 +1,15 @@
 """Ids from a Python iterable (``ids=``): spooled to a gzip file as they are read.
 
-The run reads its input twice (the pre-pass, then the main pass) and a resume reads it
-again, but a generator over a database cursor can be read once. So the iterable is
+The run reads its input again (the main pass; a resume reads it once more), but a
+generator over a database cursor can be read once. So the iterable is
 written, as it is read, to a compressed spool file, and the run reads that as an input
 named ``ids`` (:data:`~bulkjob._records.IDS`): line ``n`` holds item ``ids[n - 1]``, so
 rejects, chunk ranges and errors all say ``ids[i]``. Memory stays flat whatever the
 count: items pass through in batches of :data:`BATCH`, nothing keeps the list.
+
+The writer also notes what the source's pre-pass would find (lines, bytes, whether any
+line is more than whitespace: :class:`SpoolScan`), so a spool just written is not read
+back for it.
 
 One item is one line, always, so that line numbers stay indexes. An item that cannot be
 a line of ids (not a ``str``, or holding a line break, a NUL, or a lone surrogate) is
@@ -27,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gzip
+import itertools
 import os
 import reprlib
 import tempfile
@@ -47,6 +52,7 @@ __all__ = [
     "MARK",
     "SPOOL_SUFFIX",
     "IdSpool",
+    "SpoolScan",
     "spool_async",
     "spool_path",
     "spool_sync",
@@ -82,6 +88,15 @@ def spool_path(journal: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + SPOOL_SUFFIX)
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolScan:
+    """What the writer saw of the text it wrote: the pre-pass's findings, for free."""
+
+    lines: int
+    bytes: int
+    content: bool
+
+
 @dataclass(slots=True)
 class IdSpool:
     """A spooled id stream: the file, and what proves it the same stream later.
@@ -96,6 +111,10 @@ class IdSpool:
     items: int
     #: Deleted by :meth:`discard` (a temporary file), or kept (adopted by a journal).
     temporary: bool = True
+    #: Uncompressed bytes, and whether any line holds more than whitespace: what the
+    #: source's pre-pass would find, known by the writer (every line ends in a newline,
+    #: so lines == items; no NUL and valid UTF-8 by construction). None: not known.
+    scan: SpoolScan | None = None
 
     def __iter__(self) -> Iterator[str]:
         with gzip.open(self.path, "rt", encoding="utf-8", newline="\n") as lines:
@@ -123,7 +142,7 @@ class IdSpool:
 class _Writer:
     """The spool file being written: gzip over a raw file, hashing what goes in."""
 
-    __slots__ = ("_gz", "_hash", "_raw", "index", "path")
+    __slots__ = ("_content", "_gz", "_hash", "_raw", "_size", "index", "path")
 
     def __init__(self, directory: Path | None, prefix: str) -> None:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
@@ -137,11 +156,17 @@ class _Writer:
         self._hash = blake2b(digest_size=32)
         #: Items written so far: the next item's index.
         self.index = 0
+        self._size = 0
+        self._content = False
 
     def write(self, batch: list[object]) -> None:
         if not batch:
             return
-        data = _encode(batch, self.index)
+        text, data = _encode(batch)
+        if not self._content:
+            # As the pre-pass decides it: a BOM at the very start is not content.
+            self._content = bool((text if self.index else text.removeprefix("\ufeff")).strip())
+        self._size += len(data)
         self._hash.update(data)
         self._raw.write(self._gz.compress(data))
         self.index += len(batch)
@@ -152,7 +177,8 @@ class _Writer:
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
-        return IdSpool(self.path, self._hash.hexdigest(), self.index)
+        scan = SpoolScan(self.index, self._size, self._content)
+        return IdSpool(self.path, self._hash.hexdigest(), self.index, scan=scan)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -161,17 +187,20 @@ class _Writer:
             os.unlink(self.path)
 
 
-def _encode(batch: list[object], start: int) -> bytes:
-    """One line per item, UTF-8: a single join and encode when every item is a plain id."""
+def _encode(batch: list[object]) -> tuple[str, bytes]:
+    """One line per item, as text and UTF-8: a single join and encode when every item is a
+    plain id."""
     try:
         text = "\n".join(batch)  # type: ignore[arg-type]  # non-str items raise TypeError
     except TypeError:
         pass
     else:
         if text.count("\n") == len(batch) - 1 and "\x00" not in text and MARK not in text:
-            with contextlib.suppress(UnicodeEncodeError):
-                return (text + "\n").encode()
-    return "".join(_line(item) for item in batch).encode()
+            text += "\n"
+            with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: marker lines
+                return text, text.encode()
+    text = "".join(_line(item) for item in batch)
+    return text, text.encode()
 
 
 def _line(item: object) -> str:
@@ -228,16 +257,23 @@ def _spool(
 ) -> IdSpool:
     writer = _Writer(directory, prefix)
     try:
-        batch: list[object] = []
-        append = batch.append
-        for item in ids:
-            append(item)
-            if len(batch) >= BATCH:
-                if stop is not None and stop.is_set():
-                    raise _Abandoned
-                writer.write(batch)
-                batch.clear()
-        writer.write(batch)
+        items = iter(ids)
+        # Batches are taken in C (islice), and written (compressed and hashed, both
+        # outside the GIL) by a thread of their own while the next batch is read.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ids-spool") as pool:
+            pending: concurrent.futures.Future[None] | None = None
+            try:
+                while batch := list(itertools.islice(items, BATCH)):
+                    if stop is not None and stop.is_set():
+                        raise _Abandoned
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(writer.write, batch)
+            finally:
+                if pending is not None:  # the writer must be idle to finish or abort
+                    concurrent.futures.wait([pending])
+            if pending is not None:
+                pending.result()
         return writer.finish()
     except BaseException:
         writer.abort()

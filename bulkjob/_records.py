@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "IDS",
     "IdRecord",
+    "IdRun",
     "IdsName",
     "InputSummary",
     "InvalidSample",
@@ -16,6 +17,21 @@ __all__ = [
 
 #: (id, display path, 1-based line): plain tuples, because the hot path makes one per id.
 IdRecord = tuple[str, str, int]
+
+
+@dataclass(slots=True)
+class IdRun:
+    """Valid ids from consecutive lines of one input: ``ids[i]`` is on line ``line + i``.
+
+    The usual block of the main pass, handed on whole so that the chunker cuts it by
+    slicing, with no tuple per id. Whoever reads it sets ``taken``, how many of its ids
+    it handed on: the source counts those as read (exactly, also when stopped mid-run).
+    """
+
+    ids: list[str]
+    path: str
+    line: int
+    taken: int = 0
 
 
 class IdsName(str):

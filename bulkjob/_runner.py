@@ -25,7 +25,7 @@ from typing import BinaryIO
 import aiohttp
 
 from ._account import CreditCheck
-from ._chunker import Chunk, chunked, read_ahead
+from ._chunker import Chunk, chunked_blocks, read_ahead
 from ._client import REQUEST_KINDS, ApiClient
 from ._counts import RunCounts
 from ._errors import ConfigError, InputError, JournalError, UnreachableError, first_error
@@ -159,6 +159,7 @@ class Runner:
             strict=s.strict,
             stdin=self._stdin,
             spooled_ids=spooled,
+            scanned=self._spool.scan if self._spool is not None else None,
         )
         journal: Journal | None = None
         owned = not isinstance(self._journal_arg, Journal) and not self._keep_journal
@@ -246,12 +247,12 @@ class Runner:
                     ids = spool.record() if spool is not None else None
                     journal.start(self.settings.public(), inputs, ids=ids)
                 return journal, {}
-            records = iter(source)
-            chunks = chunked(records, self.settings.chunk_size)
+            blocks = source.blocks()
+            chunks = chunked_blocks(blocks, self.settings.chunk_size)
             try:
                 return journal, journal.resumable_rows(chunks, self.inputs)
             finally:  # verification may stop early: release the open input file now
-                _close(chunks, records)
+                _close(chunks, blocks)
         except BaseException:
             if not isinstance(arg, Journal):
                 journal.close_sync()
@@ -332,8 +333,9 @@ class Runner:
         queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=s.concurrency)
         ticker = asyncio.create_task(self._tick()) if self._progress is not None else None
         logger = asyncio.create_task(self.progress_log.run())
-        records = iter(source)
-        chunks = chunked(records, s.chunk_size)
+        # Ids flow block by block and are cut into chunks by slicing: no Python code per id.
+        blocks = source.blocks()
+        chunks = chunked_blocks(blocks, s.chunk_size)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(chunks, queue, digest=journal is not None))
@@ -345,7 +347,7 @@ class Runner:
             if ticker is not None:
                 ticker.cancel()
             logger.cancel()
-            _close(chunks, records)  # now, so the source's counts include what it had read
+            _close(chunks, blocks)  # now, so the source's counts include what it had read
 
     async def _read(
         self, chunks: Iterator[Chunk], queue: asyncio.Queue[Chunk | None], *, digest: bool

@@ -3,12 +3,17 @@
 ``check()`` is the pre-pass. It runs before anything is submitted and works on 1 MiB
 blocks at C speed (``bytes.count``, ``bytes.find``, an incremental UTF-8 decoder), so a
 binary file, a bad byte on line 7,000,000 or a missing CSV column fails the run before
-a single credit is spent. With ``strict=True`` it also validates every id.
+a single credit is spent. With ``strict=True`` it also validates every id. A spool of
+``ids=`` just written skips the scan: its writer saw the same (``scanned``).
 
 Iterating the source is the main pass. Its per-id path is kept lean on purpose: a
-whole block is decoded and split in C, then each line costs one ``strip``, one
-precompiled ``fullmatch`` and one plain ``(id, path, line)`` tuple. Counters are
-kept in locals and flushed to :class:`SourceStats` once per block.
+whole block is decoded and split in C; a block whose every line is a valid id (the
+usual case, without ``dedupe``) is stripped and matched by C loops (``map``) and handed
+on whole as an :class:`IdRun`, which the chunker cuts by slicing: no Python code and no
+tuple per id (:meth:`IdSource.blocks`; iterating gives records). Any other block goes line
+by line: one ``strip``, one precompiled ``fullmatch`` and one plain ``(id, path,
+line)`` tuple per line, so blanks, rejects and their line numbers come out exactly as
+before. Counters are kept in locals and flushed to :class:`SourceStats` once per block.
 
 Every non-blank value is accounted for: yielded, counted invalid (with the first few
 kept as samples), or counted duplicate (only with ``dedupe``).
@@ -29,17 +34,27 @@ import sys
 import tempfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from hashlib import blake2b
 from types import TracebackType
 from typing import BinaryIO, cast
 
 from ._errors import InputError
-from ._ids import MARK, decode_marker
-from ._records import IDS, IdRecord, InputSummary, InvalidSample, Origin, SourceStats
+from ._ids import MARK, SpoolScan, decode_marker
+from ._records import IDS, IdRecord, IdRun, InputSummary, InvalidSample, Origin, SourceStats
 from ._settings import DEFAULT_ID_PATTERN
 
-__all__ = ["IdRecord", "IdSource", "InputSummary", "InvalidSample", "Origin", "SourceStats"]
+__all__ = [
+    "IdBlock",
+    "IdRecord",
+    "IdRun",
+    "IdSource",
+    "InputSummary",
+    "InvalidSample",
+    "Origin",
+    "SourceStats",
+    "records_of",
+]
 
 #: Read size of both passes: large enough that per-block overhead vanishes, small
 #: enough that memory stays constant whatever the file size.
@@ -90,6 +105,7 @@ class IdSource:
         "_ids",
         "_max_samples",
         "_pattern",
+        "_scanned",
         "_seen",
         "_spool",
         "_stdin",
@@ -111,6 +127,7 @@ class IdSource:
         max_samples: int = 10,
         block_size: int = BLOCK_SIZE,
         spooled_ids: bool = False,
+        scanned: SpoolScan | None = None,
     ) -> None:
         if isinstance(inputs, str):
             raise TypeError("inputs: expected a sequence of paths, not one string")
@@ -134,6 +151,8 @@ class IdSource:
         ]
         if spooled_ids:
             self._entries = [(IDS, inputs[0])]
+        # The writer of a spool just written knows what the pre-pass's scan would find.
+        self._scanned = scanned if spooled_ids else None
         self._spool: str | None = None
         self._summary: InputSummary | None = None
         self._seen: set[bytes] | None = None
@@ -185,11 +204,14 @@ class IdSource:
             self._entries = [(d, spool if disk == "-" else disk) for d, disk in self._entries]
         lines = size = 0
         content = False
-        for entry in self._entries:
-            n, b, c = self._scan(entry)
-            lines += n
-            size += b
-            content = content or c
+        if self._scanned is not None:  # no need to read it back: nothing else wrote it
+            lines, size, content = self._scanned.lines, self._scanned.bytes, self._scanned.content
+        else:
+            for entry in self._entries:
+                n, b, c = self._scan(entry)
+                lines += n
+                size += b
+                content = content or c
         files = tuple(display for display, _ in self._entries)
         if not content:
             raise InputError(", ".join(files), 0, "no ids (empty file / only blank lines)")
@@ -203,7 +225,7 @@ class IdSource:
             # error before anything is sent, not a surprise halfway through.
             scratch = SourceStats()
             for entry in self._entries:
-                deque(self._file_records(entry, scratch, None, strict=self._strict), maxlen=0)
+                deque(records_of(self._file_blocks(entry, scratch, None, strict=self._strict)), 0)
         self._summary = InputSummary(files=files, lines=lines, bytes=size)
         return self._summary
 
@@ -271,31 +293,43 @@ class IdSource:
 
         Each call is a fresh pass: ``stats`` and the dedupe memory start over.
         """
+        return records_of(self.blocks())
+
+    def blocks(self) -> Generator[IdBlock, None, None]:
+        """The main pass a block at a time, to be read in order, each to its end before the
+        next is asked for: an :class:`IdRun` (set its ``taken``), or an iterable of records.
+
+        Close it when stopping early: the block being read then counts, in ``stats``,
+        exactly the records handed over from it, as :meth:`__iter__` does.
+        """
         self.check()
         self.stats = stats = SourceStats()
         seen: set[bytes] | None = set() if self.dedupe else None
         self._seen = seen
         for entry in self._entries:
-            yield from self._file_records(entry, stats, seen, strict=False)
+            yield from self._file_blocks(entry, stats, seen, strict=False)
 
-    def _file_records(
+    def _file_blocks(
         self, entry: tuple[str, str], stats: SourceStats, seen: set[bytes] | None, *, strict: bool
-    ) -> Iterator[IdRecord]:
+    ) -> Generator[IdBlock, None, None]:
         with self._open(entry) as stream:
             if self._column is None:
-                yield from self._plain_records(stream, entry[0], stats, seen, strict)
+                yield from self._plain_blocks(stream, entry[0], stats, seen, strict)
             else:
-                yield from self._csv_records(stream, entry[0], stats, seen, strict)
+                records = self._csv_records(stream, entry[0], stats, seen, strict)
+                try:
+                    yield records
+                finally:
+                    records.close()
 
-    def _plain_records(
+    def _plain_blocks(
         self,
         stream: BinaryIO,
         display: str,
         stats: SourceStats,
         seen: set[bytes] | None,
         strict: bool,
-    ) -> Iterator[IdRecord]:
-        # The hot loop: everything it touches per line is a local.
+    ) -> Generator[IdBlock, None, None]:
         fullmatch = self._fullmatch
         decode = codecs.getincrementaldecoder("utf-8")().decode
         is_gzip = _is_gzip(stream)
@@ -322,29 +356,62 @@ class IdSource:
             else:
                 lines = (tail + text).split("\n") if tail else text.split("\n")
                 tail = lines.pop()
-            lineno = done
-            blank = 0
+            if not lines:
+                continue
+            if seen is None:
+                values = list(map(str.strip, lines))
+                if "" not in values and all(map(fullmatch, values)):
+                    # The usual block, every line an id: checked by C loops and handed on
+                    # whole, no Python code per id. Counted by where the reader got to.
+                    run = IdRun(values, display, done + 1)
+                    try:
+                        yield run
+                    finally:
+                        stats.ids_read += run.taken
+                    done += len(values)
+                    continue
+            # Otherwise line by line: blanks, rejects (with their line) and dedupe.
+            records = self._line_records(lines, done, display, stats, seen, strict)
             try:
-                for lineno, raw in enumerate(lines, done + 1):
-                    value = raw.strip()
-                    if not value:
-                        blank += 1
-                    elif fullmatch(value) is None:
-                        self._reject(stats, display, lineno, value, NO_MATCH, strict)
-                    elif seen is None:
-                        yield value, display, lineno
-                    else:
-                        key = blake2b(value.encode(), digest_size=16).digest()
-                        if key in seen:
-                            stats.ids_duplicate += 1
-                        else:
-                            seen.add(key)
-                            yield value, display, lineno
+                yield records
             finally:
-                # Also runs when the consumer stops mid-block: count what it saw.
-                stats.ids_read += lineno - done - blank
-                stats.blank += blank
-            done = lineno
+                records.close()
+            done += len(lines)
+
+    def _line_records(
+        self,
+        lines: list[str],
+        done: int,
+        display: str,
+        stats: SourceStats,
+        seen: set[bytes] | None,
+        strict: bool,
+    ) -> Generator[IdRecord, None, None]:
+        """One block's lines (the first is line ``done + 1``), one at a time."""
+        # The hot loop of a block that is not all ids: everything it touches is a local.
+        fullmatch = self._fullmatch
+        lineno = done
+        blank = 0
+        try:
+            for lineno, raw in enumerate(lines, done + 1):
+                value = raw.strip()
+                if not value:
+                    blank += 1
+                elif fullmatch(value) is None:
+                    self._reject(stats, display, lineno, value, NO_MATCH, strict)
+                elif seen is None:
+                    yield value, display, lineno
+                else:
+                    key = blake2b(value.encode(), digest_size=16).digest()
+                    if key in seen:
+                        stats.ids_duplicate += 1
+                    else:
+                        seen.add(key)
+                        yield value, display, lineno
+        finally:
+            # Also runs when the reader stops mid-block: count what it saw.
+            stats.ids_read += lineno - done - blank
+            stats.blank += blank
 
     def _csv_reader(
         self, text: io.TextIOWrapper, display: str
@@ -378,7 +445,7 @@ class IdSource:
         stats: SourceStats,
         seen: set[bytes] | None,
         strict: bool,
-    ) -> Iterator[IdRecord]:
+    ) -> Generator[IdRecord, None, None]:
         fullmatch = self._fullmatch
         missing = f"row has no value for column {self._column!r}"
         line = 1
@@ -473,6 +540,26 @@ class IdSource:
                     yield cast(BinaryIO, unzipped)
             else:
                 yield raw
+
+
+#: What :meth:`IdSource.blocks` hands on.
+IdBlock = IdRun | Iterable[IdRecord]
+
+
+def records_of(blocks: Generator[IdBlock, None, None]) -> Generator[IdRecord, None, None]:
+    """The records of ``blocks``, one at a time (closing it closes ``blocks``)."""
+    try:
+        for block in blocks:
+            if isinstance(block, IdRun):
+                at = itertools.count(block.line)  # drawn once per record handed on
+                try:
+                    yield from zip(block.ids, itertools.repeat(block.path), at)
+                finally:
+                    block.taken = next(at) - block.line
+            else:
+                yield from block
+    finally:
+        blocks.close()  # counts what was handed on of a block left part-read
 
 
 def _matcher(pattern: str, spooled_ids: bool) -> Callable[[str], re.Match[str] | None]:

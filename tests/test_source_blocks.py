@@ -1,0 +1,152 @@
+"""The main pass a block at a time: the same records, rejects and counts as line by line.
+
+A block whose every line is a valid id is read by C loops; any other block line by line.
+These property tests hold both to a plain per-line reference, also when the reader stops
+part-way through a block, and hold a spool writer's scan to what the pre-pass finds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulkjob._chunker import chunked, chunked_blocks
+from bulkjob._errors import InputError
+from bulkjob._ids import spool_sync
+from bulkjob._source import NO_MATCH, IdSource
+
+PATTERN = r"[a-c]{2}"
+_LINES = st.lists(
+    st.one_of(
+        st.sampled_from(["aa", "ab", "bc", "cc", "ca"]),  # valid, most of the time
+        st.sampled_from(["", "  ", " ab ", "abc", "zz", "a", "\tcc", "ab\r"]),
+    ),
+    max_size=60,
+)
+
+
+def reference(lines: list[str]) -> list[tuple[str, int, str]]:
+    """(kind, line, value) per physical line, as the per-line loop decides it."""
+    out = []
+    for number, raw in enumerate(lines, 1):
+        value = raw.strip()
+        kind = (
+            "blank"
+            if not value
+            else "id"
+            if len(value) == 2 and set(value) <= set("abc")
+            else "bad"
+        )
+        out.append((kind, number, value))
+    return out
+
+
+def write(tmp: Path, lines: list[str]) -> Path:
+    path = tmp / "ids.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=_LINES, block=st.integers(1, 40), stop=st.integers(0, 70))
+def test_blocks_match_the_per_line_reference(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], block: int, stop: int
+) -> None:
+    """Records, line numbers, rejects and counts are the reference's, read whole or cut short."""
+    path = write(tmp_path_factory.mktemp("blocks"), lines)
+    expected = reference(lines)
+    if all(kind == "blank" for kind, _, _ in expected):
+        return  # an input of no ids is refused by the pre-pass, tested elsewhere
+    ids = [(value, str(path), number) for kind, number, value in expected if kind == "id"]
+    with IdSource([str(path)], id_pattern=PATTERN, block_size=block) as source:
+        records = iter(source)
+        got = list(itertools.islice(records, stop))
+        records.close()  # type: ignore[attr-defined]
+        assert got == ids[:stop]
+        # Counted up to the last record handed over (everything, when read to the end).
+        upto = len(lines) if stop > len(ids) else got[-1][2] if got else 0
+        seen = expected[:upto]
+        assert source.stats.ids_read == sum(kind != "blank" for kind, _, _ in seen)
+        assert source.stats.blank == sum(kind == "blank" for kind, _, _ in seen)
+        assert source.stats.ids_invalid == sum(kind == "bad" for kind, _, _ in seen)
+        bad = [(n, v) for kind, n, v in seen if kind == "bad"][: len(source.stats.invalid_samples)]
+        samples = [(s.origin.line, s.value, s.reason) for s in source.stats.invalid_samples]
+        assert samples == [(n, v, NO_MATCH) for n, v in bad]
+
+
+def test_a_block_of_ids_and_the_next_with_a_reject_keep_their_lines(tmp_path: Path) -> None:
+    """A reject after an all-valid block is reported at its own line, not the block's."""
+    path = write(tmp_path, ["aa", "ab", "bc", "zz", "cc"])
+    with IdSource([str(path)], id_pattern=PATTERN, block_size=9) as source:
+        assert [line for _, _, line in source] == [1, 2, 3, 5]
+        assert [s.origin.line for s in source.stats.invalid_samples] == [4]
+
+
+_ITEMS = st.lists(
+    st.one_of(
+        st.text(st.sampled_from(["a", " ", "\t", "\ufeff", "\u2003", "\x85", "\n", "\x00"])),
+        st.integers(),
+        st.just("\ud800"),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=_ITEMS)
+def test_a_spool_writer_knows_what_the_pre_pass_finds(
+    tmp_path_factory: pytest.TempPathFactory, items: list[object]
+) -> None:
+    """Lines, bytes and whether there is any id: the writer's scan equals the pre-pass's."""
+    spool = spool_sync(items, tmp_path_factory.mktemp("spool"), "t-")
+    try:
+        assert spool.scan is not None
+        scanned = IdSource([str(spool.path)], spooled_ids=True, scanned=spool.scan)
+        read = IdSource([str(spool.path)], spooled_ids=True)
+        outcomes = []
+        for source in (scanned, read):
+            try:
+                outcomes.append(source.check())
+            except InputError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1]
+    finally:
+        spool.discard()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=_LINES,
+    block=st.integers(1, 40),
+    size=st.integers(1, 7),
+    stop=st.integers(0, 12),
+    dedupe=st.booleans(),
+)
+def test_chunks_cut_from_blocks_are_the_chunks_of_the_records(
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[str],
+    block: int,
+    size: int,
+    stop: int,
+    dedupe: bool,
+) -> None:
+    """Runs cut by slicing give the very chunks (ids, origins, numbers) and counts of
+    chunking the records one by one, read whole or stopped after some chunks."""
+    path = write(tmp_path_factory.mktemp("chunks"), lines)
+    if all(kind == "blank" for kind, _, _ in reference(lines)):
+        return
+    outcomes = []
+    for by_blocks in (False, True):
+        with IdSource([str(path)], id_pattern=PATTERN, block_size=block, dedupe=dedupe) as source:
+            blocks = source.blocks()
+            records = iter(source)
+            chunks = chunked_blocks(blocks, size) if by_blocks else chunked(records, size)
+            got = [(c.seq, c.ids, c.first, c.last) for c in itertools.islice(chunks, stop)]
+            chunks.close()  # type: ignore[attr-defined]
+            (blocks if by_blocks else records).close()  # type: ignore[attr-defined]
+            outcomes.append((got, source.stats))
+    assert outcomes[0] == outcomes[1]
