@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from ._client import ApiClient
 from ._errors import (
@@ -76,8 +76,21 @@ class Row(dict[str, str]):
     """One results row: the results CSV's header -> field, as a plain ``dict[str, str]``
     (``pd.DataFrame(rows)`` takes it as is), plus ``job_id``, the job it came from."""
 
-    __slots__ = ("job_id",)
-    job_id: str
+    __slots__ = ("_job_id",)
+    #: The job of the rows of a per-job class (see row_class); a row's own, once set.
+    _job: ClassVar[str] = ""
+
+    @property
+    def job_id(self) -> str:
+        """The job this row came from."""
+        try:
+            return self._job_id
+        except AttributeError:
+            return self._job
+
+    @job_id.setter
+    def job_id(self, value: str) -> None:
+        self._job_id = value
 
     def __repr__(self) -> str:
         return f"Row({dict.__repr__(self)}, job_id={self.job_id!r})"
@@ -95,9 +108,9 @@ def _restore_row(fields: dict[str, str], job_id: str) -> Row:
 
 
 def row_class(job_id: str) -> type[Row]:
-    """A :class:`Row` subclass whose ``job_id`` is a class attribute: a job's rows are built
-    by calling it in C (``map``), with no attribute set per row."""
-    return type("Row", (Row,), {"__slots__": (), "job_id": job_id, "__module__": __name__})
+    """A :class:`Row` subclass that knows its job: a job's rows are built by calling it in C
+    (``map``), with no attribute set per row (``job_id`` stays settable on each row)."""
+    return type("Row", (Row,), {"__slots__": (), "_job": job_id, "__module__": __name__})
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,6 +302,8 @@ class Enriched:
 
     ``iter(it)`` is the rows themselves, a C iterator over the worker's batches
     (``itertools.chain``): no Python call per row. ``next(it)`` reads the same stream.
+    The stream, not this object, stops the run when it is dropped: ``iter(it)`` kept and
+    ``it`` let go still reads every row.
     """
 
     def __init__(self, make: Callable[[], Enrichment]) -> None:
@@ -338,15 +340,6 @@ class Enriched:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        # ``for row in enrich(...)`` drops it before its stream starts (no worker yet); the
-        # stream stops the run when it goes. Dropped with its run going (``it`` left after
-        # a ``break``): stop the run now, not at exit.
-        with contextlib.suppress(Exception):
-            worker = self._hand.worker
-            if worker is not None and worker.thread.is_alive():
-                worker.close()
 
 
 def enrich(

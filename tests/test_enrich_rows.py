@@ -10,6 +10,7 @@ import copy
 import csv
 import pickle
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,35 @@ def test_a_job_is_durably_delivered_before_the_next_jobs_first_row(tmp_path: Pat
                 seen.append(row.job_id)
         assert len(seen) == 15
         assert {r.job_id for r in journal_rows(journal).values() if r.delivered_at} == set(seen)
+
+
+def test_the_rows_iterator_outlives_its_enriched(tmp_path: Path) -> None:
+    """``iter(it)`` kept and ``it`` let go (a helper that peeks the first row and hands
+    back the rest): the stream still gives every row, never ends early and silently.
+    (From a hostile review: the Enriched stopped the run when it was collected.)"""
+    n, chunk = 500, 100
+    path = write_ids(tmp_path / "ids.txt", make_ids(n))
+
+    def first_and_rest(s: bulkjob.Settings) -> tuple[Row, Iterator[Row]]:
+        it = bulkjob.enrich([str(path)], settings=s, journal=tmp_path / "run.journal")
+        first = next(it)
+        return first, iter(it)
+
+    with bulkjob.Sandbox.running() as sb:
+        first, rest = first_and_rest(settings_for(sb, chunk_size=chunk))
+        rows = [first, *rest]
+    assert len(rows) == n, f"the stream ended after {len(rows)} of {n} rows"
+
+
+def test_a_rows_job_id_can_be_set(tmp_path: Path) -> None:
+    """``row.job_id`` is settable on a row from enrich as on a copy of it (a plain Row)."""
+    path = write_ids(tmp_path / "ids.txt", make_ids(10))
+    with bulkjob.Sandbox.running() as sb:
+        rows = list(bulkjob.enrich([str(path)], settings=settings_for(sb, chunk_size=10)))
+    job = rows[0].job_id
+    assert job and isinstance(rows[0], Row)
+    copied = pickle.loads(pickle.dumps(rows[0]))
+    copied.job_id = "tagged"
+    rows[0].job_id = "tagged"
+    assert rows[0].job_id == copied.job_id == "tagged"
+    assert rows[1].job_id == job  # the other rows of the job keep theirs
