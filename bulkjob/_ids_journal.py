@@ -11,14 +11,18 @@ finds the spool through the journal and never needs the caller's iterator.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import socket
+from hashlib import blake2b
 from pathlib import Path
 
 from ._errors import ConfigError, InputError, JournalError
 from ._ids import IdSpool, spool_path
 from ._journal import Journal
 from ._journal_schema import read_only
+from ._store_local import process_alive, process_start
 
 __all__ = ["check_given", "recorded_spool", "settle", "spool_place"]
 
@@ -38,12 +42,38 @@ def check_given(inputs: object, ids: object) -> None:
 
 def spool_place(journal: str | os.PathLike[str] | Journal | None) -> tuple[Path | None, str]:
     """(directory, name prefix) of a new temporary spool: beside the journal, so that
-    adopting it is a rename within one file system; else the system's temp directory."""
+    adopting it is a rename within one file system; else the system's temp directory.
+
+    The name says which process writes it (host, pid, start time). A run killed while
+    it spooled leaves its file behind (10M ids: hundreds of MB); the next spool beside
+    the same journal removes those of writers gone from this host. A live writer's, and
+    another host's, stay: the journal is not locked yet while a spool is written."""
+    pid = os.getpid()
+    writer = f"{_host_tag()}-{pid}-{process_start(pid) or 0}-"
     if journal is None:
-        return None, _TEMP_PREFIX
+        return None, _TEMP_PREFIX + writer
     path = journal.path if isinstance(journal, Journal) else Path(journal)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent, f"{path.name}.ids-"
+    _remove_dead_spools(path.parent, f"{path.name}.ids-")
+    return path.parent, f"{path.name}.ids-{writer}"
+
+
+def _host_tag() -> str:
+    """This host in a file name: a short hash of its name (any characters, any length)."""
+    return blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def _remove_dead_spools(directory: Path, prefix: str) -> None:
+    """Temporary spools named ``prefix<host>-<pid>-<start>-….tmp`` whose writer, a process
+    of this host, is gone."""
+    host = _host_tag()
+    for found in directory.glob(glob.escape(prefix) + "*.tmp"):
+        tag, pid, started, *_ = [*found.name[len(prefix) :].split("-"), "", "", ""]
+        if tag != host or not pid.isdigit():
+            continue  # another host's, or a name from before writers were named
+        if not process_alive(int(pid), "" if started == "0" else started):
+            with contextlib.suppress(OSError):
+                found.unlink()
 
 
 def recorded_spool(journal: str | os.PathLike[str] | Journal | None, resume: bool) -> str | None:

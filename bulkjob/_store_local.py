@@ -87,6 +87,11 @@ def _alive(holder: Holder) -> bool:
     return not holder.started or process_start(holder.pid) in ("", holder.started)
 
 
+def process_alive(pid: int, started: str = "") -> bool:
+    """Whether process ``pid`` of this host (started at ``started``, when given) still runs."""
+    return _alive(Holder(socket.gethostname(), pid, started))
+
+
 def holder_key(holder: Holder) -> str:
     """A holder as the queue book names it."""
     return f"{holder.host}|{holder.pid}|{holder.started}"

@@ -8,6 +8,7 @@ spool, without the caller's iterator.
 from __future__ import annotations
 
 import asyncio
+import glob
 import gzip
 import os
 import sqlite3
@@ -250,3 +251,82 @@ def _aimed(sb: object) -> dict[str, object]:
         "reconcile_grace": s.reconcile_grace,
         "proof_poll_interval": s.proof_poll_interval,
     }
+
+
+_SPOOLING_CHILD = """
+import sys, time, bulkjob
+from bulkjob import Settings
+url, token_url, token, journal, n = sys.argv[1:6]
+def gen():
+    for i in range(int(n)):
+        if i == int(n) * 7 // 10:
+            open(journal + ".reached", "w").close()
+            time.sleep(60)
+        yield f"id_{i:061d}"
+bulkjob.submit(ids=gen(), journal=journal, settings=Settings(base_url=url, token_url=token_url,
+    access_token=token, chunk_size=1000))
+"""
+
+
+async def test_a_spool_left_by_a_killed_writer_is_removed_by_the_next(
+    sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """kill -9 while the ids are being spooled (a real process) leaves its temporary spool;
+    the next call on the same journal removes it (with 10M ids it is hundreds of MB), pays
+    every id once, and leaves only the journal's own spool. (From a hostile review.)"""
+    import sys
+
+    from tests.conftest import TOKEN
+
+    sb = await sandbox()
+    journal = tmp_path / "run.journal"
+    n = 50_000
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SPOOLING_CHILD, sb.base_url, sb.token_url, TOKEN, str(journal),
+        str(n), stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    while not await asyncio.to_thread(os.path.exists, f"{journal}.reached"):
+        assert proc.returncode is None, "the spooling process ended early"
+        await asyncio.sleep(0.02)
+    proc.kill()
+    await proc.wait()
+    left = glob.glob(f"{journal}.ids-*.tmp")
+    assert left, "the killed writer left no temporary spool: nothing tested"
+    values = [f"id_{i:061d}" for i in range(n)]
+    report = await submit_async(
+        ids=iter(values), settings=settings_for(sb, chunk_size=1000), journal=journal
+    )
+    assert report.stop_reason is None and report.ids_submitted == n
+    assert_paid_once(sb, values)
+    assert await asyncio.to_thread(os.path.isfile, spool_path(journal))
+    assert not glob.glob(f"{tmp_path}/*.tmp"), "the dead writer's spool is still there"
+
+
+def test_a_live_writers_spool_is_kept(tmp_path: Path) -> None:
+    """A temporary spool beside the journal whose writer still runs (here a sleeping child
+    of this test, of this host) is not touched when another spool is placed."""
+    import subprocess
+    import sys
+
+    from bulkjob._ids_journal import _host_tag, spool_place
+    from bulkjob._store_local import process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = ""
+        while not started:  # /proc may lag a moment behind the fork
+            started = process_start(child.pid)
+        live = tmp_path / f"run.journal.ids-{_host_tag()}-{child.pid}-{started}-abc.tmp"
+        live.write_bytes(b"partial")
+        other_host = tmp_path / f"run.journal.ids-00000000-{child.pid}-1-abc.tmp"
+        other_host.write_bytes(b"partial")
+        spool_place(tmp_path / "run.journal")
+        assert live.exists() and other_host.exists()
+        child.kill()
+        child.wait()
+        spool_place(tmp_path / "run.journal")
+        assert not live.exists(), "the dead writer's spool stayed"
+        assert other_host.exists(), "another host's spool was removed"
+    finally:
+        child.kill()
+        child.wait()
