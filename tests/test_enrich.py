@@ -11,7 +11,7 @@ import collections
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,7 @@ from tests.conftest import (
     start_cli,
     write_ids,
 )
+from tests.test_ids_iterable import agenerate, generate
 
 ID = "newContactId"
 
@@ -225,19 +226,6 @@ async def test_cli_enrich_writes_csv_and_resume_of_a_done_run(
 # -- ids from a Python iterable (ids=) and from standard input -------------------------------------
 
 
-def _generate(values: list[str]) -> Iterator[str]:
-    """A one-shot generator: it can be read once only, like a database cursor."""
-    yield from values
-
-
-async def _agenerate(values: list[str]) -> AsyncIterator[str]:
-    """An async generator that yields to the loop now and then, like a database driver."""
-    for i, value in enumerate(values):
-        if i % 1000 == 0:
-            await asyncio.sleep(0)
-        yield value
-
-
 def test_a_generator_of_100k_ids_gives_one_row_per_id(tmp_path: Path) -> None:
     """``bulkjob.enrich(ids=gen())`` of 100,000 ids: one row per id, each id paid exactly
     once in the sandbox's ledger, every job's rows delivered and recorded so."""
@@ -245,7 +233,7 @@ def test_a_generator_of_100k_ids_gives_one_row_per_id(tmp_path: Path) -> None:
     journal = tmp_path / "run.journal"
     with bulkjob.Sandbox.running() as sb:
         s = settings_for(sb, chunk_size=10_000)
-        it = bulkjob.enrich(ids=_generate(values), settings=s, journal=journal)
+        it = bulkjob.enrich(ids=generate(values), settings=s, journal=journal)
         rows = list(it)
         assert_paid_once(sb, values)
     assert counts(rows) == collections.Counter(values)
@@ -259,7 +247,7 @@ async def test_an_async_generator_through_enrich_async(sandbox: SandboxFactory) 
     sb = await sandbox(no_match_rate=0.2)
     values = make_ids(20_000)
     s = settings_for(sb, chunk_size=2_500)
-    async with bulkjob.enrich_async(ids=_agenerate(values), settings=s) as it:
+    async with bulkjob.enrich_async(ids=agenerate(values), settings=s) as it:
         rows = [row async for row in it]
     assert counts(rows) == collections.Counter(values)
     assert {row["matchStatus"] for row in rows} == {"found", "not found"}

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import csv
-import io
 import json
 import resource
 import signal
@@ -18,11 +16,9 @@ from pathlib import Path
 import pytest
 
 import bulkjob
-from bulkjob import Row
 from tests.conftest import (
     SandboxFactory,
     assert_paid_once,
-    cli_env,
     cli_flags,
     finish_cli,
     journal_rows,
@@ -33,18 +29,14 @@ from tests.conftest import (
     start_cli,
     write_ids,
 )
+from tests.test_enrich import read_output
 
 ID = "newContactId"
 
 
-def read_output(path: Path, fmt: str) -> list[dict[str, str]]:
-    text = path.read_text(encoding="utf-8")
-    if fmt == "jsonl":
-        return [json.loads(line) for line in text.splitlines()]
-    records = list(csv.reader(io.StringIO(text, newline="")))
-    header = records[0]
-    assert all(r != header for r in records[1:]), "one header only"
-    return [dict(zip(header, r, strict=True)) for r in records[1:]]
+def enrich_args(path: Path, out: Path, journal: Path) -> list[str]:
+    """``bulkjob enrich PATH --out OUT --journal JOURNAL``: the run most tests here start."""
+    return ["enrich", str(path), "--out", str(out), "--journal", str(journal)]
 
 
 async def kill_when(proc: asyncio.subprocess.Process, out: Path, size: int) -> None:
@@ -66,12 +58,7 @@ async def test_out_is_the_input_file(sandbox: SandboxFactory, tmp_path: Path) ->
     path = write_ids(tmp_path / "ids.txt", values)
     before = path.read_bytes()
     code, err = await run_cli(
-        "enrich",
-        str(path),
-        "--out",
-        str(path),
-        "--journal",
-        str(tmp_path / "j"),
+        *enrich_args(path, path, tmp_path / "j"),
         *cli_flags(sb),
     )
     assert path.read_bytes() == before, f"the input was overwritten (exit {code}: {err})"
@@ -151,12 +138,7 @@ async def test_output_hits_a_file_size_limit(sandbox: SandboxFactory, tmp_path: 
     path = write_ids(tmp_path / "ids.txt", values)
     journal, out = tmp_path / "run.journal", tmp_path / "out.csv"
     proc = await start_cli(
-        "enrich",
-        str(path),
-        "--out",
-        str(out),
-        "--journal",
-        str(journal),
+        *enrich_args(path, out, journal),
         "--chunk-size",
         "500",
         *cli_flags(sb),
@@ -211,12 +193,7 @@ async def test_failed_jobs_reported_once_on_resume(sandbox: SandboxFactory, tmp_
     journal, out = tmp_path / "run.journal", tmp_path / "out.csv"
     report = tmp_path / "report.json"
     proc = await start_cli(
-        "enrich",
-        str(path),
-        "--out",
-        str(out),
-        "--journal",
-        str(journal),
+        *enrich_args(path, out, journal),
         "--report",
         str(report),
         "--chunk-size",
@@ -278,12 +255,7 @@ async def test_repeated_kill_9_then_resume(sandbox: SandboxFactory, tmp_path: Pa
     journal, out = tmp_path / "run.journal", tmp_path / "out.csv"
     flags = cli_flags(sb)
     proc = await start_cli(
-        "enrich",
-        str(path),
-        "--out",
-        str(out),
-        "--journal",
-        str(journal),
+        *enrich_args(path, out, journal),
         "--chunk-size",
         "100",
         *flags,
@@ -317,12 +289,7 @@ async def test_cut_results_then_resume(sandbox: SandboxFactory, tmp_path: Path) 
     journal, out = tmp_path / "run.journal", tmp_path / "out.csv"
     flags = cli_flags(sb)
     code, err = await run_cli(
-        "enrich",
-        str(path),
-        "--out",
-        str(out),
-        "--journal",
-        str(journal),
+        *enrich_args(path, out, journal),
         "--chunk-size",
         "200",
         *flags,
@@ -351,12 +318,7 @@ async def test_library_enrich_on_a_cli_journal(sandbox: SandboxFactory, tmp_path
     journal, out = tmp_path / "run.journal", tmp_path / "out.csv"
     flags = cli_flags(sb)
     proc = await start_cli(
-        "enrich",
-        str(path),
-        "--out",
-        str(out),
-        "--journal",
-        str(journal),
+        *enrich_args(path, out, journal),
         "--chunk-size",
         "200",
         *flags,
@@ -372,9 +334,6 @@ async def test_library_enrich_on_a_cli_journal(sandbox: SandboxFactory, tmp_path
     assert code == 0, err
     rows = read_output(out, "csv")
     assert collections.Counter(r[ID] for r in rows) == collections.Counter(values)
-
-
-_ = (Row, cli_env)
 
 
 # -- 11. stdin enrich, killed, resumed
