@@ -55,7 +55,7 @@ from ._report import FailedJob, JobInfo, RunReport
 from ._runner import Runner
 from ._settings import Settings
 
-__all__ = ["PREFETCH", "Enrichment", "JobRows", "Row", "read_rows", "row_batches", "row_class"]
+__all__ = ["PREFETCH", "Enrichment", "JobRows", "Row", "row_batches", "row_class"]
 
 log = get_logger()
 
@@ -120,10 +120,6 @@ class JobRows:
     info: JobInfo
     path: Path
 
-    def rows(self) -> Generator[Row, None, None]:
-        """Its rows, read from disk one at a time."""
-        return read_rows(self.path, self.info.job_id)
-
     def batches(self, size: int) -> Generator[list[Row], None, None]:
         """Its rows, read from disk ``size`` at a time."""
         return row_batches(self.path, self.info.job_id, size)
@@ -141,17 +137,6 @@ def row_batches(path: Path, job_id: str, size: int) -> Generator[list[Row], None
         rows = map(make, map(zip, itertools.repeat(header), reader))
         while batch := list(itertools.islice(rows, size)):
             yield batch
-
-
-def read_rows(path: Path, job_id: str) -> Generator[Row, None, None]:
-    """Rows of a results CSV keyed by its header (a UTF-8 BOM is dropped)."""
-    with contextlib.closing(row_batches(path, job_id, _READ_BATCH)) as batches:
-        for batch in batches:
-            yield from batch
-
-
-#: Rows parsed at a time by :func:`read_rows`.
-_READ_BATCH = 1024
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import bulkjob
 from bulkjob import Row
-from bulkjob._enrich import read_rows, row_batches
+from bulkjob._enrich import row_batches
 from tests.conftest import assert_paid_once, journal_rows, make_ids, settings_for, write_ids
 
 ID = "newContactId"
@@ -53,7 +53,7 @@ def test_batches_are_the_rows_of_a_plain_csv_read(
     batches = list(row_batches(path, "job-7", size))
     assert all(0 < len(batch) <= size for batch in batches)
     rows = [row for batch in batches for row in batch]
-    assert rows == expected == list(read_rows(path, "job-7"))
+    assert rows == expected
     assert all(isinstance(row, Row) and row.job_id == "job-7" for row in rows)
 
 
