@@ -12,16 +12,12 @@ import hashlib
 import threading
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
-from operator import itemgetter
 
 from ._errors import ConfigError
 from ._records import IdRecord, IdRun, Origin
 from ._settings import MAX_CHUNK_SIZE
 
 __all__ = ["Chunk", "chunked", "chunked_blocks", "read_ahead"]
-
-_first = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,24 +56,7 @@ class Chunk:
 def chunked(records: Iterable[IdRecord], size: int, *, start: int = 1) -> Iterator[Chunk]:
     """Group ``records`` into chunks of ``size`` ids (the last may be smaller), numbered from
     ``start``. Arguments are checked at the call, not at the first ``next``."""
-    _check(size, start)
-    return _chunks(iter(records), size, start)
-
-
-def _check(size: int, start: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_CHUNK_SIZE:
-        raise ConfigError(f"chunk_size: must be from 1 to {MAX_CHUNK_SIZE}, got {size!r}")
-    if isinstance(start, bool) or not isinstance(start, int) or start < 1:
-        raise ConfigError(f"start: must be an integer of at least 1, got {start!r}")
-
-
-def _chunks(records: Iterator[IdRecord], size: int, seq: int) -> Iterator[Chunk]:
-    while batch := list(islice(records, size)):
-        _, first_path, first_line = batch[0]
-        _, last_path, last_line = batch[-1]
-        ids = list(map(_first, batch))
-        yield Chunk(seq, ids, Origin(first_path, first_line), Origin(last_path, last_line))
-        seq += 1
+    return chunked_blocks((records,), size, start=start)
 
 
 def chunked_blocks(
@@ -85,7 +64,10 @@ def chunked_blocks(
 ) -> Iterator[Chunk]:
     """:func:`chunked` over the main pass's blocks (:meth:`IdSource.blocks`): the same
     chunks, but a run of valid ids is cut by slicing, with no tuple per id."""
-    _check(size, start)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"chunk_size: must be from 1 to {MAX_CHUNK_SIZE}, got {size!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+        raise ConfigError(f"start: must be an integer of at least 1, got {start!r}")
     return _block_chunks(iter(blocks), size, start)
 
 

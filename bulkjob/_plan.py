@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ._account import read_credits
-from ._chunker import chunked
+from ._chunker import chunked_blocks
 from ._client import ApiClient
 from ._errors import BulkJobError
 from ._journal import Journal
@@ -110,7 +110,7 @@ async def plan(
         if journal is not None:  # the inputs must be the journaled ones, as on resume
             with source() as again:
                 await asyncio.to_thread(again.check)
-                chunks = chunked(iter(again), settings.chunk_size)
+                chunks = chunked_blocks(again.blocks(), settings.chunk_size)
                 rows = await asyncio.to_thread(journal.resumable_rows, chunks, list(inputs))
         counts = await asyncio.to_thread(_count, reading, settings.chunk_size, rows)
         stats = reading.stats
@@ -135,7 +135,7 @@ async def plan(
 def _count(source: IdSource, size: int, rows: dict[int, ChunkRow]) -> tuple[int, ...]:
     """(jobs, ids) to submit, (jobs, ids) already settled, chunks of unknown outcome."""
     jobs = ids = jobs_done = ids_done = unsettled = 0
-    for chunk in chunked(iter(source), size):
+    for chunk in chunked_blocks(source.blocks(), size):
         row = rows.get(chunk.seq)
         if row is not None and row.state in _SETTLED:
             jobs_done += 1
