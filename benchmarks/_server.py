@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
 import signal
 import socket
@@ -48,10 +47,11 @@ def _ledger_stats(sandbox: Sandbox) -> dict[str, object]:
     }
 
 
-def _sustained_rate(times: list[float], window: float, samples: int = 2000) -> float | None:
+def _sustained_rate(times: list[float], window: float) -> float | None:
     """Jobs per second as the server saw them once the first window has passed: the
-    average, over evenly spaced moments from one window after the first job to the last
-    job, of the jobs accepted in the window ending at that moment, per window length.
+    average, over the moments from one window after the first job to the last job, of
+    the jobs accepted in the window ending at that moment, per window length (exactly:
+    each job counts for the part of its ``window`` seconds inside that span).
 
     Averaging the window's count over time is the rate itself over whole windows (each
     job counts for the ``window`` seconds it stays in), and it never reads above N per
@@ -60,15 +60,11 @@ def _sustained_rate(times: list[float], window: float, samples: int = 2000) -> f
     status request (none in ``bench shared``) takes a slot and makes no job. The clients'
     start-up and the first window, sent as fast as they start, are left out: this is
     the rate a long run keeps. None when the jobs span less than two windows."""
-    ordered = sorted(times)
-    if len(ordered) < 2 or ordered[-1] - ordered[0] < 2 * window:
+    if len(times) < 2 or max(times) - min(times) < 2 * window:
         return None
-    first, last = ordered[0] + window, ordered[-1]
-    total = 0
-    for k in range(samples):
-        at = first + (last - first) * k / (samples - 1)
-        total += bisect.bisect_right(ordered, at) - bisect.bisect_right(ordered, at - window)
-    return total / samples / window
+    first, last = min(times) + window, max(times)
+    inside = sum(max(0.0, min(t + window, last) - max(t, first)) for t in times)
+    return inside / (last - first) / window
 
 
 async def _serve(config: SandboxConfig) -> None:
