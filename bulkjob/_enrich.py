@@ -27,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import io
 import itertools
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -55,7 +56,16 @@ from ._report import FailedJob, JobInfo, RunReport
 from ._runner import Runner
 from ._settings import Settings
 
-__all__ = ["PREFETCH", "Enrichment", "JobRows", "Row", "row_batches", "row_class"]
+__all__ = [
+    "PREFETCH",
+    "Enrichment",
+    "JobRows",
+    "Row",
+    "read_results",
+    "row_batches",
+    "row_class",
+    "text_batches",
+]
 
 log = get_logger()
 
@@ -126,17 +136,59 @@ class JobRows:
 
 
 def row_batches(path: Path, job_id: str, size: int) -> Generator[list[Row], None, None]:
-    """Rows of a results CSV keyed by its header (a UTF-8 BOM is dropped), in lists of
-    ``size``: parsed (``csv``), paired with the header (``zip``) and made rows in C loops."""
-    make = row_class(job_id)
+    """Rows of a results CSV file keyed by its header, in lists of ``size`` (see
+    :func:`text_batches`)."""
+    return text_batches(read_results(path), job_id, size)
+
+
+def read_results(path: Path) -> str:
+    """A results file's text, line ends as they are, a UTF-8 BOM dropped."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            return
-        rows = map(make, map(zip, itertools.repeat(header), reader))
-        while batch := list(itertools.islice(rows, size)):
-            yield batch
+        return fh.read()
+
+
+def text_batches(text: str, job_id: str, size: int) -> Generator[list[Row], None, None]:
+    """Rows of a results CSV text keyed by its header, in lists of ``size``, exactly as
+    ``csv.reader`` and ``zip`` give them, made rows in C loops.
+
+    A text that has nothing for the csv module to interpret (see :func:`_plain_lines`)
+    is cut with ``str.split``: the same fields at about half the cost. Any other text is
+    parsed by ``csv.reader``."""
+    make = row_class(job_id)
+    lines = _plain_lines(text)
+    records: Iterator[list[str]]
+    if lines is None:
+        records = csv.reader(io.StringIO(text, newline=""))
+    else:
+        records = map(str.split, lines, itertools.repeat(","))
+    del text, lines
+    header = next(records, None)
+    if header is None:
+        return
+    rows = map(make, map(zip, itertools.repeat(header), records))
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
+
+
+def _plain_lines(text: str) -> list[str] | None:
+    """The lines of a CSV text whose records are its lines cut at every comma: no quote,
+    no NUL, no line end but ``\n`` or ``\r\n``, no blank line (``csv.reader`` gives
+    ``[]`` for one), no line over the csv module's field limit (it raises). None for any
+    other text: that one needs ``csv.reader``."""
+    if '"' in text or "\x00" in text:
+        return None
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):
+            return None
+        text = text.replace("\r\n", "\n")
+    if text.startswith("\n") or "\n\n" in text:
+        return None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if lines and max(map(len, lines)) > csv.field_size_limit():
+        return None
+    return lines
 
 
 @dataclass(slots=True)
@@ -270,16 +322,15 @@ class Enrichment:
         await asyncio.to_thread(job.path.unlink, missing_ok=True)
         log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
 
-    def deliver_when(
-        self, past: Callable[[], Awaitable[None]], job: JobRows, rows: int
-    ) -> asyncio.Task[None]:
-        """Record ``job`` delivered once ``past()`` says the consumer is past its last row, in
-        a task of its own: the next job can be read meanwhile (and handed over once the task
-        is done). The run's end waits for it; closed early, it is cancelled (``past`` is
-        called only when the task runs: no coroutine is left never awaited)."""
+    def deliver_when(self, past: Callable[[], Awaitable[int]], job: JobRows) -> asyncio.Task[None]:
+        """Record ``job`` delivered once ``past()`` says the consumer is past its last row
+        (and how many rows it had), in a task of its own: the next job can be read
+        meanwhile, its rows handed over once the task is done. The run's end waits for it;
+        closed early, it is cancelled (``past`` is called only when the task runs: no
+        coroutine is left never awaited)."""
 
         async def mark() -> None:
-            await past()
+            rows = await past()
             await self.delivered(job, rows)
 
         self._marks = [m for m in self._marks if not m.done()]

@@ -17,7 +17,10 @@ consistent and the same call with the same journal resumes.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import os
 import queue
@@ -26,7 +29,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Itera
 from types import TracebackType
 from typing import Unpack
 
-from ._enrich import Enrichment, JobRows, Row
+from ._enrich import Enrichment, JobRows, Row, read_results, text_batches
 from ._errors import ConfigError
 from ._report import RunReport
 from ._settings import Settings, SettingsValues
@@ -34,11 +37,13 @@ from ._sync import settings_for_call
 
 __all__ = ["Enriched", "EnrichedAsync", "enrich", "enrich_async"]
 
-#: Rows per hand-over from the worker thread, and hand-overs queued at most.
-BATCH_ROWS = 2048
-QUEUE_BATCHES = 8
+#: Rows made at a time from a job's results. Fewer than the cyclic GC's first threshold
+#: (700 new objects): a batch made and freed in one thread sets off no collection.
+BATCH_ROWS = 512
+#: Downloaded jobs handed over to the consumer's thread ahead of the one it reads.
+JOBS_AHEAD = 1
 #: Rows an async consumer gets between two chances for the loop to run the rest of the run.
-_YIELD_EVERY = 1000
+_YIELD_EVERY = BATCH_ROWS
 #: How long a closing iterator waits for its run to wind down (see drain_timeout).
 CLOSE_GRACE_SECONDS = 60.0
 _PUT_POLL = 0.2
@@ -135,21 +140,30 @@ def enrich_async(
 
 # -- the blocking twin ----------------------------------------------------------------------------
 
-_Item = tuple[JobRows, list[Row], bool] | None  # (job, rows, last batch of the job) | the end
+#: (a downloaded job, its results' text for the consumer to make rows of, the delivery
+#: mark of the job before it: none of this job's rows is handed over before that mark is
+#: durable) | the end.
+_Item = tuple[JobRows, str, "concurrent.futures.Future[None] | None"] | None
 
 
 class _Worker:
-    """The enrichment on a private loop in a daemon thread, handing over batches."""
+    """The enrichment on a private loop in a daemon thread, handing over downloaded jobs.
+
+    The consumer's thread reads each job's rows itself (:func:`_batches`): a row is made
+    where it is used and freed, so rows never pile up between two threads (where the
+    cyclic GC would keep scanning them), and the loop's thread stays free for requests.
+    """
 
     def __init__(self, make: Callable[[], Enrichment]) -> None:
         self._make = make
-        self.queue: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.queue: queue.Queue[_Item] = queue.Queue(maxsize=JOBS_AHEAD)
         self.closing = threading.Event()
         self.core: Enrichment | None = None
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._acked: asyncio.Event
+        #: Rows counts awaited by the jobs' delivery marks, in the order handed over.
+        self._acks: collections.deque[asyncio.Future[int]] = collections.deque()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="bulkjob-enrich", daemon=True)
         self.thread.start()
@@ -168,32 +182,32 @@ class _Worker:
         with self._lock:
             if self.closing.is_set():
                 return
-            self.loop = asyncio.get_running_loop()
+            self.loop = loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
-            self._acked = asyncio.Event()
             self.core = core = self._make()
-        mark: asyncio.Task[None] | None = None
+        before: concurrent.futures.Future[None] | None = None
+        marks: list[asyncio.Task[None]] = []
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
-                n = 0
-                with contextlib.closing(job.batches(BATCH_ROWS)) as batches:
-                    for batch in batches:
-                        if mark is not None:  # this job's first batch was read meanwhile
-                            await mark
-                            mark = None
-                        await self._put((job, batch, False))
-                        n += len(batch)
-                if mark is not None:
-                    await mark
-                    mark = None
-                await self._put((job, [], True))
-                # Recorded once the consumer asked for the row after the job's last one, and
-                # before anything of the next job is handed over: durable when it gets it.
-                mark = core.deliver_when(self._past_job, job, n)
+                for done in [m for m in marks if m.done()]:
+                    marks.remove(done)
+                    done.result()  # a mark that failed ends the run with its error
+                ack: asyncio.Future[int] = loop.create_future()
+                self._acks.append(ack)
+                text = await asyncio.to_thread(read_results, job.path)
+                await self._put((job, text, before))
+                # Recorded once the consumer asked for the row after the job's last one;
+                # the consumer hands over nothing of the next job before it is durable.
+                mark = core.deliver_when(lambda ack=ack: ack, job)  # type: ignore[misc]
+                marks.append(mark)
+                before = concurrent.futures.Future()
+                mark.add_done_callback(functools.partial(_settle, before))
 
-    async def _past_job(self) -> None:
-        await self._acked.wait()
-        self._acked.clear()
+    def _ack(self, rows: int) -> None:
+        if self._acks:
+            ack = self._acks.popleft()
+            if not ack.done():
+                ack.set_result(rows)
 
     async def _put(self, item: _Item) -> None:
         try:
@@ -228,12 +242,26 @@ class _Worker:
                 if self.closing.is_set() and not self.thread.is_alive() and self.queue.empty():
                     return None
 
-    def past_job(self) -> None:
-        """The consumer asked for the row after a job's last one: the worker records it
-        delivered before it hands over the next job's rows."""
+    def durable(self, mark: concurrent.futures.Future[None]) -> bool:
+        """Wait for a delivery mark: whether it is durable (False: it failed or the run
+        was stopped; the run's end says why)."""
+        while True:
+            try:
+                mark.result(timeout=_PUT_POLL)
+                return True
+            except concurrent.futures.TimeoutError:
+                if self.closing.is_set() and not self.thread.is_alive():
+                    return False
+            except (Exception, concurrent.futures.CancelledError):  # the run's end tells
+                return False
+
+    def past_job(self, rows: int) -> None:
+        """The consumer asked for the row after a job's last one (``rows`` handed over):
+        the worker records the job delivered."""
         loop = self.loop
         assert loop is not None
-        loop.call_soon_threadsafe(self._acked.set)
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(self._ack, rows)
 
     def close(self) -> None:
         """Stop the run (cancelling the worker's main task unwinds it as a Ctrl-C stop)."""
@@ -247,6 +275,16 @@ class _Worker:
             with contextlib.suppress(queue.Empty):
                 self.queue.get(timeout=_PUT_POLL)
         self.thread.join(CLOSE_GRACE_SECONDS)
+
+
+def _settle(out: concurrent.futures.Future[None], mark: asyncio.Task[None]) -> None:
+    """Pass a delivery mark's outcome to the consumer's thread."""
+    if mark.cancelled():
+        out.cancel()
+    elif (exc := mark.exception()) is not None:
+        out.set_exception(exc)
+    else:
+        out.set_result(None)
 
 
 class _Hand:
@@ -265,13 +303,16 @@ class _Hand:
 
 
 def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
-    """The worker's batches of rows, in order. Asked for the next batch, it is past the
-    last row of the one before: at a job's end, that is when the job is delivered."""
+    """The rows of the worker's jobs, in order, read here in batches. Asked for the next
+    batch after a job's last one, the consumer is past that job: it is recorded delivered,
+    and none of the next job's rows is handed over before that record is durable (its
+    first batch is read meanwhile)."""
     if hand.done:
         return
     if hand.worker is None:
         hand.worker = _Worker(hand.make)
     worker = hand.worker
+    undelivered = False  # a job's delivery mark failed: nothing more is handed over
     try:
         while not hand.done:
             item = worker.next_item()
@@ -281,12 +322,24 @@ def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
                 if worker.error is not None:
                     raise worker.error
                 return
-            _, rows, last = item
-            if last:  # the consumer asked for the row after the job's last one
-                worker.past_job()
+            job, text, before = item
+            if undelivered:
                 continue
-            hand.rows = rows
-            yield rows
+            rows = 0
+            with contextlib.closing(text_batches(text, job.info.job_id, BATCH_ROWS)) as batches:
+                del text, item
+                for batch in itertools.chain(batches, ([],)):
+                    if before is not None:
+                        undelivered = not worker.durable(before)
+                        before = None
+                        if undelivered:
+                            break
+                    if not batch:  # the consumer asked for the row after the job's last
+                        worker.past_job(rows)
+                        break
+                    hand.rows = batch
+                    yield batch
+                    rows += len(batch)
     except BaseException:  # the run's error, an interrupt, or the stream dropped (break)
         hand.done = True
         worker.close()

@@ -57,6 +57,44 @@ def test_batches_are_the_rows_of_a_plain_csv_read(
     assert all(isinstance(row, Row) and row.job_id == "job-7" for row in rows)
 
 
+_PLAIN = ["a", "b", ",", "\n", "\r\n", " ", "é"]
+_RAW = st.one_of(
+    st.lists(st.sampled_from(_PLAIN), max_size=40).map("".join),
+    st.lists(st.sampled_from([*_PLAIN, "\r", '"', "\x00"]), max_size=40).map("".join),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_RAW, size=st.integers(1, 4), bom=st.booleans())
+def test_batches_of_any_text_are_what_csv_reader_gives(
+    tmp_path_factory: pytest.TempPathFactory, text: str, size: int, bom: bool
+) -> None:
+    """Any text, the plain ones that are cut with str.split (half the texts drawn) and
+    the others: the rows, or the csv.Error, that csv.reader and zip give."""
+    path = tmp_path_factory.mktemp("raw") / "r.csv"
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            records = list(csv.reader(fh))
+    except csv.Error:
+        with pytest.raises(csv.Error):
+            list(row_batches(path, "job-1", size))
+        return
+    expected = [dict(zip(records[0], r, strict=False)) for r in records[1:]] if records else []
+    rows = [row for batch in row_batches(path, "job-1", size) for row in batch]
+    assert rows == expected
+    assert all(type(row).__mro__[1] is Row and row.job_id == "job-1" for row in rows)
+
+
+def test_a_field_over_the_csv_limit_is_refused_as_csv_reader_does(tmp_path: Path) -> None:
+    """A plain file is cut without the csv module, yet a field over its limit is still
+    refused as csv.reader refuses it."""
+    path = tmp_path / "r.csv"
+    path.write_text("id,big\nx," + "y" * (csv.field_size_limit() + 1) + "\n")
+    with pytest.raises(csv.Error):
+        list(row_batches(path, "job-1", 10))
+
+
 def test_enriched_rows_pickle_and_copy_as_rows(tmp_path: Path) -> None:
     """A row from enrich survives pickle, copy and deepcopy: same fields, same job id."""
     values = make_ids(300)
