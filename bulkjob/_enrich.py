@@ -181,12 +181,10 @@ def _plain_lines(text: str) -> list[str] | None:
         if text.count("\r") != text.count("\r\n"):
             return None
         text = text.replace("\r\n", "\n")
-    if text.startswith("\n") or "\n\n" in text:
-        return None
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
-    if lines and max(map(len, lines)) > csv.field_size_limit():
+    if "" in lines or (lines and max(map(len, lines)) > csv.field_size_limit()):
         return None
     return lines
 

@@ -28,6 +28,7 @@ only, never a secret.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import gzip
@@ -69,6 +70,8 @@ COMPRESS_LEVEL = 1
 #: 2% smaller file (RLE still entropy-codes: 64-character base64 ids shrink to ~76%, while
 #: sequential or padded ids shrink several-fold). Still a plain gzip file for every reader.
 COMPRESS_STRATEGY = zlib.Z_RLE
+#: Batches packed ahead of the one being written (see _spool).
+_AHEAD = 1
 #: zlib's window bits for a gzip member (header and CRC trailer) rather than a zlib stream.
 _GZIP_WBITS = 31
 #: Starts (and splits) a marker line. Not whitespace (``str.strip`` would eat it), not
@@ -139,41 +142,66 @@ class IdSpool:
         self.temporary = False
 
 
-class _Writer:
-    """The spool file being written: gzip over a raw file, hashing what goes in."""
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """One batch made ready to write: its text's UTF-8, that compressed as a gzip member
+    of its own, and whether the text holds more than whitespace (as the first batch of
+    the file, where a BOM is not content, and as any other)."""
 
-    __slots__ = ("_content", "_gz", "_hash", "_raw", "_size", "index", "path")
+    items: int
+    data: bytes
+    packed: bytes
+    content_first: bool
+    content: bool
+
+
+def _pack(batch: list[object]) -> _Member:
+    """Encode and compress one batch, touching no shared state: batches are packed in a
+    thread of their own while the next batch is read and the one before is written."""
+    text, data = _encode(batch)
+    gz = zlib.compressobj(
+        COMPRESS_LEVEL, zlib.DEFLATED, _GZIP_WBITS, zlib.DEF_MEM_LEVEL, COMPRESS_STRATEGY
+    )
+    packed = gz.compress(data) + gz.flush()
+    content = bool(text.strip())
+    first = content if text[:1] != "\ufeff" else bool(text[1:].strip())
+    return _Member(len(batch), data, packed, first, content)
+
+
+class _Writer:
+    """The spool file being written, a gzip member per batch, hashing what goes in.
+
+    A gzip file may hold several members: every gzip reader reads them as one stream.
+    Members are cut at fixed batches of items, so the same ids give the same bytes (zlib
+    writes each header with mtime 0 and no name).
+    """
+
+    __slots__ = ("_content", "_hash", "_raw", "_size", "index", "path")
 
     def __init__(self, directory: Path | None, prefix: str) -> None:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
         self.path = Path(name)
         self._raw: BinaryIO = os.fdopen(fd, "wb")
-        # zlib writes the gzip header itself, with mtime 0 and no name: the same ids give
-        # the same bytes.
-        self._gz = zlib.compressobj(
-            COMPRESS_LEVEL, zlib.DEFLATED, _GZIP_WBITS, zlib.DEF_MEM_LEVEL, COMPRESS_STRATEGY
-        )
         self._hash = blake2b(digest_size=32)
         #: Items written so far: the next item's index.
         self.index = 0
         self._size = 0
         self._content = False
 
-    def write(self, batch: list[object]) -> None:
-        if not batch:
+    def write(self, member: _Member) -> None:
+        """Append a packed batch (in the order of the stream)."""
+        if not member.items:
             return
-        text, data = _encode(batch)
         if not self._content:
             # As the pre-pass decides it: a BOM at the very start is not content.
-            self._content = bool((text if self.index else text.removeprefix("\ufeff")).strip())
-        self._size += len(data)
-        self._hash.update(data)
-        self._raw.write(self._gz.compress(data))
-        self.index += len(batch)
+            self._content = member.content if self.index else member.content_first
+        self._size += len(member.data)
+        self._hash.update(member.data)
+        self._raw.write(member.packed)
+        self.index += member.items
 
     def finish(self) -> IdSpool:
         """Close the file, on disk for good (fsynced)."""
-        self._raw.write(self._gz.flush())
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
@@ -258,22 +286,24 @@ def _spool(
     writer = _Writer(directory, prefix)
     try:
         items = iter(ids)
-        # Batches are taken in C (islice), and written (compressed and hashed, both
-        # outside the GIL) by a thread of their own while the next batch is read.
+        # Batches are taken in C (islice) and packed (encoded, compressed outside the
+        # GIL) by a thread of their own, one batch ahead of the one being read; each is
+        # written (hashed outside the GIL) here, in order, once packed.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ids-spool") as pool:
-            pending: concurrent.futures.Future[None] | None = None
+            packing: collections.deque[concurrent.futures.Future[_Member]] = collections.deque()
             try:
                 while batch := list(itertools.islice(items, BATCH)):
                     if stop is not None and stop.is_set():
                         raise _Abandoned
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(writer.write, batch)
+                    packing.append(pool.submit(_pack, batch))
+                    del batch
+                    if len(packing) > _AHEAD:
+                        writer.write(packing.popleft().result())
+                while packing:
+                    writer.write(packing.popleft().result())
             finally:
-                if pending is not None:  # the writer must be idle to finish or abort
-                    concurrent.futures.wait([pending])
-            if pending is not None:
-                pending.result()
+                for future in packing:
+                    future.cancel()
         return writer.finish()
     except BaseException:
         writer.abort()
@@ -286,8 +316,8 @@ async def spool_async(
     """Write ``ids`` to a new temporary spool without blocking the event loop.
 
     A sync iterable is read in a worker thread (its ``next`` may block on a database).
-    An async iterable is read on the loop, and its batches are written by a thread of
-    their own while the next batch is read: at most two batches exist at a time.
+    An async iterable is read on the loop, and its batches are packed and written by a
+    thread of their own while the next batch is read: at most three batches exist at a time.
     """
     _checked(ids)
     if isinstance(ids, IdSpool):
@@ -305,12 +335,12 @@ async def spool_async(
                 if len(batch) >= BATCH:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(pool, writer.write, batch)
+                    pending = loop.run_in_executor(pool, _pack_write, writer, batch)
                     batch = []
             if pending is not None:
                 await pending
             pending = None
-            await loop.run_in_executor(pool, writer.write, batch)
+            await loop.run_in_executor(pool, _pack_write, writer, batch)
             return await loop.run_in_executor(pool, writer.finish)
         except BaseException:
             if pending is not None:
@@ -318,6 +348,11 @@ async def spool_async(
                     await asyncio.shield(pending)  # the writer must be idle to abort
             await asyncio.shield(loop.run_in_executor(pool, writer.abort))
             raise
+
+
+def _pack_write(writer: _Writer, batch: list[object]) -> None:
+    if batch:
+        writer.write(_pack(batch))
 
 
 async def _in_thread(ids: Iterable[object], directory: Path | None, prefix: str) -> IdSpool:

@@ -7,16 +7,21 @@ part-way through a block, and hold a spool writer's scan to what the pre-pass fi
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import itertools
+import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulkjob import _ids
 from bulkjob._chunker import chunked, chunked_blocks
 from bulkjob._errors import InputError
-from bulkjob._ids import spool_sync
+from bulkjob._ids import spool_async, spool_sync
 from bulkjob._source import NO_MATCH, IdSource
 
 PATTERN = r"[a-c]{2}"
@@ -150,3 +155,41 @@ def test_chunks_cut_from_blocks_are_the_chunks_of_the_records(
             (blocks if by_blocks else records).close()  # type: ignore[attr-defined]
             outcomes.append((got, source.stats))
     assert outcomes[0] == outcomes[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=_ITEMS, batch=st.integers(1, 4))
+def test_a_spool_of_many_members_is_the_stream_in_one(
+    tmp_path_factory: pytest.TempPathFactory, items: list[object], batch: int
+) -> None:
+    """Batches are packed as gzip members of their own (in a thread, ahead of the writes):
+    the file still reads as the one stream the items make, with the same digest and scan
+    as one member, and the same bytes whether the items came sync or async."""
+    tmp = tmp_path_factory.mktemp("members")
+    whole = spool_sync(items, tmp, "whole-")
+
+    async def agen() -> AsyncIterator[object]:
+        for item in items:
+            yield item
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_ids, "BATCH", batch)
+        spools = [
+            spool_sync(iter(items), tmp, "sync-"),
+            asyncio.run(spool_async(agen(), tmp, "a-")),
+        ]
+    try:
+        _, expected = _ids._encode(items) if items else ("", b"")
+        for spool in spools:
+            assert gzip.decompress(spool.path.read_bytes()) == expected
+            assert (spool.digest, spool.items, spool.scan) == (
+                whole.digest,
+                whole.items,
+                whole.scan,
+            )
+        assert spools[0].path.read_bytes() == spools[1].path.read_bytes()
+        if len(items) > batch:  # one member per batch
+            assert zlib.decompressobj(31).decompress(spools[0].path.read_bytes()) != expected
+    finally:
+        for spool in (whole, *spools):
+            spool.discard()
