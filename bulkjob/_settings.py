@@ -15,6 +15,7 @@ import importlib.util
 import math
 import os
 import re
+import string
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ REDIS_MISSING = (
 #: How long a Redis slot lease lasts unless its live holder renews it.
 DEFAULT_SLOT_LEASE = 30.0
 #: The documented form of a new contact id: 64 characters of [A-Za-z0-9_-].
+DEFAULT_ID_LENGTH = 64
+DEFAULT_ID_ALPHABET = string.ascii_letters + string.digits + "_-"
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_-]{64}"
 #: The documented per-job maximum of the submit endpoint.
 MAX_CHUNK_SIZE = 10_000

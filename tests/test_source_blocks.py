@@ -22,7 +22,8 @@ from bulkjob import _ids
 from bulkjob._chunker import chunked, chunked_blocks
 from bulkjob._errors import InputError
 from bulkjob._ids import spool_async, spool_sync
-from bulkjob._source import NO_MATCH, IdSource
+from bulkjob._settings import DEFAULT_ID_PATTERN
+from bulkjob._source import NO_MATCH, IdSource, _all_matcher, _matcher
 
 PATTERN = r"[a-c]{2}"
 _LINES = st.lists(
@@ -193,3 +194,31 @@ def test_a_spool_of_many_members_is_the_stream_in_one(
     finally:
         for spool in (whole, *spools):
             spool.discard()
+
+
+_ID_CHARS = st.sampled_from([*"aZ09_-", "é", "\x01", " ", "+", "\u0660"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.text(st.sampled_from("aZ09_-"), min_size=63, max_size=65),
+            st.text(_ID_CHARS, min_size=63, max_size=65),
+            st.builds(lambda s, c: s[:10] + c + s[11:], st.just("a" * 64), _ID_CHARS),
+            st.just("b" * 64),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    spooled=st.booleans(),
+)
+def test_the_default_patterns_block_check_is_fullmatch_on_every_value(
+    values: list[str], spooled: bool
+) -> None:
+    """The API's id form is checked on a block's bytes at once: the same verdict as the
+    pattern's fullmatch on each value (lengths 63 to 65, non-ASCII look-alikes, markers)."""
+    fullmatch = _matcher(DEFAULT_ID_PATTERN, spooled)
+    assert _all_matcher(DEFAULT_ID_PATTERN, fullmatch)(values) == all(map(fullmatch, values))
+    other = _matcher(r"[a-b]{64}", spooled)
+    assert _all_matcher(r"[a-b]{64}", other)(values) == all(map(other, values))
