@@ -71,6 +71,8 @@ log = get_logger()
 
 #: Jobs downloaded ahead of the consumer: the next one is ready when a job's rows end.
 PREFETCH = 2
+#: Results downloaded at once.
+DOWNLOADS = 2
 #: How often new jobs of the run are looked for (seconds): a list scan, no request.
 _SCAN = 0.05
 #: A job of unknown length is polled at this share of its age, never more often than
@@ -238,6 +240,7 @@ class Enrichment:
         self._seen: set[int] = set()  # chunks taken
         self._known: dict[int, ChunkRow] | None = None  # the journal's rows at the start
         self._ready: asyncio.Queue[JobInfo | None] = asyncio.Queue()
+        self._making_tmp = asyncio.Lock()
         self._out: asyncio.Queue[JobRows | None] = asyncio.Queue(maxsize=PREFETCH)
         self._changed = asyncio.Event()
         self._run: asyncio.Task[RunReport] | None = None
@@ -503,11 +506,20 @@ class Enrichment:
     # -- downloading -------------------------------------------------------------------------
 
     async def _download_all(self, client: ApiClient) -> None:
-        """Download each finished job's results, at most PREFETCH ahead of the consumer."""
+        """Download each finished job's results, :data:`DOWNLOADS` at once, at most
+        :data:`PREFETCH` ahead of the consumer. One at a time, the results of a run whose
+        jobs finish at once came slower than the consumer reads them: each download
+        waits for the server to write the file and for its turn on the loop."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(DOWNLOADS):
+                group.create_task(self._download_each(client))
+
+    async def _download_each(self, client: ApiClient) -> None:
         while (info := await self._ready.get()) is not None:
-            if self._tmp is None:
-                made = await asyncio.to_thread(tempfile.mkdtemp, prefix="bulkjob-enrich-")
-                self._tmp = Path(made)
+            async with self._making_tmp:
+                if self._tmp is None:
+                    made = await asyncio.to_thread(tempfile.mkdtemp, prefix="bulkjob-enrich-")
+                    self._tmp = Path(made)
             dest = self._tmp / f"{info.chunk:06d}.csv"
             for tries_left in range(_CUT_TRIES - 1, -1, -1):
                 await client.download(f"{self.settings.job_kind.path}/{info.job_id}/results", dest)
@@ -521,6 +533,7 @@ class Enrichment:
                     log.warning("enrich.results_cut", job_id=info.job_id, error=str(exc))
             self.jobs_finished += 1
             await self._out.put(JobRows(info, dest))
+        self._ready.put_nowait(_END)  # the end, for the other downloaders too
 
 
 #: A results file that arrives cut short is downloaded again, up to this many times in all.
