@@ -24,7 +24,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
-import gzip
 import io
 import itertools
 import os
@@ -37,9 +36,10 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from hashlib import blake2b
 from types import TracebackType
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from ._errors import InputError
+from ._gunzip import Gunzipped, gunzip
 from ._ids import MARK, SpoolScan, decode_marker
 from ._records import IDS, IdRecord, IdRun, InputSummary, InvalidSample, Origin, SourceStats
 from ._settings import DEFAULT_ID_ALPHABET, DEFAULT_ID_LENGTH, DEFAULT_ID_PATTERN
@@ -538,8 +538,8 @@ class IdSource:
             except OSError as exc:
                 raise InputError(display, 0, f"cannot read: {exc.strerror or exc}") from None
             if magic == _GZIP_MAGIC:
-                with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                    yield cast(BinaryIO, unzipped)
+                with gunzip(raw) as unzipped:
+                    yield unzipped
             else:
                 yield raw
 
@@ -615,8 +615,7 @@ def _read(stream: BinaryIO, size: int, display: str, done: int, is_gzip: bool) -
 
 
 def _is_gzip(stream: object) -> bool:
-    # Typed as object: mypy sees BinaryIO and GzipFile as disjoint, the runtime does not.
-    return isinstance(stream, gzip.GzipFile)
+    return isinstance(stream, Gunzipped)
 
 
 def _text(stream: BinaryIO) -> io.TextIOWrapper:
