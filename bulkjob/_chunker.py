@@ -31,22 +31,37 @@ class Chunk:
     # Filled on first use of ``digest``: hashing costs a join + sha256 of up to ~650 KB,
     # paid only by callers that need it, and only once.
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
+    # The body the digest was taken of, kept for the request that sends it (see
+    # take_body): joined and encoded once, in the reader's thread.
+    _body: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def body(self) -> bytes:
         """The HTTP request body: the ids, one per line with a trailing newline, UTF-8."""
-        # Joining with a trailing empty item gives the final newline without copying
-        # the ~650 KB string a second time.
-        return "\n".join([*self.ids, ""]).encode()
+        body = self._body
+        if body is None:
+            # Joining with a trailing empty item gives the final newline without copying
+            # the ~650 KB string a second time.
+            body = "\n".join([*self.ids, ""]).encode()
+        return body
+
+    def take_body(self) -> bytes:
+        """:meth:`body`, no longer kept by the chunk (a chunk kept for later holds its ids
+        only)."""
+        body = self.body()
+        object.__setattr__(self, "_body", None)
+        return body
 
     @property
     def digest(self) -> str:
         """SHA-256 hex of :meth:`body`: identifies the chunk's content for resume."""
         digest = self._digest
         if digest is None:
-            digest = hashlib.sha256(self.body()).hexdigest()
+            body = self.body()
+            object.__setattr__(self, "_body", body)
+            digest = hashlib.sha256(body).hexdigest()
             # Frozen only guards against callers; caching a value derived from the
             # (never reassigned) fields keeps the instance observably immutable.
             object.__setattr__(self, "_digest", digest)

@@ -316,7 +316,7 @@ class Submitter:
         params = {"retrieveCompanyDetails": "true"} if s.retrieve_company_details else {}
         if s.webhook:
             params["webhook"] = s.webhook
-        body = chunk.body()
+        body = chunk.take_body()
         try:
             async for attempt in retrying(s, self._client.on_retry):
                 with attempt:
