@@ -42,6 +42,7 @@ from ._errors import (
     BulkJobError,
     ConfigError,
     JobsFailedError,
+    JournalError,
     ProtocolError,
     error_for_stop,
     first_error,
@@ -334,7 +335,8 @@ class Enrichment:
             rows = await past()
             await self.delivered(job, rows)
 
-        self._marks = [m for m in self._marks if not m.done()]
+        # Marks done well are dropped; a failed one stays for the run's end to raise.
+        self._marks = [m for m in self._marks if not m.done() or _failed(m)]
         task = asyncio.create_task(mark())
         self._marks.append(task)
         return task
@@ -477,6 +479,8 @@ class Enrichment:
             return
         try:
             await asyncio.gather(*(self._look(client, w) for w in due))
+        except JournalError:
+            raise  # not the server failing: the run cannot record what it learns
         except BulkJobError as exc:  # a failing server: try again a while later
             log.warning("enrich.poll_failed", error=str(exc))
             later = time.monotonic() + self.settings.queue_poll_interval / 8
@@ -495,9 +499,10 @@ class Enrichment:
             age = now - watched.since
             watched.due = now + min(max(age * _YOUNG, _MIN_POLL), self.settings.queue_poll_interval)
             return
-        del self._watched[info.job_id]
-        if journal is not None:
+        if journal is not None:  # recorded first: a job is let go of only once it is
             await journal.job_update(info.chunk, status=status)
+        if self._watched.pop(info.job_id, None) is None:
+            return  # the queue saw it final meanwhile
         queue = self.runner.queue
         if queue is not None:
             queue.finished(info.job_id)  # its place is free: the queue looks at once

@@ -242,18 +242,20 @@ class _Worker:
                 if self.closing.is_set() and not self.thread.is_alive() and self.queue.empty():
                     return None
 
-    def durable(self, mark: concurrent.futures.Future[None]) -> bool:
-        """Wait for a delivery mark: whether it is durable (False: it failed or the run
-        was stopped; the run's end says why)."""
+    def durable(self, mark: concurrent.futures.Future[None]) -> BaseException | None:
+        """Wait for a delivery mark: None once it is durable, else what kept it from being
+        (its error; CancelledError when the run was stopped meanwhile)."""
         while True:
             try:
                 mark.result(timeout=_PUT_POLL)
-                return True
+                return None
             except concurrent.futures.TimeoutError:
                 if self.closing.is_set() and not self.thread.is_alive():
-                    return False
-            except (Exception, concurrent.futures.CancelledError):  # the run's end tells
-                return False
+                    return concurrent.futures.CancelledError()
+            except concurrent.futures.CancelledError as exc:
+                return exc
+            except Exception as exc:  # the mark's own error: the consumer raises it
+                return exc
 
     def past_job(self, rows: int) -> None:
         """The consumer asked for the row after a job's last one (``rows`` handed over):
@@ -266,9 +268,12 @@ class _Worker:
     def close(self) -> None:
         """Stop the run (cancelling the worker's main task unwinds it as a Ctrl-C stop)."""
         with self._lock:
+            first = not self.closing.is_set()
             self.closing.set()
             loop, task = self.loop, self._task
-        if loop is not None and task is not None:
+        # Cancelled once: a second cancel would cut short the first one's wind-down (the
+        # journal left open, its lock held).
+        if first and loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed
                 loop.call_soon_threadsafe(task.cancel)
         while self.thread.is_alive():  # drain, so that no put holds the worker up
@@ -301,6 +306,10 @@ class _Hand:
         self.rows: list[Row] = []
         self.done = False
 
+    def closed(self) -> bool:
+        """Whether the stream is done: at its end, or closed (from any thread)."""
+        return self.done
+
 
 def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
     """The rows of the worker's jobs, in order, read here in batches. Asked for the next
@@ -312,9 +321,11 @@ def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
     if hand.worker is None:
         hand.worker = _Worker(hand.make)
     worker = hand.worker
-    undelivered = False  # a job's delivery mark failed: nothing more is handed over
     try:
-        while not hand.done:
+        while True:
+            if hand.closed():  # closed (from any thread): nothing more is handed over
+                worker.close()  # and the stream ends once the worker has
+                return
             item = worker.next_item()
             if item is None:  # the end: the run's verdict, if any
                 worker.thread.join(CLOSE_GRACE_SECONDS)
@@ -323,17 +334,22 @@ def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
                     raise worker.error
                 return
             job, text, before = item
-            if undelivered:
-                continue
             rows = 0
             with contextlib.closing(text_batches(text, job.info.job_id, BATCH_ROWS)) as batches:
                 del text, item
                 for batch in itertools.chain(batches, ([],)):
+                    if hand.closed():
+                        worker.close()
+                        return
                     if before is not None:
-                        undelivered = not worker.durable(before)
+                        failed = worker.durable(before)
                         before = None
-                        if undelivered:
-                            break
+                        if isinstance(failed, concurrent.futures.CancelledError):
+                            break  # the run was stopped: its end says how
+                        if failed is not None:  # the job before is not delivered
+                            hand.done = True
+                            worker.close()
+                            raise worker.error or failed
                     if not batch:  # the consumer asked for the row after the job's last
                         worker.past_job(rows)
                         break

@@ -497,6 +497,8 @@ class Journal:
         if self._failure is not None:
             raise self._failure
         assert not self.readonly, "a read-only journal is never written"
+        if self._pool is None:  # closed, or its opening failed: nothing would ever commit
+            raise JournalError(str(self.path), "cannot write: the journal is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] | None = loop.create_future() if durable else None
         self._ops.append((sql, params, future))

@@ -256,6 +256,7 @@ class Runner:
         except BaseException:
             if not isinstance(arg, Journal):
                 journal.close_sync()
+                self.journal = None  # closed: nothing may write to it any more
             raise
 
     async def _close_journal(self, journal: Journal, owned: bool) -> None:
