@@ -41,6 +41,12 @@ HUNG = 90.0
 LOCK_BEATS_BUSY_TIMEOUT = 5.0 + 2.0
 
 
+def _run_files(tmp_path: Path, n: int) -> tuple[list[str], Path, Path]:
+    """``n`` ids, the file that holds them and where the run's journal goes."""
+    values = make_ids(n)
+    return values, write_ids(tmp_path / "ids.txt", values), tmp_path / "run.journal"
+
+
 def counts(rows: list[Row]) -> collections.Counter[str]:
     return collections.Counter(row[ID] for row in rows)
 
@@ -103,9 +109,7 @@ def test_defect_close_ends_the_rows_of_a_job_of_several_batches(tmp_path: Path, 
     batch being read (hand.rows) but the generator then reads on in the job's
     text_batches. Fix: in _batches' inner loop, ``if hand.done: return`` before each
     ``yield batch`` (and before past_job)."""
-    values = make_ids(4_000)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 4_000)
     with bulkjob.Sandbox.running() as sb:
         s = settings_for(sb, chunk_size=2_000)
         it = bulkjob.enrich([str(path)], settings=s, journal=journal)
@@ -150,9 +154,7 @@ def test_defect_a_failed_mark_with_the_last_job_waiting_ends_with_the_error(
     ``worker.close()``, rather than drain and rely on the worker; and/or keep failed
     marks in ``_marks`` (prune only those that succeeded), and end the worker's run as
     soon as a mark fails (a done callback that cancels the main task with the error)."""
-    values = make_ids(400)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    _, path, journal = _run_files(tmp_path, 400)
     config = bulkjob.SandboxConfig(running_job_limit=3, finished_after=2.0)
     with bulkjob.Sandbox.running(config) as sb:
         s = settings_for(sb, chunk_size=100, queue_poll_interval=0.5)
@@ -191,9 +193,7 @@ def test_defect_a_status_write_that_fails_is_not_a_clean_run_without_rows(
     never made final, never downloaded, and the watch ends with nothing watched. Fix:
     let JournalError out of _poll_due (it is not the server failing), so _serve fails
     and the verdict raises it; and remove the job from _watched only once recorded."""
-    values = make_ids(300)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 300)
     config = bulkjob.SandboxConfig(finished_after=1.0)
     with bulkjob.Sandbox.running(config) as sb:
         s = settings_for(sb, chunk_size=100)
@@ -284,9 +284,7 @@ def test_ctrl_c_while_the_consumer_waits_for_a_mark(tmp_path: Path) -> None:
     durable (the journal's write lock held elsewhere): the interrupt comes out at once,
     no worker is left, and the same call resumes: every row, paid once, at most job 1's
     rows twice."""
-    values = make_ids(400)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 400)
     with bulkjob.Sandbox.running() as sb:
         s = settings_for(sb, chunk_size=100)
         it = bulkjob.enrich([str(path)], settings=s, journal=journal)
@@ -320,9 +318,7 @@ def test_a_journal_locked_from_the_start_is_an_error_not_a_hang(tmp_path: Path) 
     """Another connection holds the journal's write lock before the run opens it: the
     run cannot start, and enrich says so (JournalError) rather than waiting for ever
     (a flush on the journal whose opening failed once waited on a writer never started)."""
-    values = make_ids(200)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 200)
     with bulkjob.Sandbox.running() as sb:
         s = settings_for(sb, chunk_size=100)
         with write_lock(journal):
@@ -339,9 +335,7 @@ def test_a_journal_locked_from_the_start_is_an_error_not_a_hang(tmp_path: Path) 
 def test_close_from_another_thread_while_the_consumer_waits_for_a_mark(tmp_path: Path) -> None:
     """close() from a watchdog thread while the consumer waits for a mark that cannot be
     written: the consumer ends (no hang), no worker is left, and the journal resumes."""
-    values = make_ids(400)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 400)
     with bulkjob.Sandbox.running() as sb:
         s = settings_for(sb, chunk_size=100)
         it = bulkjob.enrich([str(path)], settings=s, journal=journal)
@@ -378,9 +372,7 @@ def test_slow_consumer_queue_limit_2_and_failing_jobs(tmp_path: Path) -> None:
     """A slow consumer at a queue limit of 2 with a share of jobs failing: every row of
     the finished jobs, then JobsFailedError naming exactly the others; each job
     delivered in the journal once its rows were read; paid once."""
-    values = make_ids(3_000)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 3_000)
     config = bulkjob.SandboxConfig(running_job_limit=2, job_fail_rate=0.3, seed=3)
     with bulkjob.Sandbox.running(config) as sb:
         s = settings_for(sb, chunk_size=300, queue_poll_interval=0.2)
@@ -402,9 +394,7 @@ def test_slow_consumer_queue_limit_2_and_failing_jobs(tmp_path: Path) -> None:
 def test_a_consumer_that_raises_inside_its_loop_then_resumes(tmp_path: Path) -> None:
     """An exception in the loop body of ``with enrich(...) as it`` mid-job: the run stops,
     no worker is left, and the same call resumes with at most that job repeated."""
-    values = make_ids(3_000)
-    path = write_ids(tmp_path / "ids.txt", values)
-    journal = tmp_path / "run.journal"
+    values, path, journal = _run_files(tmp_path, 3_000)
     with bulkjob.Sandbox.running() as sb:
         s = settings_for(sb, chunk_size=1_000)
         first: list[Row] = []
