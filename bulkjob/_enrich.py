@@ -12,8 +12,9 @@ when it does not (sends flowing, or submission over) are the jobs polled here, e
 its own schedule, sparse while young. Jobs the journal already knows final are not
 asked again.
 
-Memory is bounded by one job's results: each job's CSV is on disk, at most
-:data:`PREFETCH` jobs ahead of the consumer, and is read row by row.
+Memory is bounded by a few jobs' results: each job's CSV is on disk, downloaded
+:data:`DOWNLOADS` at a time and at most :data:`PREFETCH` jobs ahead of the consumer, and
+its rows are made a batch at a time from its text.
 
 **Delivery is recorded per job** (with a journal): a job counts as delivered once the
 consumer has iterated past its last row — it asked for the next row, or the iteration

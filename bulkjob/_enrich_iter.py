@@ -3,11 +3,12 @@ as a plain iterator and an async one.
 
 The async iterator runs on the caller's loop. The sync one always runs the enrichment on
 a private loop in a worker thread (so it works the same in a script and in a notebook
-cell, where a loop already runs) and hands rows over a bounded queue in batches: the
-worker never waits for the consumer's loop body row by row, and submission goes on while
-the consumer works. Delivery marks are the consumer's doing: when it asks for the row
-after a job's last one, the job is recorded delivered (and durably so) before the next
-row is handed over.
+cell, where a loop already runs) and hands each downloaded job's results text over a
+queue of one; the consumer's thread makes the rows, a batch at a time, as it reads them.
+The worker never waits for the consumer's loop body, and submission goes on while the
+consumer works. Delivery marks are the consumer's doing: when it asks for the row after a
+job's last one, the job is recorded delivered (and durably so) before any row of the
+next job is handed over.
 
 Breaking out, ``close()``, or the iterator being dropped stops the run as a Ctrl-C does:
 requests in flight finish, nothing is cancelled on the server, the journal stays
