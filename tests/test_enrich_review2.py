@@ -58,7 +58,8 @@ def enrich_threads() -> list[threading.Thread]:
 @contextmanager
 def write_lock(journal: Path) -> Iterator[None]:
     """Hold the journal's write lock from another connection (as another process would)."""
-    db = sqlite3.connect(journal, timeout=0, isolation_level=None, check_same_thread=False)
+    # Waits for a write of the run in progress (a lock taken at once could fail on one).
+    db = sqlite3.connect(journal, timeout=HUNG, isolation_level=None, check_same_thread=False)
     try:
         db.execute("BEGIN IMMEDIATE")
         yield
@@ -85,6 +86,7 @@ class Consumer:
                 self._body(row, len(self.rows))
         except BaseException as exc:
             self.error = exc
+            self.it.close()  # a loop body that raised: no run left going for the next test
 
     def ended(self) -> bool:
         """Whether the consumer ended (else it is closed, so that no thread is left)."""
