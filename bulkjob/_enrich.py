@@ -33,7 +33,7 @@ import itertools
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -325,16 +325,14 @@ class Enrichment:
         await asyncio.to_thread(job.path.unlink, missing_ok=True)
         log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
 
-    def deliver_when(self, past: Callable[[], Awaitable[int]], job: JobRows) -> asyncio.Task[None]:
-        """Record ``job`` delivered once ``past()`` says the consumer is past its last row
-        (and how many rows it had), in a task of its own: the next job can be read
+    def deliver_when(self, rows: asyncio.Future[int], job: JobRows) -> asyncio.Task[None]:
+        """Record ``job`` delivered once ``rows`` is set: the consumer is past its last row,
+        and that is how many it had. In a task of its own: the next job can be read
         meanwhile, its rows handed over once the task is done. The run's end waits for it;
-        closed early, it is cancelled (``past`` is called only when the task runs: no
-        coroutine is left never awaited)."""
+        closed early, it is cancelled."""
 
         async def mark() -> None:
-            rows = await past()
-            await self.delivered(job, rows)
+            await self.delivered(job, await rows)
 
         # Marks done well are dropped; a failed one stays for the run's end to raise.
         self._marks = [m for m in self._marks if not m.done() or _failed(m)]

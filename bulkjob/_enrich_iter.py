@@ -187,20 +187,16 @@ class _Worker:
             self._task = asyncio.current_task()
             self.core = core = self._make()
         before: concurrent.futures.Future[None] | None = None
-        marks: list[asyncio.Task[None]] = []
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
-                for done in [m for m in marks if m.done()]:
-                    marks.remove(done)
-                    done.result()  # a mark that failed ends the run with its error
                 ack: asyncio.Future[int] = loop.create_future()
                 self._acks.append(ack)
                 text = await asyncio.to_thread(read_results, job.path)
                 await self._put((job, text, before))
                 # Recorded once the consumer asked for the row after the job's last one;
-                # the consumer hands over nothing of the next job before it is durable.
-                mark = core.deliver_when(lambda ack=ack: ack, job)  # type: ignore[misc]
-                marks.append(mark)
+                # the consumer hands over nothing of the next job before it is durable,
+                # and raises the error of a mark that failed (the last job's: the end).
+                mark = core.deliver_when(ack, job)
                 before = concurrent.futures.Future()
                 mark.add_done_callback(functools.partial(_settle, before))
 
