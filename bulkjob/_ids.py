@@ -189,9 +189,7 @@ class _Writer:
         self._content = False
 
     def write(self, member: _Member) -> None:
-        """Append a packed batch (in the order of the stream)."""
-        if not member.items:
-            return
+        """Append a packed batch (in the order of the stream; never an empty one)."""
         if not self._content:
             # As the pre-pass decides it: a BOM at the very start is not content.
             self._content = member.content if self.index else member.content_first
