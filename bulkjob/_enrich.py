@@ -26,6 +26,7 @@ at-least-once at job granularity.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import csv
 import io
@@ -200,6 +201,11 @@ class _Watched:
     due: float  # monotonic: next look
 
 
+#: What the consumer of a blocking enrich tells of a job it is past: how many rows it had,
+#: and the future of the journal's record of it (None without a journal).
+Past = tuple[int, "concurrent.futures.Future[bool] | None"]
+
+
 class Enrichment:
     """One enrich run on the current event loop: submit, watch, download, hand over.
 
@@ -318,21 +324,28 @@ class Enrichment:
 
     async def delivered(self, job: JobRows, rows: int, *, out_bytes: int | None = None) -> None:
         """The consumer is past ``job``'s last row (``rows`` of them): record it, durably."""
-        self.report.rows_delivered += rows
         journal = self.runner.journal
         if journal is not None:
             await journal.delivered(job.info.chunk, out_bytes=out_bytes)
+        await self._past(job, rows)
+
+    async def _past(self, job: JobRows, rows: int) -> None:
+        """What follows a job's delivery, once recorded: counted, its results file gone."""
+        self.report.rows_delivered += rows
         await asyncio.to_thread(job.path.unlink, missing_ok=True)
         log.info("enrich.delivered", job_id=job.info.job_id, chunk=job.info.chunk, rows=rows)
 
-    def deliver_when(self, rows: asyncio.Future[int], job: JobRows) -> asyncio.Task[None]:
-        """Record ``job`` delivered once ``rows`` is set: the consumer is past its last row,
-        and that is how many it had. In a task of its own: the next job can be read
-        meanwhile, its rows handed over once the task is done. The run's end waits for it;
-        closed early, it is cancelled."""
+    def deliver_when(self, past: asyncio.Future[Past], job: JobRows) -> asyncio.Task[None]:
+        """Finish ``job``'s delivery once ``past`` is set: the consumer is past its last
+        row, had that many rows, and had the journal record it (see
+        :meth:`Journal.delivered_soon`: the future of that write, None without a journal).
+        In a task of its own: the next job is read meanwhile. The run's end waits for it
+        (and raises a failed record's error); closed early, it is cancelled."""
 
         async def mark() -> None:
-            await self.delivered(job, await rows)
+            rows, written = await past
+            if written is None or await asyncio.wrap_future(written):
+                await self._past(job, rows)
 
         # Marks done well are dropped; a failed one stays for the run's end to raise.
         self._marks = [m for m in self._marks if not m.done() or _failed(m)]

@@ -21,7 +21,6 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import functools
 import itertools
 import os
 import queue
@@ -30,7 +29,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Itera
 from types import TracebackType
 from typing import Unpack
 
-from ._enrich import Enrichment, JobRows, Row, read_results, text_batches
+from ._enrich import Enrichment, JobRows, Past, Row, read_results, text_batches
 from ._errors import ConfigError
 from ._report import RunReport
 from ._settings import Settings, SettingsValues
@@ -141,10 +140,8 @@ def enrich_async(
 
 # -- the blocking twin ----------------------------------------------------------------------------
 
-#: (a downloaded job, its results' text for the consumer to make rows of, the delivery
-#: mark of the job before it: none of this job's rows is handed over before that mark is
-#: durable) | the end.
-_Item = tuple[JobRows, str, "concurrent.futures.Future[None] | None"] | None
+#: (a downloaded job, its results' text for the consumer to make rows of) | the end.
+_Item = tuple[JobRows, str] | None
 
 
 class _Worker:
@@ -163,8 +160,8 @@ class _Worker:
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        #: Rows counts awaited by the jobs' delivery marks, in the order handed over.
-        self._acks: collections.deque[asyncio.Future[int]] = collections.deque()
+        #: What the jobs' delivery marks wait for, in the order the jobs were handed over.
+        self._acks: collections.deque[asyncio.Future[Past]] = collections.deque()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="bulkjob-enrich", daemon=True)
         self.thread.start()
@@ -186,25 +183,23 @@ class _Worker:
             self.loop = loop = asyncio.get_running_loop()
             self._task = asyncio.current_task()
             self.core = core = self._make()
-        before: concurrent.futures.Future[None] | None = None
         async with contextlib.aclosing(core.jobs()) as jobs:
             async for job in jobs:
-                ack: asyncio.Future[int] = loop.create_future()
+                ack: asyncio.Future[Past] = loop.create_future()
                 self._acks.append(ack)
                 text = await asyncio.to_thread(read_results, job.path)
-                await self._put((job, text, before))
-                # Recorded once the consumer asked for the row after the job's last one;
-                # the consumer hands over nothing of the next job before it is durable,
-                # and raises the error of a mark that failed (the last job's: the end).
-                mark = core.deliver_when(ack, job)
-                before = concurrent.futures.Future()
-                mark.add_done_callback(functools.partial(_settle, before))
+                await self._put((job, text))
+                # The consumer records the job delivered once it asked for the row after
+                # its last one (see past_job), and hands over nothing of the next job
+                # before that record is durable; the mark finishes the delivery here,
+                # and the run's end raises the error of a record that failed.
+                core.deliver_when(ack, job)
 
-    def _ack(self, rows: int) -> None:
+    def _ack(self, past: Past) -> None:
         if self._acks:
             ack = self._acks.popleft()
             if not ack.done():
-                ack.set_result(rows)
+                ack.set_result(past)
 
     async def _put(self, item: _Item) -> None:
         try:
@@ -239,13 +234,14 @@ class _Worker:
                 if self.closing.is_set() and not self.thread.is_alive() and self.queue.empty():
                     return None
 
-    def durable(self, mark: concurrent.futures.Future[None]) -> BaseException | None:
-        """Wait for a delivery mark: None once it is durable, else what kept it from being
-        (its error; CancelledError when the run was stopped meanwhile)."""
+    def durable(self, mark: concurrent.futures.Future[bool]) -> BaseException | None:
+        """Wait for a delivery record: None once it is durable, else what kept it from
+        being (its error; CancelledError when the run was stopped meanwhile)."""
         while True:
             try:
-                mark.result(timeout=_PUT_POLL)
-                return None
+                if mark.result(timeout=_PUT_POLL):
+                    return None
+                return concurrent.futures.CancelledError()  # the journal closed first
             except concurrent.futures.TimeoutError:
                 if self.closing.is_set() and not self.thread.is_alive():
                     return concurrent.futures.CancelledError()
@@ -254,13 +250,17 @@ class _Worker:
             except Exception as exc:  # the mark's own error: the consumer raises it
                 return exc
 
-    def past_job(self, rows: int) -> None:
-        """The consumer asked for the row after a job's last one (``rows`` handed over):
-        the worker records the job delivered."""
-        loop = self.loop
-        assert loop is not None
+    def past_job(self, job: JobRows, rows: int) -> concurrent.futures.Future[bool] | None:
+        """The consumer asked for the row after ``job``'s last one (``rows`` handed over):
+        the job is recorded delivered, straight from this thread (the record's future;
+        None without a journal), and the worker finishes its delivery."""
+        loop, core = self.loop, self.core
+        assert loop is not None and core is not None
+        journal = core.runner.journal
+        written = journal.delivered_soon(job.info.chunk) if journal is not None else None
         with contextlib.suppress(RuntimeError):  # the loop already closed
-            loop.call_soon_threadsafe(self._ack, rows)
+            loop.call_soon_threadsafe(self._ack, (rows, written))
+        return written
 
     def close(self) -> None:
         """Stop the run (cancelling the worker's main task unwinds it as a Ctrl-C stop)."""
@@ -277,16 +277,6 @@ class _Worker:
             with contextlib.suppress(queue.Empty):
                 self.queue.get(timeout=_PUT_POLL)
         self.thread.join(CLOSE_GRACE_SECONDS)
-
-
-def _settle(out: concurrent.futures.Future[None], mark: asyncio.Task[None]) -> None:
-    """Pass a delivery mark's outcome to the consumer's thread."""
-    if mark.cancelled():
-        out.cancel()
-    elif (exc := mark.exception()) is not None:
-        out.set_exception(exc)
-    else:
-        out.set_result(None)
 
 
 class _Hand:
@@ -318,6 +308,7 @@ def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
     if hand.worker is None:
         hand.worker = _Worker(hand.make)
     worker = hand.worker
+    before: concurrent.futures.Future[bool] | None = None  # the record of the job before
     try:
         while True:
             if hand.closed():  # closed (from any thread): nothing more is handed over
@@ -330,7 +321,7 @@ def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
                 if worker.error is not None:
                     raise worker.error
                 return
-            job, text, before = item
+            job, text = item
             rows = 0
             with contextlib.closing(text_batches(text, job.info.job_id, BATCH_ROWS)) as batches:
                 del text, item
@@ -348,7 +339,7 @@ def _batches(hand: _Hand) -> Generator[list[Row], None, None]:
                             worker.close()
                             raise worker.error or failed
                     if not batch:  # the consumer asked for the row after the job's last
-                        worker.past_job(rows)
+                        before = worker.past_job(job, rows)
                         break
                     hand.rows = batch
                     yield batch

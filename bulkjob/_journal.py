@@ -473,10 +473,40 @@ class Journal:
     async def delivered(self, seq: int, *, out_bytes: int | None = None) -> None:
         """Durably record that job ``seq``'s rows reached the consumer (``enrich``), and
         with ``out_bytes`` the output file's length once they were written into it."""
-        await self._write(
-            "UPDATE chunks SET delivered_at = ?, out_bytes = ?, updated_at = ? WHERE seq = ?",
-            (time.time(), out_bytes, time.time(), seq),
-        )
+        await self._write(*_delivered(seq, out_bytes))
+
+    def delivered_soon(self, seq: int) -> concurrent.futures.Future[bool]:
+        """:meth:`delivered`, from any thread and without the loop: the write goes to the
+        journal's thread at once (the consumer of a blocking ``enrich`` waits for it
+        before it hands over the next job's rows, so every hop counts). The future is
+        True once the record is durable, False when the journal was closed first (nothing
+        written: the run was stopped), and a JournalError when the write failed."""
+        pool = self._pool
+        if self._failure is not None or pool is None:
+            done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+            if self._failure is not None:
+                done.set_exception(self._failure)
+            else:
+                done.set_result(False)
+            return done
+        try:
+            return pool.submit(self._apply_now, [_delivered(seq, None)])
+        except RuntimeError:  # the pool was shut down meanwhile: the journal is closed
+            return self.delivered_soon(seq)
+
+    def _apply_now(self, ops: list[tuple[str, tuple[object, ...]]]) -> bool:
+        """:meth:`_apply` on the journal's thread for a writer off the loop (see
+        :meth:`delivered_soon`); a failure fails the journal as one in :meth:`_flush` does."""
+        if self._conn is None:
+            return False
+        if self._failure is not None:
+            raise self._failure
+        try:
+            self._apply(ops)
+        except (sqlite3.Error, OSError) as exc:
+            self._failure = JournalError(str(self.path), f"cannot write: {cause(exc)}")
+            raise self._failure from None
+        return True
 
     def set_meta(self, key: str, value: object) -> None:
         """Record a run-level value (e.g. that the run is an ``enrich`` and its output)."""
@@ -593,3 +623,12 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close_sync()
+
+
+def _delivered(seq: int, out_bytes: int | None) -> tuple[str, tuple[object, ...]]:
+    """The write that records job ``seq`` delivered (see :meth:`Journal.delivered`)."""
+    now = time.time()
+    return (
+        "UPDATE chunks SET delivered_at = ?, out_bytes = ?, updated_at = ? WHERE seq = ?",
+        (now, out_bytes, now, seq),
+    )

@@ -333,3 +333,35 @@ def test_a_journal_that_cannot_be_set_up_leaves_no_connection_open(tmp_path: Pat
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+async def test_a_delivery_recorded_from_another_thread(tmp_path: Path) -> None:
+    """``delivered_soon`` writes from any thread without the loop: True once durable,
+    False once the journal is closed (nothing written), JournalError once it failed."""
+    path = tmp_path / "j.journal"
+    journal = new_journal(path)
+    first, second = _chunks(20)
+    await journal.sending(first)
+    await journal.accepted(1, "job-1")
+    done = await asyncio.to_thread(lambda: journal.delivered_soon(1).result(10))
+    assert done is True
+    other = sqlite3.connect(path)
+    assert other.execute(
+        "SELECT delivered_at IS NOT NULL FROM chunks WHERE seq = 1"
+    ).fetchone() == (1,)
+    other.close()
+    await journal.sending(second)
+    os.chmod(path, 0o444)  # as a full disk would
+    os.chmod(path.with_name(path.name + "-wal"), 0o444)
+    if os.geteuid() == 0:
+        assert journal._conn is not None
+        journal._conn.execute("PRAGMA query_only=ON")
+    with pytest.raises(JournalError, match=r"j\.journal: cannot write"):
+        journal.delivered_soon(2).result(10)
+    with pytest.raises(JournalError, match=r"j\.journal"):
+        await journal.accepted(2, "job-2")  # the journal is failed for every writer
+    journal.close_sync()
+    os.chmod(path, 0o644)
+    closed = new_journal(tmp_path / "k.journal")
+    closed.close_sync()
+    assert closed.delivered_soon(1).result(10) is False
