@@ -491,18 +491,21 @@ class Journal:
             return done
         try:
             return pool.submit(self._apply_now, [_delivered(seq, None)])
-        except RuntimeError:  # the pool was shut down meanwhile: the journal is closed
-            return self.delivered_soon(seq)
+        except RuntimeError:  # the pool is shutting down: the journal is closing, not written
+            closing: concurrent.futures.Future[bool] = concurrent.futures.Future()
+            closing.set_result(False)
+            return closing
 
     def _apply_now(self, ops: list[tuple[str, tuple[object, ...]]]) -> bool:
         """:meth:`_apply` on the journal's thread for a writer off the loop (see
         :meth:`delivered_soon`); a failure fails the journal as one in :meth:`_flush` does."""
-        if self._conn is None:
+        conn = self._conn  # read once: close_sync clears it from another thread
+        if conn is None:
             return False
         if self._failure is not None:
             raise self._failure
         try:
-            self._apply(ops)
+            self._apply(ops, conn)
         except (sqlite3.Error, OSError) as exc:
             self._failure = JournalError(str(self.path), f"cannot write: {cause(exc)}")
             raise self._failure from None
@@ -571,9 +574,11 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(str(self.path), f"cannot write: {cause(exc)}") from None
 
-    def _apply(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
+    def _apply(
+        self, ops: list[tuple[str, tuple[object, ...]]], conn: sqlite3.Connection | None = None
+    ) -> None:
         """One transaction; runs on the journal's thread."""
-        conn = self._conn
+        conn = conn or self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
