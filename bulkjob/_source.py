@@ -112,6 +112,7 @@ class IdSource:
         "_stdin",
         "_strict",
         "_summary",
+        "_text_ids",
         "dedupe",
         "stats",
     )
@@ -140,6 +141,7 @@ class IdSource:
         self._ids = spooled_ids
         self._fullmatch = _matcher(id_pattern, spooled_ids)
         self._all_ids = _all_matcher(id_pattern, self._fullmatch)
+        self._text_ids = _text_matcher(id_pattern)
         # An iterable's items are values, not CSV rows: ``column`` does not apply.
         self._column = None if spooled_ids else column
         self._strict = strict
@@ -332,7 +334,7 @@ class IdSource:
         seen: set[bytes] | None,
         strict: bool,
     ) -> Generator[IdBlock, None, None]:
-        all_ids = self._all_ids
+        all_ids, text_ids = self._all_ids, self._text_ids
         decode = codecs.getincrementaldecoder("utf-8")().decode
         is_gzip = _is_gzip(stream)
         size = self._block_size
@@ -354,15 +356,23 @@ class IdSource:
                 if text[0] == "\ufeff":
                     text = text[1:]
             if final:
-                lines = [tail] if tail else []
+                read, tail = tail, ""
+                lines = [read] if read else []
             else:
-                lines = (tail + text).split("\n") if tail else text.split("\n")
+                read = tail + text if tail else text
+                lines = read.split("\n")
                 tail = lines.pop()
+                read = read[: len(read) - len(tail) - 1]  # the block's whole lines, joined
             if not lines:
                 continue
             if seen is None:
-                values = list(map(str.strip, lines))
-                if "" not in values and all_ids(values):
+                values: list[str] | None = lines
+                if text_ids is None or not text_ids(read, len(lines)):
+                    # Not ids as they stand (nothing then to strip): stripped, checked.
+                    values = list(map(str.strip, lines))
+                    if "" in values or not all_ids(values):
+                        values = None
+                if values is not None:
                     # The usual block, every line an id: checked by C loops and handed on
                     # whole, no Python code per id. Counted by where the reader got to.
                     run = IdRun(values, display, done + 1)
@@ -585,13 +595,21 @@ def _all_matcher(
     pattern: a fixed length over an ASCII alphabet) is checked on the block's bytes as a
     whole, by a few C passes, rather than by one regex call per id; any other pattern by
     ``fullmatch`` per value. A marker line (``MARK`` is no id character) fails both."""
-    if pattern != DEFAULT_ID_PATTERN:
+    text_ids = _text_matcher(pattern)
+    if text_ids is None:
         return lambda values: all(map(fullmatch, values))
+    return lambda values: text_ids("\n".join(values), len(values))
+
+
+def _text_matcher(pattern: str) -> Callable[[str, int], bool] | None:
+    """For the API's own id form (the default pattern), whether a text of ``n`` lines
+    joined by ``\n`` is ``n`` ids exactly as they stand: nothing around them to strip (the
+    alphabet holds no whitespace), no blank line, no marker. None for any other pattern."""
+    if pattern != DEFAULT_ID_PATTERN:
+        return None
     length, alphabet = DEFAULT_ID_LENGTH, DEFAULT_ID_ALPHABET.encode()
 
-    def all_ids(values: list[str]) -> bool:
-        text = "\n".join(values)
-        n = len(values)
+    def text_ids(text: str, n: int) -> bool:
         # Every value ``length`` long: the separators sit exactly every length + 1.
         if len(text) != (length + 1) * n - 1 or text[length :: length + 1] != "\n" * (n - 1):
             return False
@@ -601,7 +619,7 @@ def _all_matcher(
             return False
         return not data.translate(None, alphabet + b"\n")
 
-    return all_ids
+    return text_ids
 
 
 def _read(stream: BinaryIO, size: int, display: str, done: int, is_gzip: bool) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import re
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -222,3 +223,36 @@ def test_the_default_patterns_block_check_is_fullmatch_on_every_value(
     assert _all_matcher(DEFAULT_ID_PATTERN, fullmatch)(values) == all(map(fullmatch, values))
     other = _matcher(r"[a-b]{64}", spooled)
     assert _all_matcher(r"[a-b]{64}", other)(values) == all(map(other, values))
+
+
+_DEFAULT_LINES = st.lists(
+    st.one_of(
+        st.sampled_from(["a" * 64, "Z" * 64, "0-_" * 21 + "b"]),  # ids as they stand
+        st.sampled_from([" " + "a" * 64, "a" * 64 + "\r", "\t" + "b" * 64 + " ", "", "  "]),
+        st.sampled_from(["a" * 63, "a" * 65, "a" * 63 + "é", "a" * 32 + " " + "a" * 31]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=_DEFAULT_LINES, block=st.integers(1, 400))
+def test_default_pattern_blocks_match_the_per_line_reference(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], block: int
+) -> None:
+    """With the API's own id form, a block whose lines are ids as they stand is handed on
+    unstripped, any other block stripped and checked: the records, lines and rejects are
+    still those of stripping and matching each line (CRLF ends, padding, blanks)."""
+    path = write(tmp_path_factory.mktemp("default"), lines)
+    stripped = [raw.strip() for raw in lines]
+    if not any(stripped):
+        return  # an input of no ids is refused by the pre-pass, tested elsewhere
+    fullmatch = re.compile(DEFAULT_ID_PATTERN).fullmatch
+    ids = [(v, str(path), n) for n, v in enumerate(stripped, 1) if v and fullmatch(v)]
+    bad = [(n, v) for n, v in enumerate(stripped, 1) if v and not fullmatch(v)]
+    with IdSource([str(path)], block_size=block) as source:
+        assert list(source) == ids
+        assert source.stats.ids_invalid == len(bad)
+        assert source.stats.blank == sum(1 for v in stripped if not v)
+        samples = [(s.origin.line, s.value) for s in source.stats.invalid_samples]
+        assert samples == bad[: len(samples)]
