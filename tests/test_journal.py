@@ -4,6 +4,7 @@ and files that are not journals left untouched."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import hashlib
 import json
@@ -12,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -365,3 +367,53 @@ async def test_a_delivery_recorded_from_another_thread(tmp_path: Path) -> None:
     closed = new_journal(tmp_path / "k.journal")
     closed.close_sync()
     assert closed.delivered_soon(1).result(10) is False
+
+
+def _close_while_recording(path: Path) -> list[str]:
+    """One journal closed by this thread while another records deliveries as fast as it
+    can; what either saw that is neither True, False nor a JournalError."""
+    journal = Journal.claim(path)
+    journal.start({}, ["f.txt"])
+    started = threading.Event()
+    futures: list[concurrent.futures.Future[bool]] = []
+    bad: list[str] = []
+
+    def consumer() -> None:
+        try:
+            while True:
+                future = journal.delivered_soon(1)
+                futures.append(future)
+                started.set()
+                if future.done() and future.exception() is None and not future.result():
+                    return  # closed: False, nothing written
+        except BaseException as exc:  # what the consumer of enrich would see
+            started.set()
+            bad.append(f"delivered_soon raised {exc!r}"[:200])
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    started.wait(10)
+    journal.close_sync()
+    thread.join(30)
+    for future in futures:
+        try:
+            future.result(10)
+        except Exception as exc:
+            bad.append(f"the record's future: {exc!r}"[:200])
+    return bad
+
+
+def test_a_delivery_recorded_while_another_thread_closes_the_journal(tmp_path: Path) -> None:
+    """Found by review 21 (a race). ``delivered_soon`` from the consumer's thread while the
+    worker's thread closes the journal (close() from a third thread, the run's end):
+    the future is True or False (or a JournalError), never another exception, and the call
+    itself never raises. Between ``pool.shutdown()`` starting and ``self._pool = None``,
+    ``submit`` raises RuntimeError and delivered_soon calls itself again, spinning with the
+    GIL (5 ms switch interval) until RecursionError. (Also read, not seen failing:
+    ``_apply_now`` checks ``self._conn`` then ``_apply`` reads it again: an AssertionError
+    when close_sync clears it in between.) The consumer here submits without waiting for
+    each record, to meet the close often; the real one meets it at a job's end only,
+    rarely, but then the same way."""
+    for attempt in range(40):
+        bad = _close_while_recording(tmp_path / f"j{attempt}.journal")
+        assert bad == [], f"attempt {attempt}"
