@@ -482,19 +482,15 @@ class Journal:
         True once the record is durable, False when the journal was closed first (nothing
         written: the run was stopped), and a JournalError when the write failed."""
         pool = self._pool
-        if self._failure is not None or pool is None:
-            done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-            if self._failure is not None:
-                done.set_exception(self._failure)
-            else:
-                done.set_result(False)
-            return done
-        try:
-            return pool.submit(self._apply_now, [_delivered(seq, None)])
-        except RuntimeError:  # the pool is shutting down: the journal is closing, not written
-            closing: concurrent.futures.Future[bool] = concurrent.futures.Future()
-            closing.set_result(False)
-            return closing
+        if self._failure is None and pool is not None:
+            with contextlib.suppress(RuntimeError):  # shutting down: the journal is closing
+                return pool.submit(self._apply_now, [_delivered(seq, None)])
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        if self._failure is not None:
+            done.set_exception(self._failure)
+        else:
+            done.set_result(False)
+        return done
 
     def _apply_now(self, ops: list[tuple[str, tuple[object, ...]]]) -> bool:
         """:meth:`_apply` on the journal's thread for a writer off the loop (see
@@ -507,7 +503,7 @@ class Journal:
         try:
             self._apply(ops, conn)
         except (sqlite3.Error, OSError) as exc:
-            self._failure = JournalError(str(self.path), f"cannot write: {cause(exc)}")
+            self._failure = self._cannot_write(exc)
             raise self._failure from None
         return True
 
@@ -550,7 +546,7 @@ class Journal:
             try:
                 await loop.run_in_executor(pool, self._apply, [(s, p) for s, p, _ in batch])
             except (sqlite3.Error, OSError) as exc:
-                self._failure = JournalError(str(self.path), f"cannot write: {cause(exc)}")
+                self._failure = self._cannot_write(exc)
                 for _, _, fut in batch + self._ops:
                     if fut is not None and not fut.done():
                         fut.set_exception(self._failure)
@@ -572,13 +568,18 @@ class Journal:
         try:
             pool.submit(self._apply, ops).result()
         except (sqlite3.Error, OSError) as exc:
-            raise JournalError(str(self.path), f"cannot write: {cause(exc)}") from None
+            raise self._cannot_write(exc) from None
+
+    def _cannot_write(self, exc: sqlite3.Error | OSError) -> JournalError:
+        """The error of a write the file refused (a full disk, an I/O error)."""
+        return JournalError(str(self.path), f"cannot write: {cause(exc)}")
 
     def _apply(
         self, ops: list[tuple[str, tuple[object, ...]]], conn: sqlite3.Connection | None = None
     ) -> None:
-        """One transaction; runs on the journal's thread."""
-        conn = conn or self._conn
+        """One transaction; runs on the journal's thread (on ``conn`` when the caller read
+        the connection already, else on the journal's own)."""
+        conn = conn if conn is not None else self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
