@@ -1,6 +1,6 @@
 """How a run of ``ids=`` meets its journal: its spool adopted, or proven the same stream.
 
-A new run moves its spool to ``<journal>.ids.gz`` (:func:`~bulkjob._ids.spool_path`)
+A new run moves its spool to ``<journal>.ids.zst`` (:func:`~bulkjob._ids.spool_path`)
 before the journal records the run, so the journal never names a spool that is not
 fully on disk. The same submit called again with the same journal (a scheduler's retry)
 spools the caller's ids once more and compares digests: the same stream resumes, from
@@ -24,7 +24,7 @@ from ._journal import Journal
 from ._journal_schema import read_only
 from ._store_local import process_alive, process_start
 
-__all__ = ["check_given", "recorded_spool", "settle", "spool_place"]
+__all__ = ["check_given", "recorded_spool", "settle", "spool_for", "spool_place"]
 
 _TEMP_PREFIX = "bulkjob-ids-"
 
@@ -76,18 +76,35 @@ def _remove_dead_spools(directory: Path, prefix: str) -> None:
                 found.unlink()
 
 
-def recorded_spool(journal: str | os.PathLike[str] | Journal | None, resume: bool) -> str | None:
-    """The spool a resumed journal recorded, when its run was one of ``ids=``."""
+def _ids_record(journal: str | os.PathLike[str] | Journal) -> dict[str, object] | None:
+    """What ``journal`` recorded of its run's ids, when that was a run of ``ids=``."""
     if isinstance(journal, Journal):
         record = journal.ids_record() if journal.started else None
-    elif resume and journal is not None and Path(journal).is_file():
+    elif Path(journal).is_file():
         record = None
         with contextlib.suppress(JournalError, IndexError, ValueError):
             rows = read_only(Path(journal), "SELECT value FROM run WHERE key = 'ids'")[0]
             record = json.loads(str(rows[0][0]))
     else:
         return None
-    if not isinstance(record, dict):
+    return record if isinstance(record, dict) else None
+
+
+def spool_for(journal: str | os.PathLike[str] | Journal) -> Path:
+    """Where the run of ``journal`` keeps its ids: the path it recorded (a journal written
+    before spools were zstd names its ``.ids.gz``), else where a new run puts them."""
+    record = _ids_record(journal)
+    if record is not None and isinstance(record.get("path"), str):
+        return Path(str(record["path"]))
+    return spool_path(journal.path if isinstance(journal, Journal) else journal)
+
+
+def recorded_spool(journal: str | os.PathLike[str] | Journal | None, resume: bool) -> str | None:
+    """The spool a resumed journal recorded, when its run was one of ``ids=``."""
+    if journal is None or not (resume or isinstance(journal, Journal)):
+        return None
+    record = _ids_record(journal)
+    if record is None:
         return None
     path = str(record.get("path"))
     if not os.path.isfile(path):

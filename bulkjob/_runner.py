@@ -29,8 +29,8 @@ from ._chunker import Chunk, chunked_blocks, read_ahead
 from ._client import REQUEST_KINDS, ApiClient
 from ._counts import RunCounts
 from ._errors import ConfigError, InputError, JournalError, UnreachableError, first_error
-from ._ids import IdSpool, spool_async, spool_path
-from ._ids_journal import check_given, recorded_spool, settle, spool_place
+from ._ids import IdSpool, spool_async
+from ._ids_journal import check_given, recorded_spool, settle, spool_for, spool_place
 from ._jobqueue import JobQueue
 from ._journal import ChunkRow, Journal
 from ._logging import get_logger
@@ -217,8 +217,7 @@ class Runner:
         if arg is None:
             self.inputs = [str(spool.path)]
         else:  # what the journal records, and compares when the same submit comes again
-            where = arg.path if isinstance(arg, Journal) else Path(arg)
-            self.inputs = [str(spool_path(where).resolve())]
+            self.inputs = [str((await asyncio.to_thread(spool_for, arg)).resolve())]
         return True
 
     def _open_journal(self, source: IdSource) -> tuple[Journal | None, dict[int, ChunkRow]]:

@@ -38,11 +38,12 @@ from hashlib import blake2b
 from types import TracebackType
 from typing import BinaryIO
 
+from ._decompress import compression, decompressed
 from ._errors import InputError
-from ._gunzip import Gunzipped, gunzip
 from ._ids import MARK, SpoolScan, decode_marker
 from ._records import IDS, IdRecord, IdRun, InputSummary, InvalidSample, Origin, SourceStats
 from ._settings import DEFAULT_ID_ALPHABET, DEFAULT_ID_LENGTH, DEFAULT_ID_PATTERN
+from ._unzstd import ZstdError
 
 __all__ = [
     "IdBlock",
@@ -63,11 +64,10 @@ STDIN = "<stdin>"
 SAMPLE_CHARS = 80
 NO_MATCH = "does not match id_pattern"
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_TSV_SUFFIXES = (".tsv", ".tab", ".tsv.gz", ".tab.gz")
-# What gzip/zlib raise on damaged data: BadGzipFile is an OSError, a truncated
-# stream is an EOFError, a bad deflate block is a zlib.error.
-_GZIP_ERRORS = (OSError, EOFError, zlib.error)
+_TSV_SUFFIXES = (".tsv", ".tab", ".tsv.gz", ".tab.gz", ".tsv.zst", ".tab.zst")
+# What gzip/zlib and zstd raise on damaged data: BadGzipFile is an OSError, a truncated
+# stream is an EOFError, a bad deflate block is a zlib.error, bad zstd data a ZstdError.
+_GZIP_ERRORS = (OSError, EOFError, zlib.error, ZstdError)
 
 
 def _shorten(value: str) -> str:
@@ -256,9 +256,9 @@ class IdSource:
         last = b"\n"
         decode = codecs.getincrementaldecoder("utf-8")().decode
         with self._open(entry) as stream:
-            is_gzip = _is_gzip(stream)
+            packed = compression(stream)
             while True:
-                block = _read(stream, self._block_size, display, lines, is_gzip)
+                block = _read(stream, self._block_size, display, lines, packed)
                 if not block:
                     break
                 where = block.find(b"\x00")
@@ -336,14 +336,14 @@ class IdSource:
     ) -> Generator[IdBlock, None, None]:
         all_ids, text_ids = self._all_ids, self._text_ids
         decode = codecs.getincrementaldecoder("utf-8")().decode
-        is_gzip = _is_gzip(stream)
+        packed = compression(stream)
         size = self._block_size
         done = 0  # physical lines completed before the current block
         tail = ""  # the unfinished last line of the previous block
         head = True
         final = False
         while not final:
-            block = _read(stream, size, display, done, is_gzip)
+            block = _read(stream, size, display, done, packed)
             final = not block
             try:
                 text = decode(block, final)
@@ -502,7 +502,8 @@ class IdSource:
         except csv.Error as exc:
             raise InputError(display, line, f"malformed CSV: {exc}") from None
         except _GZIP_ERRORS as exc:
-            problem = "corrupt gzip data" if _is_gzip(stream) else "read error"
+            packed = compression(stream)
+            problem = f"corrupt {packed} data" if packed else "read error"
             raise InputError(display, line, f"{problem}: {exc}") from None
 
     def _reject(
@@ -527,7 +528,8 @@ class IdSource:
 
     @contextlib.contextmanager
     def _open(self, entry: tuple[str, str]) -> Iterator[BinaryIO]:
-        """The binary stream of one input, gunzipped when it starts with the gzip magic."""
+        """The binary stream of one input, decompressed when it starts with the gzip or
+        zstd magic."""
         display, disk = entry
         try:
             raw = open(disk, "rb")  # noqa: SIM115 - closed by the with below
@@ -541,17 +543,16 @@ class IdSource:
             raise InputError(display, 0, f"cannot open: {exc.strerror or exc}") from None
         with raw:
             try:
-                magic = raw.read(2)
-                raw.seek(0)
+                content = decompressed(raw)
             except IsADirectoryError:
                 raise InputError(display, 0, "is a directory, not a file") from None
             except OSError as exc:
                 raise InputError(display, 0, f"cannot read: {exc.strerror or exc}") from None
-            if magic == _GZIP_MAGIC:
-                with gunzip(raw) as unzipped:
-                    yield unzipped
-            else:
+            if content is None:
                 yield raw
+            else:
+                with content:
+                    yield content
 
 
 #: What :meth:`IdSource.blocks` hands on.
@@ -622,18 +623,15 @@ def _text_matcher(pattern: str) -> Callable[[str, int], bool] | None:
     return text_ids
 
 
-def _read(stream: BinaryIO, size: int, display: str, done: int, is_gzip: bool) -> bytes:
-    """One block, with read errors turned into InputError at the line reached so far."""
+def _read(stream: BinaryIO, size: int, display: str, done: int, packed: str | None) -> bytes:
+    """One block, with read errors turned into InputError at the line reached so far
+    (``packed``: the input's compression, which names the damage)."""
     try:
         return stream.read(size)
     except _GZIP_ERRORS as exc:
-        if is_gzip:
-            raise InputError(display, done + 1, f"corrupt gzip data: {exc}") from None
+        if packed:
+            raise InputError(display, done + 1, f"corrupt {packed} data: {exc}") from None
         raise InputError(display, done + 1, f"read error: {exc}") from None
-
-
-def _is_gzip(stream: object) -> bool:
-    return isinstance(stream, Gunzipped)
 
 
 def _text(stream: BinaryIO) -> io.TextIOWrapper:

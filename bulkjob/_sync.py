@@ -82,7 +82,7 @@ async def submit_async(
 
     ``ids`` is any iterable or async iterable of id strings (a list, a generator over a
     database cursor, a pandas Series), read once and spooled to a compressed file as it
-    is read: beside ``journal`` (``<journal>.ids.gz``) when there is one, so that
+    is read: beside ``journal`` (``<journal>.ids.zst``) when there is one, so that
     :func:`resume` never needs it again. Items are validated, deduplicated and reported
     like lines of a file, their origin being ``ids[i]``. Give ``inputs`` or ``ids``.
 

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from bulkjob.sandbox import Sandbox
 from tests.conftest import (
@@ -239,6 +240,16 @@ def _gzip_corrupt(p: Path) -> None:
     p.write_bytes(gzip.compress(b"x" * 1000)[:20])
 
 
+def _zstd_corrupt(p: Path) -> None:
+    p.write_bytes(zstandard.ZstdCompressor().compress(b"x" * 1000)[:12])
+
+
+def _zstd_bad_checksum(p: Path) -> None:
+    data = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(b"y\n" * 900))
+    data[-1] ^= 1
+    p.write_bytes(bytes(data))
+
+
 def _csv_open_quote(p: Path) -> None:
     ids = make_ids(50)
     p.write_text("id,name\n" + ids[0] + ',"Smith\n' + "".join(f"{i},x\n" for i in ids[1:]))
@@ -261,6 +272,8 @@ BAD_INPUTS = [
         "invalid id",
     ),
     ("corrupt gzip", _gzip_corrupt, [], "gzip"),
+    ("zstd cut short", _zstd_corrupt, [], "corrupt zstd data"),
+    ("zstd wrong checksum", _zstd_bad_checksum, [], "corrupt zstd data"),
     ("chunk size 0", _ids, ["--chunk-size", "0"], "chunk_size"),
     ("chunk size 10,001", _ids, ["--chunk-size", "10001"], "chunk_size"),
     ("negative rate", _ids, ["--max-requests", "-5"], "max_requests"),

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import gzip
+import io
 import os
 import sqlite3
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from bulkjob import ConfigError, InputError, resume_async, submit, submit_async
+from bulkjob import ConfigError, InputError, _ids, resume_async, submit, submit_async
 from bulkjob._ids import spool_path
 from bulkjob._runner import Runner
+from bulkjob._unzstd import unzstd
 from tests.conftest import (
     SandboxFactory,
     assert_paid_once,
@@ -78,8 +80,8 @@ async def test_an_async_generator_through_submit_async(
     )
     assert report.ok and report.ids_submitted == 25_000
     assert_paid_once(sb, values)
-    with gzip.open(spool_path(journal), "rt") as spool:  # compressed, ids only
-        assert spool.read().split() == values
+    with spool_path(journal).open("rb") as raw, unzstd(raw) as data:  # compressed, ids only
+        assert io.TextIOWrapper(data).read().split() == values
 
 
 async def test_inputs_and_ids_together_are_refused(sandbox: SandboxFactory, tmp_path: Path) -> None:
@@ -146,6 +148,44 @@ async def test_resume_reads_the_spool_not_the_iterator(
     assert_paid_once(sb, values)
 
 
+def _gzip_pack(batch: list[object]) -> _ids._Member:
+    """A batch as spools were packed before they were zstd: a gzip member of its own."""
+    text, data = _ids._encode(batch)
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31, zlib.DEF_MEM_LEVEL, zlib.Z_RLE)
+    content = bool(text.strip())
+    first = content if text[:1] != "\ufeff" else bool(text[1:].strip())
+    return _ids._Member(len(batch), data, gz.compress(data) + gz.flush(), first, content)
+
+
+@pytest.mark.parametrize("how", ["resume", "same submit"])
+async def test_a_journal_of_a_gzip_spool_still_continues(
+    sandbox: SandboxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A journal written before spools were zstd names its ``<journal>.ids.gz``: resumed,
+    or met by the same submit again, it is read (and proven) from there, never refused as
+    another run's, and each id is paid once."""
+    sb = await sandbox(quota=250)
+    values = make_ids(600)
+    journal = tmp_path / "run.journal"
+    s = settings_for(sb, concurrency=2)
+    with monkeypatch.context() as old:
+        old.setattr(_ids, "_pack", _gzip_pack)
+        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+        first = await submit_async(ids=generate(values), settings=s, journal=journal)
+    assert first.stop_reason == "quota"
+    gz = tmp_path / "run.journal.ids.gz"
+    assert gz.read_bytes()[:2] == b"\x1f\x8b" and not spool_path(journal).exists()
+    sb.add_quota(10_000)
+    if how == "resume":
+        second = await resume_async(journal, **_aimed(sb))
+    else:
+        second = await submit_async(ids=generate(values), settings=s, journal=journal)
+        assert second.resumed
+    assert second.stop_reason is None and second.accounted
+    assert_paid_once(sb, values)
+    assert sorted(n for n in os.listdir(tmp_path) if ".ids" in n) == ["run.journal.ids.gz"]
+
+
 async def test_the_cli_resumes_a_run_of_ids(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """``bulkjob resume JOURNAL`` (a real process) continues a run of ids= from its spool."""
     sb = await sandbox(quota=250)
@@ -176,7 +216,7 @@ async def test_the_same_submit_again_resumes_and_other_ids_are_refused(
     assert again.resumed and again.stop_reason is None and again.ids_submitted == 600
     assert_paid_once(sb, values)
     assert sorted(n for n in os.listdir(tmp_path) if ".ids" in n) == [
-        "run.journal.ids.gz"  # the second spools are gone
+        "run.journal.ids.zst"  # the second spools are gone
     ]
 
 

@@ -9,6 +9,7 @@ import string
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -230,6 +231,48 @@ def test_truncated_gzip_is_an_input_error(tmp_path: Path) -> None:
     data = gzip.compress((make_id(1) + "\n").encode() * 100)
     path = write(tmp_path / "ids.gz", data[: len(data) // 2])
     assert "corrupt gzip data" in str(problem_of(IdSource([str(path)])))
+
+
+# -- zstd -----------------------------------------------------------------------------
+
+
+def _zstd(text: str, **kw: object) -> bytes:
+    return zstandard.ZstdCompressor(**kw).compress(text.encode())  # type: ignore[arg-type]
+
+
+def test_zstd_is_detected_by_magic_not_name(tmp_path: Path) -> None:
+    """A zstd file (frames one after another) named .txt is decompressed, as gzip is."""
+    one, two = f"{make_id(1)}\n", f"{make_id(2)}\n"
+    path = write(tmp_path / "ids.txt", _zstd(one) + _zstd(two, write_checksum=True))
+    with IdSource([str(path)]) as source:
+        assert source.check() == InputSummary(files=(str(path),), lines=2, bytes=130)
+        assert [v for v, _, _ in source] == [make_id(1), make_id(2)]
+
+
+def test_zstd_csv_and_tsv(tmp_path: Path) -> None:
+    """CSV and TSV inputs may be zstd, with the same suffix rules as gzip (.tsv.zst)."""
+    csv_path = write(tmp_path / "in.csv.zst", _zstd(f"id,n\n{make_id(1)},1\n{make_id(1)},2\n"))
+    source = IdSource([str(csv_path)], column="id", dedupe=True)
+    assert [v for v, _, _ in run(source)] == [make_id(1)]
+    assert source.stats.ids_duplicate == 1
+    tsv_path = write(tmp_path / "in.tsv.zst", _zstd(f"n\tid\n1\t{make_id(3)}\n"))
+    assert [v for v, _, _ in run(IdSource([str(tsv_path)], column="id"))] == [make_id(3)]
+
+
+@pytest.mark.parametrize("damage", ["cut", "checksum", "trailing"])
+def test_damaged_zstd_is_an_input_error(tmp_path: Path, damage: str) -> None:
+    """A zstd stream cut short, with a wrong checksum, or followed by what is no frame
+    fails the pre-pass with the file named: never fewer ids without a word."""
+    data = bytearray(_zstd((make_id(1) + "\n") * 100, write_checksum=True))
+    if damage == "cut":
+        data = data[: len(data) - 2]
+    elif damage == "checksum":
+        data[-1] ^= 1
+    else:
+        data += b"tail"
+    path = write(tmp_path / "ids.zst", bytes(data))
+    error = problem_of(IdSource([str(path)]))
+    assert "corrupt zstd data" in str(error) and str(path) in str(error)
 
 
 # -- pre-pass errors ------------------------------------------------------------------

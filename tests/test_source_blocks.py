@@ -8,14 +8,14 @@ part-way through a block, and hold a spool writer's scan to what the pre-pass fi
 from __future__ import annotations
 
 import asyncio
-import gzip
+import io
 import itertools
 import re
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +25,7 @@ from bulkjob._errors import InputError
 from bulkjob._ids import spool_async, spool_sync
 from bulkjob._settings import DEFAULT_ID_PATTERN
 from bulkjob._source import NO_MATCH, IdSource, _all_matcher, _matcher
+from bulkjob._unzstd import unzstd
 
 PATTERN = r"[a-c]{2}"
 _LINES = st.lists(
@@ -164,9 +165,10 @@ def test_chunks_cut_from_blocks_are_the_chunks_of_the_records(
 def test_a_spool_of_many_members_is_the_stream_in_one(
     tmp_path_factory: pytest.TempPathFactory, items: list[object], batch: int
 ) -> None:
-    """Batches are packed as gzip members of their own (in a thread, ahead of the writes):
-    the file still reads as the one stream the items make, with the same digest and scan
-    as one member, and the same bytes whether the items came sync or async."""
+    """Batches are packed as zstd frames of their own (in a thread, ahead of the writes):
+    the file still reads as the one stream the items make (by bulkjob's reader and by the
+    zstd library's own), with the same digest and scan as one frame, and the same bytes
+    whether the items came sync or async."""
     tmp = tmp_path_factory.mktemp("members")
     whole = spool_sync(items, tmp, "whole-")
 
@@ -183,15 +185,19 @@ def test_a_spool_of_many_members_is_the_stream_in_one(
     try:
         _, expected = _ids._encode(items) if items else ("", b"")
         for spool in spools:
-            assert gzip.decompress(spool.path.read_bytes()) == expected
+            packed = spool.path.read_bytes()
+            assert unzstd(io.BytesIO(packed)).read() == expected
+            library = zstandard.ZstdDecompressor().stream_reader(packed, read_across_frames=True)
+            assert library.read() == expected
             assert (spool.digest, spool.items, spool.scan) == (
                 whole.digest,
                 whole.items,
                 whole.scan,
             )
         assert spools[0].path.read_bytes() == spools[1].path.read_bytes()
-        if len(items) > batch:  # one member per batch
-            assert zlib.decompressobj(31).decompress(spools[0].path.read_bytes()) != expected
+        if len(items) > batch:  # one frame per batch
+            first = zstandard.ZstdDecompressor().decompressobj()
+            assert first.decompress(spools[0].path.read_bytes()) != expected
     finally:
         for spool in (whole, *spools):
             spool.discard()

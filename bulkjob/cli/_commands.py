@@ -124,7 +124,7 @@ class Common:
 )
 @click.option("--wait", "wait_jobs", is_flag=True, help="then wait until every job is final")
 def submit(**kw: Any) -> int:
-    """Submit every id of the INPUT files (plain, CSV/TSV, gzip; '-' or none: stdin)."""
+    """Submit every id of the INPUT files (plain, CSV/TSV, gzip or zstd; '-' or none: stdin)."""
     common = Common.take(kw)
     settings = common.settings()
     inputs = list(kw["inputs"]) or ["-"]

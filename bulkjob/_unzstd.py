@@ -1,0 +1,105 @@
+"""A zstd file's decompressed bytes, read in large pieces, every frame checked to its end.
+
+The spool of an ``ids=`` run is zstd (see :mod:`bulkjob._ids`), and an input file may be
+one. ``zstandard``'s own stream reader hands back what it has when a file ends inside a
+frame: a spool cut short would lose its last ids without a word. Here each frame goes
+through a decompressor of its own, and a file that ends before its frame does is an
+``EOFError``, as a gzip member cut short is.
+
+What it reads is what the ``zstd`` tool reads: frames one after another (a checksum,
+when the frame has one, checked at its end). A damaged file raises:
+:class:`zstandard.ZstdError` for bad data, a wrong checksum, or bytes that are no frame;
+``EOFError`` for a frame cut short.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+import zstandard
+
+__all__ = ["MAGIC", "Unzstded", "ZstdError", "unzstd"]
+
+#: The first bytes of a zstd frame.
+MAGIC = b"\x28\xb5\x2f\xfd"
+#: Compressed bytes read from the file at a time. Memory is what one piece inflates to:
+#: a megabyte of compressed ids is a few megabytes of text.
+_READ = 1 << 20
+ZstdError = zstandard.ZstdError
+
+
+class _Inflater(io.RawIOBase):
+    """The raw stream under :class:`Unzstded`: each ``readinto`` hands out what the
+    frames inflate to, a piece of compressed bytes at a time."""
+
+    def __init__(self, raw: BinaryIO, piece: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._piece = piece
+        self._context = zstandard.ZstdDecompressor()
+        #: The frame being inflated; None between frames.
+        self._frame: zstandard.ZstdDecompressionObj | None = None
+        #: Compressed bytes read and not inflated yet.
+        self._data = b""
+        #: Inflated bytes not handed out yet, from ``_at`` on.
+        self._out = b""
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if not view:
+            return 0
+        if self._at >= len(self._out):
+            self._out, self._at = self._inflate(), 0
+        n = min(len(view), len(self._out) - self._at)
+        view[:n] = memoryview(self._out)[self._at : self._at + n]
+        self._at += n
+        return n
+
+    def _inflate(self) -> bytes:
+        """The next inflated bytes (never empty), or b"" at the end of the last frame."""
+        while True:
+            if self._frame is None and not self._next_frame():
+                return b""
+            frame = self._frame
+            assert frame is not None
+            if not self._data:
+                self._data = self._raw.read(self._piece)
+                if not self._data:
+                    raise EOFError("zstd file ended before the end of its frame")
+            out = frame.decompress(self._data)
+            if frame.eof:  # what follows the frame: the next one
+                self._data = frame.unused_data
+                self._frame = None
+            else:
+                self._data = b""
+            if out:
+                return out
+
+    def _next_frame(self) -> bool:
+        """Start the next frame (True), or find the end of the file (False)."""
+        while len(self._data) < len(MAGIC):
+            more = self._raw.read(self._piece)
+            if not more:
+                if self._data:
+                    raise ZstdError(f"not a zstd frame ({self._data!r})")
+                return False
+            self._data += more
+        if not self._data.startswith(MAGIC):
+            raise ZstdError(f"not a zstd frame ({self._data[:4]!r})")
+        self._frame = self._context.decompressobj()
+        return True
+
+
+class Unzstded(io.BufferedReader):
+    """A readable binary stream of a zstd file's content (see the module docstring)."""
+
+
+def unzstd(raw: BinaryIO, piece: int = _READ) -> Unzstded:
+    """The decompressed content of the zstd file ``raw``, read from its current position
+    ``piece`` compressed bytes at a time. Closing it does not close ``raw``."""
+    return Unzstded(_Inflater(raw, piece), buffer_size=piece)
