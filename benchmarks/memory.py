@@ -44,7 +44,7 @@ sys.exit(0 if report.ok and report.accounted else 1)
 
 _IMPORT_ONLY = "import bulkjob"
 
-# ids= from a generator: nothing holds the list, the spool streams to a gzip file.
+# ids= from a generator: nothing holds the list, the spool streams to a zstd file.
 _CHILD_IDS = """
 import sys
 import bulkjob
