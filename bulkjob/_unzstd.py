@@ -7,7 +7,11 @@ through a decompressor of its own, and a file that ends before its frame does is
 ``EOFError``, as a gzip member cut short is.
 
 What it reads is what the ``zstd`` tool reads: frames one after another (a checksum,
-when the frame has one, checked at its end). A damaged file raises:
+when the frame has one, checked at its end). zstd's decompressor hands back all that its
+input inflates to, and a few bytes of a repetitive file inflate to megabytes: so the
+input goes in slices that grow while what they give stays small (a few hundred
+kilobytes) and shrink when it does not, which keeps memory flat for any list of ids.
+A damaged file raises:
 :class:`zstandard.ZstdError` for bad data, a wrong checksum, or bytes that are no frame;
 ``EOFError`` for a frame cut short.
 """
@@ -23,9 +27,12 @@ __all__ = ["MAGIC", "Unzstded", "ZstdError", "unzstd"]
 
 #: The first bytes of a zstd frame.
 MAGIC = b"\x28\xb5\x2f\xfd"
-#: Compressed bytes read from the file at a time. Memory is what one piece inflates to:
-#: a megabyte of compressed ids is a few megabytes of text.
+#: Compressed bytes read from the file at a time.
 _READ = 1 << 20
+#: Compressed bytes inflated at once: the first slice, the most and the least, and the
+#: output at which a slice stops growing (above four times that, it shrinks).
+_FEED_FIRST, _FEED_MOST, _FEED_LEAST = 1 << 6, 1 << 18, 1 << 6
+_OUT_TARGET = 1 << 19
 ZstdError = zstandard.ZstdError
 
 
@@ -40,11 +47,13 @@ class _Inflater(io.RawIOBase):
         self._context = zstandard.ZstdDecompressor()
         #: The frame being inflated; None between frames.
         self._frame: zstandard.ZstdDecompressionObj | None = None
-        #: Compressed bytes read and not inflated yet.
+        #: Compressed bytes read, inflated up to ``_pos``.
         self._data = b""
+        self._pos = 0
         #: Inflated bytes not handed out yet, from ``_at`` on.
         self._out = b""
         self._at = 0
+        self._feed = _FEED_FIRST
 
     def readable(self) -> bool:
         return True
@@ -67,21 +76,27 @@ class _Inflater(io.RawIOBase):
                 return b""
             frame = self._frame
             assert frame is not None
-            if not self._data:
-                self._data = self._raw.read(self._piece)
+            if self._pos >= len(self._data):
+                self._data, self._pos = self._raw.read(self._piece), 0
                 if not self._data:
                     raise EOFError("zstd file ended before the end of its frame")
-            out = frame.decompress(self._data)
-            if frame.eof:  # what follows the frame: the next one
-                self._data = frame.unused_data
+            feed = memoryview(self._data)[self._pos : self._pos + self._feed]
+            out = frame.decompress(feed)
+            if frame.eof:  # what follows the frame (the next one) is not consumed
+                self._pos += len(feed) - len(frame.unused_data)
                 self._frame = None
             else:
-                self._data = b""
+                self._pos += len(feed)
+            if len(out) < _OUT_TARGET:
+                self._feed = min(self._feed * 2, _FEED_MOST)
+            elif len(out) > 4 * _OUT_TARGET:
+                self._feed = max(self._feed // 8, _FEED_LEAST)
             if out:
                 return out
 
     def _next_frame(self) -> bool:
         """Start the next frame (True), or find the end of the file (False)."""
+        self._data, self._pos = self._data[self._pos :], 0
         while len(self._data) < len(MAGIC):
             more = self._raw.read(self._piece)
             if not more:

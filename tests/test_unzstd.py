@@ -5,6 +5,7 @@ bytes that are no frame is an error, never a stream that just ends early."""
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import pytest
 import zstandard
@@ -95,3 +96,26 @@ def test_small_reads_after_the_end_stay_empty(size: int) -> None:
     stream = unzstd(io.BytesIO(_frame(b"abc", 3, False)))
     assert stream.read() == b"abc"
     assert stream.read(size) == b""
+
+
+def test_a_file_that_inflates_a_thousandfold_is_read_in_flat_memory() -> None:
+    """zstd hands back all that its input inflates to: 220 MB of one id repeated is a few
+    kilobytes compressed. Read here, no piece of it is held much larger than a read."""
+    line = b"Abcdefghijklmnopqrstuvwxyz0123456789-_ABCDEFGHIJKLMNOPQRSTUVWXYZab\n"
+    squeeze = zstandard.ZstdCompressor(level=3).compressobj()
+    block = line * (1 << 14)  # about a megabyte
+    data = b"".join(squeeze.compress(block) for _ in range(200)) + squeeze.flush()
+    assert len(data) < 200 * 1024
+    stream = unzstd(io.BytesIO(data))
+    tracemalloc.start()
+    try:
+        total = 0
+        while part := stream.read(1 << 20):
+            at = total % len(line)  # the content: the line repeated, cut anywhere
+            assert part == (line * (len(part) // len(line) + 2))[at : at + len(part)]
+            total += len(part)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 200 * len(block)
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
