@@ -6,7 +6,7 @@ from typing import BinaryIO
 
 from ._gunzip import Gunzipped, gunzip
 from ._unzstd import MAGIC as ZSTD_MAGIC
-from ._unzstd import Unzstded, unzstd
+from ._unzstd import Unzstded, is_zstd, unzstd
 
 __all__ = ["GZIP_MAGIC", "compression", "decompressed"]
 
@@ -20,7 +20,7 @@ def decompressed(raw: BinaryIO) -> Gunzipped | Unzstded | None:
     raw.seek(0)
     if magic.startswith(GZIP_MAGIC):
         return gunzip(raw)
-    if magic == ZSTD_MAGIC:
+    if is_zstd(magic):
         return unzstd(raw)
     return None
 

@@ -120,6 +120,8 @@ class IdSpool:
         with open(self.path, "rb") as raw:
             data = decompressed(raw)  # zstd; gzip in journals written before zstd spools
             if data is None:
+                if not raw.read(1):
+                    return  # no item: no frame was written
                 raise ConfigError(f"{self.path}: not a spool of ids (neither zstd nor gzip)")
             with io.TextIOWrapper(data, encoding="utf-8", newline="\n") as lines:
                 for line in lines:

@@ -108,21 +108,28 @@ def recorded_spool(journal: str | os.PathLike[str] | Journal | None, resume: boo
         return None
     path = str(record.get("path"))
     if not os.path.isfile(path):
-        raise InputError(
-            path, 0, "the journal's copy of the run's ids is gone: the run cannot be resumed"
-        )
+        raise _gone(path)
     return path
 
 
-def settle(journal: Journal, spool: IdSpool, resuming: bool) -> Path:
+def _gone(path: str) -> InputError:
+    return InputError(
+        path,
+        0,
+        "the journal's copy of the run's ids is gone (moved or deleted since the journal "
+        "named it here): the run cannot be resumed",
+    )
+
+
+def settle(journal: Journal, spool: IdSpool, resuming: bool, final: Path) -> Path:
     """Put a run's spool in place for ``journal``; return the path the run reads.
 
-    A new run adopts it. A resume proves it the stream recorded (same digest) and reads
-    the journal's copy; this one is deleted. Raises InputError, before anything is sent,
-    for a journal of other ids.
+    A new run adopts it as ``final`` (:func:`spool_for`: what the journal records as the
+    run's input). A resume proves it the stream recorded (same digest) and reads the
+    journal's copy; this one is deleted. Raises InputError, before anything is sent, for a
+    journal of other ids, or one whose copy is gone.
     """
     if not resuming:
-        final = spool_path(journal.path)
         spool.adopt(final)
         return final
     record = journal.ids_record()
@@ -139,5 +146,8 @@ def settle(journal: Journal, spool: IdSpool, resuming: bool) -> Path:
             f"({record.get('items')} items recorded, {spool.items} given): "
             "choose another journal",
         )
+    recorded = str(record["path"])
+    if not os.path.isfile(recorded):
+        raise _gone(recorded)
     spool.discard()
-    return Path(str(record["path"]))
+    return Path(recorded)

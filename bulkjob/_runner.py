@@ -239,7 +239,8 @@ class Runner:
         try:
             spool = self._spool
             if spool is not None:  # moved beside the journal, or proven the recorded ids
-                source.relocate(str(settle(journal, spool, self._resume)))
+                final = Path(self.inputs[0])  # spool_for: what the journal records
+                source.relocate(str(settle(journal, spool, self._resume, final)))
             if not self._resume:
                 if not journal.started:
                     inputs = [str(Path(p).resolve()) if p != "-" else p for p in self.inputs]

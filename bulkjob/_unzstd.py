@@ -7,13 +7,16 @@ through a decompressor of its own, and a file that ends before its frame does is
 ``EOFError``, as a gzip member cut short is.
 
 What it reads is what the ``zstd`` tool reads: frames one after another (a checksum,
-when the frame has one, checked at its end). zstd's decompressor hands back all that its
-input inflates to, and a few bytes of a repetitive file inflate to megabytes: so the
-input goes in slices that grow while what they give stays small (a few hundred
-kilobytes) and shrink when it does not, which keeps memory flat for any list of ids.
-A damaged file raises:
-:class:`zstandard.ZstdError` for bad data, a wrong checksum, or bytes that are no frame;
-``EOFError`` for a frame cut short.
+when the frame has one, checked at its end), and skippable frames anywhere among them
+(``pzstd`` starts each frame with one, a seekable file ends with one), passed over.
+
+zstd's decompressor hands back all that its input inflates to, and a few bytes of a
+repetitive file inflate to megabytes: so the input goes in slices that grow while what
+they give stays small (a few hundred kilobytes) and shrink when it does not, which keeps
+memory flat for any list of ids.
+
+A damaged file raises :class:`zstandard.ZstdError` for bad data, a wrong checksum, or
+bytes that are no frame; ``EOFError`` for a frame (or skippable frame) cut short.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from typing import BinaryIO
 
 import zstandard
 
-__all__ = ["MAGIC", "Unzstded", "ZstdError", "unzstd"]
+__all__ = ["MAGIC", "Unzstded", "ZstdError", "is_zstd", "unzstd"]
 
 #: The first bytes of a zstd frame.
 MAGIC = b"\x28\xb5\x2f\xfd"
+#: A skippable frame: its first byte is 0x50 to 0x5F, then these three; then its size
+#: (4 bytes, little-endian) and that many bytes of anything.
+_SKIPPABLE = b"\x2a\x4d\x18"
+_SKIPPABLE_HEAD = 8
 #: Compressed bytes read from the file at a time.
 _READ = 1 << 20
 #: Compressed bytes inflated at once: the first slice, the most and the least, and the
@@ -95,19 +102,46 @@ class _Inflater(io.RawIOBase):
                 return out
 
     def _next_frame(self) -> bool:
-        """Start the next frame (True), or find the end of the file (False)."""
+        """Start the next frame (True), or find the end of the file (False), passing over
+        skippable frames."""
         self._data, self._pos = self._data[self._pos :], 0
-        while len(self._data) < len(MAGIC):
-            more = self._raw.read(self._piece)
-            if not more:
+        while True:
+            if not self._have(len(MAGIC)):
                 if self._data:
                     raise ZstdError(f"not a zstd frame ({self._data!r})")
                 return False
+            if self._data.startswith(MAGIC):
+                self._frame = self._context.decompressobj()
+                return True
+            if not _skippable(self._data):
+                raise ZstdError(f"not a zstd frame ({self._data[:4]!r})")
+            if not self._have(_SKIPPABLE_HEAD):
+                raise EOFError("zstd file ended inside a skippable frame's header")
+            skip = _SKIPPABLE_HEAD + int.from_bytes(self._data[4:_SKIPPABLE_HEAD], "little")
+            while len(self._data) < skip:
+                skip -= len(self._data)
+                self._data = self._raw.read(self._piece)
+                if not self._data:
+                    raise EOFError("zstd file ended inside a skippable frame")
+            self._data = self._data[skip:]
+
+    def _have(self, n: int) -> bool:
+        """Whether ``n`` bytes are read and not used (reading more as needed)."""
+        while len(self._data) < n:
+            more = self._raw.read(self._piece)
+            if not more:
+                return False
             self._data += more
-        if not self._data.startswith(MAGIC):
-            raise ZstdError(f"not a zstd frame ({self._data[:4]!r})")
-        self._frame = self._context.decompressobj()
         return True
+
+
+def _skippable(head: bytes) -> bool:
+    return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == _SKIPPABLE
+
+
+def is_zstd(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first 4 bytes) is zstd."""
+    return head[:4] == MAGIC or _skippable(head)
 
 
 class Unzstded(io.BufferedReader):
