@@ -59,6 +59,23 @@ _JOBS_KEPT = 30 * 86_400.0
 _MARK = ("bulkjob-window", 1)  # the meta row that says what this file is
 #: Tries at opening the file when another connection sets it up at the same moment.
 _SETUP_TRIES = 8
+#: SQLite 3.35 and later hand back the row an INSERT made (RETURNING): a slot is then
+#: taken in one statement whenever the window has room (see LocalStore._take).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+#: One take and one registration in this many is the whole transaction, which also clears
+#: completions and jobs that left the window or the keeping time.
+_SWEEP_EVERY = 64
+#: A slot taken in one statement: only when no pause is on, the kept completions cover
+#: this process's window, and the window has room; else nothing, and the whole
+#: transaction decides (the wait, the slots of dead holders, the keeping time).
+_TAKE = """
+INSERT INTO slots(host, pid, started, taken)
+SELECT :host, :pid, :started, :now
+WHERE COALESCE((SELECT v FROM meta WHERE k = 'resume_at'), 0) <= :soon
+  AND COALESCE((SELECT v FROM meta WHERE k = 'keep'), 0) >= :window
+  AND (SELECT COUNT(*) FROM slots WHERE done IS NULL OR done + :window > :soon) < :most
+RETURNING id
+"""
 
 
 def process_start(pid: int) -> str:
@@ -120,6 +137,8 @@ class LocalStore:
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one connection: one transaction at a time
         self._mine: set[int] = set()
+        #: Takes and registrations so far: every _SWEEP_EVERY-th is a whole transaction.
+        self._steps = 0
 
     def __repr__(self) -> str:
         return f"<LocalStore {self.path} in_flight={len(self._mine)}>"
@@ -132,14 +151,21 @@ class LocalStore:
         await self._run(_nothing)
 
     async def acquire(self) -> tuple[str | None, float]:
-        slot, wait = await self._run(self._acquire)
+        # Each statement lets go of the GIL, and in a busy process (an enrich making rows)
+        # each waits milliseconds to get it back: a slot taken in one statement when the
+        # window has room is most of what made this store cost 13% of enrich's rows/s.
+        slot = await self._run_alone(self._take) if self._quick() else None
+        wait = 0.0
+        if slot is None:
+            slot, wait = await self._run(self._acquire)
         if slot is not None:
             self._mine.add(slot)
             return str(slot), 0.0
         return None, wait
 
     async def release(self, slot: str, *, reset_backoff: bool) -> None:
-        await self._run(self._release, int(slot), reset_backoff)
+        # Statements of their own: a completion and a backoff reset need not be one step.
+        await self._run_alone(self._release, int(slot), reset_backoff)
         self._mine.discard(int(slot))
 
     async def throttled(self, retry_after: float | None) -> tuple[float, float]:
@@ -149,7 +175,10 @@ class LocalStore:
         return await self._run(self._state)
 
     async def register_job(self, job_id: str, digest: str, run: str) -> None:
-        await self._run(self._register, job_id, digest, run)
+        if self._quick():
+            await self._run_alone(self._register_one, job_id, digest, run)
+        else:
+            await self._run(self._register, job_id, digest, run)
 
     async def registered(self, job_ids: Collection[str]) -> dict[str, str]:
         return await self._run(self._registered, list(job_ids)) if job_ids else {}
@@ -170,6 +199,11 @@ class LocalStore:
                 if db is not None:
                     db.close()
 
+    def _quick(self) -> bool:
+        """Whether this take or registration may be one statement (see _SWEEP_EVERY)."""
+        self._steps += 1
+        return _RETURNING and self._steps % _SWEEP_EVERY != 0
+
     # -- transactions (run in a worker thread, one at a time) ----------------------------------
 
     async def _run(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
@@ -179,11 +213,17 @@ class LocalStore:
         the lock is held until the thread is done, so that nothing (close() above all)
         touches the connection while it still runs.
         """
+        return await self._in_thread(lambda: self._transaction(op, *args, **kw))
+
+    async def _run_alone(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+        """:meth:`_run` for ``op``s whose every statement is a whole step of its own
+        (SQLite makes each its own transaction): no BEGIN and COMMIT around them."""
+        return await self._in_thread(lambda: self._guarded(lambda: op(*args, **kw)))
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
         await self._lock.acquire()
         try:
-            done = asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._transaction(op, *args, **kw)
-            )
+            done = asyncio.get_running_loop().run_in_executor(None, work)
         except BaseException:
             self._lock.release()
             raise
@@ -191,16 +231,25 @@ class LocalStore:
         return await asyncio.shield(done)
 
     def _transaction(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+        return self._guarded(lambda: self._begun(op, *args, **kw))
+
+    def _begun(self, op: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = op(*args, **kw)
-            except BaseException:
-                db.rollback()
-                raise
-            db.commit()
-            return result
+            result = op(*args, **kw)
+        except BaseException:
+            db.rollback()
+            raise
+        db.commit()
+        return result
+
+    def _guarded(self, work: Callable[[], T]) -> T:
+        """``work`` on the connection, its errors said as this store's."""
+        try:
+            self._connect()
+            return work()
         except sqlite3.OperationalError as exc:
             if "disk" in str(exc):  # "disk I/O error", "database or disk is full"
                 raise StoreError(str(self.path), f"cannot be written: {exc}") from None
@@ -333,13 +382,35 @@ class LocalStore:
             self._db.executemany("UPDATE slots SET done = ? WHERE id = ?", [(now, s) for s in dead])
         return bool(dead)
 
+    def _take(self) -> int | None:
+        """A slot in one statement when the window has room (see _TAKE), else None."""
+        assert self._db is not None
+        now = time.time()
+        window = self.params.window
+        rows = self._db.execute(
+            _TAKE,
+            {
+                "host": self.me.host,
+                "pid": self.me.pid,
+                "started": self.me.started,
+                "now": now,
+                "soon": now + EPSILON,
+                "window": window,
+                "most": self.params.max_requests,
+            },
+        ).fetchall()
+        return int(rows[0][0]) if rows else None
+
     def _release(self, slot: int, reset_backoff: bool) -> None:
         assert self._db is not None
         self._db.execute(
             "UPDATE slots SET done = ? WHERE id = ? AND done IS NULL", (time.time(), slot)
         )
-        if reset_backoff:
-            self._set("next_delay", self.params.initial_delay)
+        if reset_backoff:  # a write only when a 429 raised the step
+            self._db.execute(
+                "UPDATE meta SET v = ? WHERE k = 'next_delay' AND v <> ?",
+                (self.params.initial_delay, self.params.initial_delay),
+            )
 
     def _register(self, job_id: str, digest: str, run: str) -> None:
         assert self._db is not None
@@ -347,6 +418,12 @@ class LocalStore:
         self._db.execute("DELETE FROM jobs WHERE at < ?", (now - _JOBS_KEPT,))
         self._db.execute(
             "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job_id, digest, run, now)
+        )
+
+    def _register_one(self, job_id: str, digest: str, run: str) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job_id, digest, run, time.time())
         )
 
     def _registered(self, job_ids: list[str]) -> dict[str, str]:
