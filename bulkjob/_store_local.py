@@ -1,9 +1,13 @@
 """``throttle_store = "local"``: the account's window in a SQLite file, shared on one host.
 
 One file per account (``throttle-<account hash>.sqlite3``) in the state directory. Every
-acquire, release and 429 is one short ``BEGIN IMMEDIATE`` transaction, so processes of
-the same user on this host see one window: the check for room and the taking of a slot
-cannot interleave. Times are the host's wall clock, which every process shares.
+acquire, release and 429 is one short write transaction, so processes of the same user on
+this host see one window: the check for room and the taking of a slot cannot interleave.
+A slot is taken by one ``INSERT ... SELECT ... RETURNING`` statement when the window has
+room (SQLite takes the write lock before the statement reads: it is a transaction of its
+own); a wait, a full window, dead holders and the clearing of old rows take a whole
+``BEGIN IMMEDIATE`` transaction. Times are the host's wall clock, which every process
+shares.
 
 A slot is a row: who holds it (host, pid, and the process's start time, so that a
 reused pid is not taken for its holder) and, once its answer is back, when. A holder
