@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -66,8 +67,12 @@ _SETUP_TRIES = 8
 #: SQLite 3.35 and later hand back the row an INSERT made (RETURNING): a slot is then
 #: taken in one statement whenever the window has room (see LocalStore._take).
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-#: One take and one registration in this many is the whole transaction, which also clears
-#: completions and jobs that left the window or the keeping time.
+#: A take is one statement unless this store's last whole transaction, which also clears
+#: the completions that left the window, is older than this (or than the window): so
+#: every process clears them at its first take, and then every so often.
+_SWEEP_SECONDS = 0.05
+#: One registration in this many, the first of each store among them, is the whole
+#: transaction, which also clears the jobs past their keeping time.
 _SWEEP_EVERY = 64
 #: A slot taken in one statement: only when no pause is on, the kept completions cover
 #: this process's window, and the window has room; else nothing, and the whole
@@ -141,8 +146,10 @@ class LocalStore:
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one connection: one transaction at a time
         self._mine: set[int] = set()
-        #: Takes and registrations so far: every _SWEEP_EVERY-th is a whole transaction.
-        self._steps = 0
+        #: When this store last took the whole transaction for a slot (monotonic), and how
+        #: many jobs it registered (see _SWEEP_SECONDS and _SWEEP_EVERY).
+        self._swept = -math.inf
+        self._registrations = 0
 
     def __repr__(self) -> str:
         return f"<LocalStore {self.path} in_flight={len(self._mine)}>"
@@ -158,9 +165,12 @@ class LocalStore:
         # Each statement lets go of the GIL, and in a busy process (an enrich making rows)
         # each waits milliseconds to get it back: a slot taken in one statement when the
         # window has room is most of what made this store cost 13% of enrich's rows/s.
-        slot = await self._run_alone(self._take) if self._quick() else None
+        since = time.monotonic() - self._swept
+        quick = _RETURNING and since < max(self.params.window, _SWEEP_SECONDS)
+        slot = await self._run_alone(self._take) if quick else None
         wait = 0.0
         if slot is None:
+            self._swept = time.monotonic()
             slot, wait = await self._run(self._acquire)
         if slot is not None:
             self._mine.add(slot)
@@ -179,7 +189,8 @@ class LocalStore:
         return await self._run(self._state)
 
     async def register_job(self, job_id: str, digest: str, run: str) -> None:
-        if self._quick():
+        self._registrations += 1
+        if self._registrations % _SWEEP_EVERY != 1:
             await self._run_alone(self._register_one, job_id, digest, run)
         else:
             await self._run(self._register, job_id, digest, run)
@@ -202,11 +213,6 @@ class LocalStore:
                 db, self._db = self._db, None
                 if db is not None:
                     db.close()
-
-    def _quick(self) -> bool:
-        """Whether this take or registration may be one statement (see _SWEEP_EVERY)."""
-        self._steps += 1
-        return _RETURNING and self._steps % _SWEEP_EVERY != 0
 
     # -- transactions (run in a worker thread, one at a time) ----------------------------------
 

@@ -75,7 +75,7 @@ async def test_a_success_after_a_429_starts_the_backoff_anew_either_way(
 
 async def test_old_completions_do_not_pile_up(tmp_path: Path, one_statement: bool) -> None:
     """Hundreds of requests through a short window: the rows that left it are cleared
-    (the whole transaction clears them, one step in _SWEEP_EVERY when not every one)."""
+    (by the whole transaction: at a store's first take, then every _SWEEP_SECONDS)."""
     store = _store(tmp_path, 1000, 0.01)
     try:
         for _ in range(400):
