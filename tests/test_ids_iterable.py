@@ -8,6 +8,7 @@ spool, without the caller's iterator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import io
 import os
@@ -148,6 +149,15 @@ async def test_resume_reads_the_spool_not_the_iterator(
     assert_paid_once(sb, values)
 
 
+@contextlib.contextmanager
+def gzip_spools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Spools written inside as they were before zstd: ``<journal>.ids.gz``, gzip."""
+    with monkeypatch.context() as old:
+        old.setattr(_ids, "_pack", _gzip_pack)
+        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+        yield
+
+
 def _gzip_pack(batch: list[object]) -> _ids._Member:
     """A batch as spools were packed before they were zstd: a gzip member of its own."""
     text, data = _ids._encode(batch)
@@ -168,9 +178,7 @@ async def test_a_journal_of_a_gzip_spool_still_continues(
     values = make_ids(600)
     journal = tmp_path / "run.journal"
     s = settings_for(sb, concurrency=2)
-    with monkeypatch.context() as old:
-        old.setattr(_ids, "_pack", _gzip_pack)
-        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+    with gzip_spools(monkeypatch):
         first = await submit_async(ids=generate(values), settings=s, journal=journal)
     assert first.stop_reason == "quota"
     gz = tmp_path / "run.journal.ids.gz"

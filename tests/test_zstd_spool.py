@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from bulkjob import BulkJobError, InputError, _ids, enrich_async, submit_async
+from bulkjob import BulkJobError, InputError, enrich_async, submit_async
 from bulkjob._decompress import decompressed
 from bulkjob._ids import spool_sync
 from bulkjob._source import IdSource
@@ -30,7 +30,7 @@ from tests.conftest import (
     start_cli,
     wait_until,
 )
-from tests.test_ids_iterable import _gzip_pack, generate
+from tests.test_ids_iterable import generate, gzip_spools
 
 #: The same 64-character id, 200 MB of it: a file that compresses a thousandfold.
 _LINE = make_ids(1)[0].encode() + b"\n"
@@ -164,9 +164,7 @@ async def test_the_same_submit_meets_an_old_journal_that_recorded_no_chunk(
     sb = await sandbox(quota=250)
     values = make_ids(600)
     journal = tmp_path / "run.journal"
-    with monkeypatch.context() as old:  # the version before zstd spools
-        old.setattr(_ids, "_pack", _gzip_pack)
-        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+    with gzip_spools(monkeypatch):
         first = await submit_async(
             ids=generate(values), settings=settings_for(sb, require_quota=True), journal=journal
         )
@@ -189,9 +187,7 @@ async def test_the_cli_resumes_an_old_journal_of_a_gzip_spool(
     sb = await sandbox(quota=250)
     values = make_ids(600)
     journal = tmp_path / "run.journal"
-    with monkeypatch.context() as old:
-        old.setattr(_ids, "_pack", _gzip_pack)
-        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+    with gzip_spools(monkeypatch):
         first = await submit_async(ids=generate(values), settings=settings_for(sb), journal=journal)
     assert first.stop_reason == "quota"
     stale = spool_sync(make_ids(600, prefix="other"), tmp_path, "stale-")
@@ -233,9 +229,7 @@ async def test_kill_9_while_resuming_an_old_gzip_journal_then_resume(
     sb = await sandbox(quota=250)
     values = make_ids(1_500)
     journal = tmp_path / "run.journal"
-    with monkeypatch.context() as old:
-        old.setattr(_ids, "_pack", _gzip_pack)
-        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+    with gzip_spools(monkeypatch):
         first = await submit_async(ids=generate(values), settings=settings_for(sb), journal=journal)
     assert first.stop_reason == "quota"
     sb.add_quota(100_000)
@@ -271,9 +265,7 @@ async def test_enrich_again_on_an_old_gzip_journal(
             return exc
         return None
 
-    with monkeypatch.context() as old:
-        old.setattr(_ids, "_pack", _gzip_pack)
-        old.setattr(_ids, "SPOOL_SUFFIX", ".ids.gz")
+    with gzip_spools(monkeypatch):
         stopped = await enrich_once()
     assert stopped is not None and len(rows) < len(values)
     sb.add_quota(10_000)
