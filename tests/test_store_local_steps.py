@@ -6,6 +6,7 @@ waits and pauses; and old completions do not pile up in the file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sqlite3
 from pathlib import Path
@@ -83,7 +84,7 @@ async def test_old_completions_do_not_pile_up(tmp_path: Path, one_statement: boo
             assert slot is not None
             await store.release(slot, reset_backoff=False)
             await asyncio.sleep(0.001)
-        with sqlite3.connect(store.path) as db:
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
             (rows,) = db.execute("SELECT COUNT(*) FROM slots").fetchone()
         assert rows <= store_local._SWEEP_EVERY + 20, rows
     finally:

@@ -7,6 +7,7 @@ object) and describe what they caught then."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import textwrap
@@ -35,7 +36,7 @@ def _store(settings: Settings) -> store_local.LocalStore:
 
 
 def _rows(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         (rows,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
     return int(rows)
 
@@ -81,7 +82,7 @@ async def test_jobs_past_their_keeping_time_stay_after_short_runs(
     settings = _settings(tmp_path, 1000, 60.0)
     store = _store(settings)
     await store.open()
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
         old = time.time() - store_local._JOBS_KEPT - 86_400.0
         db.execute("INSERT INTO jobs VALUES ('ancient', 'd', 'r0', ?)", (old,))
     try:
@@ -89,7 +90,7 @@ async def test_jobs_past_their_keeping_time_stay_after_short_runs(
             await store.register_job(f"job-{n}", "digest", "r1")
     finally:
         await store.close()
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
         left = db.execute("SELECT COUNT(*) FROM jobs WHERE job_id = 'ancient'").fetchone()[0]
     assert left == 0, "a job past _JOBS_KEPT is still registered"
 
@@ -189,7 +190,7 @@ async def test_processes_hammering_one_window_never_overfill_it(
     store = _store(settings)
     await store.open()
     window = store.params.window
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
         db.executescript(_AUDIT)
     await store.close()
     code = _CHILD.format(token=TOKEN)
@@ -221,7 +222,7 @@ async def test_processes_hammering_one_window_never_overfill_it(
     for proc in procs:
         await asyncio.wait_for(proc.wait(), 120)
         assert proc.returncode == 0
-    with sqlite3.connect(store.path) as db:
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
         events = db.execute("SELECT slot, at, done FROM events ORDER BY seq").fetchall()
     flying: set[int] = set()
     completed: list[float] = []
