@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from ._gunzip import MAGIC as GZIP_MAGIC
 from ._gunzip import Gunzipped, gunzip
 from ._unzstd import MAGIC as ZSTD_MAGIC
 from ._unzstd import Unzstded, is_zstd, unzstd
 
-__all__ = ["GZIP_MAGIC", "compression", "decompressed"]
-
-GZIP_MAGIC = b"\x1f\x8b"
+__all__ = ["compression", "decompressed"]
 
 
 def decompressed(raw: BinaryIO) -> Gunzipped | Unzstded | None:

@@ -18,11 +18,12 @@ import io
 import zlib
 from typing import BinaryIO
 
-__all__ = ["Gunzipped", "gunzip"]
+__all__ = ["MAGIC", "Gunzipped", "gunzip"]
 
 #: Compressed bytes read from the file at a time.
 _READ = 1 << 20
-_MAGIC = b"\x1f\x8b"
+#: The first bytes of a gzip member.
+MAGIC = b"\x1f\x8b"
 #: zlib's window bits for a gzip member (header and trailer checked by zlib).
 _GZIP_WBITS = 31
 
@@ -72,7 +73,7 @@ class _Inflater(io.RawIOBase):
         """Skip zero padding; start the next member (True) or find the end (False)."""
         while True:
             self._data = self._data.lstrip(b"\0")
-            if len(self._data) >= len(_MAGIC):
+            if len(self._data) >= len(MAGIC):
                 break
             more = self._raw.read(self._piece)
             if not more:
@@ -80,7 +81,7 @@ class _Inflater(io.RawIOBase):
                     raise gzip.BadGzipFile(f"Not a gzipped file ({self._data!r})")
                 return False
             self._data += more
-        if not self._data.startswith(_MAGIC):
+        if not self._data.startswith(MAGIC):
             raise gzip.BadGzipFile(f"Not a gzipped file ({self._data[:2]!r})")
         self._member = zlib.decompressobj(_GZIP_WBITS)
         return True
