@@ -423,12 +423,10 @@ class LocalStore:
             )
 
     def _register(self, job_id: str, digest: str, run: str) -> None:
+        """:meth:`_register_one`, after clearing the jobs past their keeping time."""
         assert self._db is not None
-        now = time.time()
-        self._db.execute("DELETE FROM jobs WHERE at < ?", (now - _JOBS_KEPT,))
-        self._db.execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job_id, digest, run, now)
-        )
+        self._db.execute("DELETE FROM jobs WHERE at < ?", (time.time() - _JOBS_KEPT,))
+        self._register_one(job_id, digest, run)
 
     def _register_one(self, job_id: str, digest: str, run: str) -> None:
         assert self._db is not None
