@@ -65,9 +65,9 @@ SAMPLE_CHARS = 80
 NO_MATCH = "does not match id_pattern"
 
 _TSV_SUFFIXES = (".tsv", ".tab", ".tsv.gz", ".tab.gz", ".tsv.zst", ".tab.zst")
-# What gzip/zlib and zstd raise on damaged data: BadGzipFile is an OSError, a truncated
+# What reading an input raises, compressed or not: BadGzipFile is an OSError, a truncated
 # stream is an EOFError, a bad deflate block is a zlib.error, bad zstd data a ZstdError.
-_GZIP_ERRORS = (OSError, EOFError, zlib.error, ZstdError)
+_READ_ERRORS = (OSError, EOFError, zlib.error, ZstdError)
 
 
 def _shorten(value: str) -> str:
@@ -501,10 +501,8 @@ class IdSource:
             raise InputError(display, line, _not_utf8(exc)) from None
         except csv.Error as exc:
             raise InputError(display, line, f"malformed CSV: {exc}") from None
-        except _GZIP_ERRORS as exc:
-            packed = compression(stream)
-            problem = f"corrupt {packed} data" if packed else "read error"
-            raise InputError(display, line, f"{problem}: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise InputError(display, line, _unread(compression(stream), exc)) from None
 
     def _reject(
         self, stats: SourceStats, display: str, line: int, value: str, reason: str, strict: bool
@@ -628,10 +626,14 @@ def _read(stream: BinaryIO, size: int, display: str, done: int, packed: str | No
     (``packed``: the input's compression, which names the damage)."""
     try:
         return stream.read(size)
-    except _GZIP_ERRORS as exc:
-        if packed:
-            raise InputError(display, done + 1, f"corrupt {packed} data: {exc}") from None
-        raise InputError(display, done + 1, f"read error: {exc}") from None
+    except _READ_ERRORS as exc:
+        raise InputError(display, done + 1, _unread(packed, exc)) from None
+
+
+def _unread(packed: str | None, exc: BaseException) -> str:
+    """What a failed read of an input says: damaged data, named by its compression, or a
+    plain read error."""
+    return f"corrupt {packed} data: {exc}" if packed else f"read error: {exc}"
 
 
 def _text(stream: BinaryIO) -> io.TextIOWrapper:
