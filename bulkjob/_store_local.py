@@ -146,8 +146,9 @@ class LocalStore:
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one connection: one transaction at a time
         self._mine: set[int] = set()
-        #: When this store last took the whole transaction for a slot (monotonic), and how
-        #: many jobs it registered (see _SWEEP_SECONDS and _SWEEP_EVERY).
+        #: When this store last took the whole transaction for a slot and got one
+        #: (monotonic; -inf after a wait), and how many jobs it registered (see
+        #: _SWEEP_SECONDS and _SWEEP_EVERY).
         self._swept = -math.inf
         self._registrations = 0
 
@@ -172,6 +173,8 @@ class LocalStore:
         if slot is None:
             self._swept = time.monotonic()
             slot, wait = await self._run(self._acquire)
+            if slot is None:  # a wait: the next ask is the whole transaction at once
+                self._swept = -math.inf
         if slot is not None:
             self._mine.add(slot)
             return str(slot), 0.0
