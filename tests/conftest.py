@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
 from bulkjob._journal import ChunkRow, Journal
@@ -30,6 +31,11 @@ CLIENT_SECRET = "sandbox-secret"
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
 IdsWriter = Callable[..., Path]
+
+# Property tests check results, never speed: Hypothesis's 200 ms per example is no bound on
+# a CI machine running three test suites on two cores (one example once took 557 ms).
+hypothesis.settings.register_profile("bulkjob", deadline=None)
+hypothesis.settings.load_profile("bulkjob")
 
 
 def make_ids(n: int, prefix: str = "id", start: int = 0) -> list[str]:

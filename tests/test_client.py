@@ -140,9 +140,11 @@ async def test_429_with_retry_after_pauses_and_succeeds(
     sandbox: SandboxFactory, client: ClientFactory
 ) -> None:
     """A 429 with Retry-After pauses once, for as long as asked, and then succeeds."""
-    sb = await sandbox(throttle_requests=1, throttle_window=0.2, retry_after=True)
-    # The sandbox's "Retry-After: 1" outlasts its 0.2 s lockout, so exactly one 429 shows the
-    # header was honoured (backoff alone would start at 0.05 s and meet the lockout again).
+    # A window of a whole second (the client's 0.3 s pacing puts both requests in it, even on
+    # a busy machine). The sandbox's "Retry-After: 1" covers its lockout, so exactly one 429
+    # shows the header was honoured (backoff alone would start at 0.05 s and meet the
+    # lockout again).
+    sb = await sandbox(throttle_requests=1, throttle_window=1.0, retry_after=True)
     api = await client(settings_for(sb, per_seconds=0.3, throttle_initial_delay=0.05))
     await _submit_all(api, chunks(2))
     assert api.stats.throttled == 1
@@ -155,7 +157,7 @@ async def test_429_without_retry_after_backs_off(
     sandbox: SandboxFactory, client: ClientFactory
 ) -> None:
     """Without Retry-After the client keeps pausing until the lockout ends, then succeeds."""
-    sb = await sandbox(throttle_requests=1, throttle_window=0.2)
+    sb = await sandbox(throttle_requests=1, throttle_window=1.0)  # both requests in it
     api = await client(settings_for(sb, per_seconds=0.3, throttle_initial_delay=0.02))
     await _submit_all(api, chunks(2))
     assert api.stats.throttled >= 1

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from bulkjob.sandbox import Sandbox
 from tests.conftest import (
     SandboxFactory,
     assert_paid_once,
+    cli_env,
     cli_flags,
     finish_cli,
     kill_9,
@@ -181,21 +183,40 @@ async def test_two_backfills_at_once_on_one_account(
 
 # -- one writer per journal ------------------------------------------------------------------
 
+#: A held submit asks often whether the queue has room again: released, it ends soon.
+_POLL = cli_env(BULKJOB_QUEUE_POLL_INTERVAL="0.05")
+
+
+def _hold_the_queue(sb: Sandbox) -> Callable[[], None]:
+    """Another client's job takes the account's only running-job slot, so a run waits on
+    "queue full", holding its journal, for as long as the test needs (however slowly the
+    overlapping commands start on a busy machine); the returned call lets it go on."""
+    sb.config.running_job_limit = 1
+    blocker = sb.add_foreign_job(make_ids(1, prefix="other"), finished_after=3600.0)
+
+    def release() -> None:
+        sb.config.running_job_limit = None
+        sb.ledger.jobs[blocker].finished_after = 0.0
+
+    return release
+
 
 async def test_two_resumes_at_once(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """A second `resume` of the same journal exits 10 naming the first; nothing paid twice."""
-    sb = await sandbox(quota=1500, latency=0.1)  # the first resume outlives the second
+    sb = await sandbox(quota=1500, latency=0.1)
     values = make_ids(5000)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
     code, _ = await run_cli(*submit_args(path, journal), *cli_flags(sb))
     assert code == 3
     sb.add_quota(10_000)
-    first = await start_cli("resume", str(journal), *cli_flags(sb, concurrency=1))
+    release = _hold_the_queue(sb)  # the first resume waits (holding the journal) until released
+    first = await start_cli("resume", str(journal), *cli_flags(sb, concurrency=1), env=_POLL)
     await wait_for_lock(journal)
     code, err = await run_cli("resume", str(journal), *cli_flags(sb))
     assert code == 10, err
     assert f"in use by pid {first.pid} on host" in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    release()
     code, err = await finish_cli(first)
     assert code == 0, err
     assert_paid_once(sb, values)
@@ -203,17 +224,18 @@ async def test_two_resumes_at_once(sandbox: SandboxFactory, tmp_path: Path) -> N
 
 async def test_resume_while_the_submit_still_runs(sandbox: SandboxFactory, tmp_path: Path) -> None:
     """`resume` during the original `submit` (cron overlap) exits 10; the submit finishes once."""
-    # 60 jobs at 10 a second: the submit outlives the three overlapping commands.
     sb = await sandbox(throttle_requests=10, throttle_window=1.0, latency=0.01)
+    release = _hold_the_queue(sb)  # the submit outlives the three overlapping commands
     values = make_ids(6000)
     path, journal = write_ids(tmp_path / "ids.txt", values), tmp_path / "j.journal"
     flags = cli_flags(sb, max_requests=10)
-    submit = await start_cli(*submit_args(path, journal), *flags)
+    submit = await start_cli(*submit_args(path, journal), *flags, env=_POLL)
     await wait_for_lock(journal)
     for command in (["resume"], ["wait"], ["results", "--out", str(tmp_path / "out")]):
         code, err = await run_cli(*command, str(journal), *cli_flags(sb))
         assert code == 10, err
         assert f"pid {submit.pid}" in err
+    release()
     code, err = await finish_cli(submit)
     assert code == 0, err
     assert_paid_once(sb, values)
@@ -225,16 +247,19 @@ async def test_status_reads_alongside_a_running_submit(
 ) -> None:
     """`status` without --refresh takes no lock: it works while a submit holds the journal."""
     sb = await sandbox(throttle_requests=10, throttle_window=1.0)
+    release = _hold_the_queue(sb)  # the submit holds the journal until released
     path, journal = write_ids(tmp_path / "ids.txt", make_ids(4000)), tmp_path / "j.journal"
     submit = await start_cli(
         *submit_args(path, journal),
         *cli_flags(sb, max_requests=10),
+        env=_POLL,
     )
     await wait_for_lock(journal)
     code, err = await run_cli("status", str(journal))
     assert code == 0, err
     code, err = await run_cli("status", str(journal), "--refresh", *cli_flags(sb))
     assert code == 10, err
+    release()
     assert (await finish_cli(submit))[0] == 0
 
 

@@ -25,8 +25,10 @@ from tests.conftest import (
     SandboxFactory,
     cli_env,
     cli_flags,
+    finish_cli,
     make_ids,
     run_cli,
+    start_cli,
     submit_args,
     write_ids,
 )
@@ -248,13 +250,15 @@ async def test_wait_logs_progress_when_stderr_is_not_a_terminal(
     sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
     """bulkjob wait off a terminal: wait.progress lines while jobs run, the last one final."""
-    sb = await sandbox(finished_after=3.0)  # the wait outlasts two processes starting
+    # The jobs run until the test has seen the wait log them open (however slowly a busy
+    # machine starts the two processes), then finish.
+    sb = await sandbox(finished_after=3600.0)
     journal = tmp_path / "run.journal"
     path = write_ids(tmp_path / "ids.txt", make_ids(300))
     code, err = await run_cli(*submit_args(path, journal, *cli_flags(sb)))
     assert code == 0, err
     flags = [f for f in cli_flags(sb) if f != "--no-progress"]
-    code, err = await run_cli(
+    proc = await start_cli(
         "wait",
         str(journal),
         "--poll",
@@ -264,6 +268,19 @@ async def test_wait_logs_progress_when_stderr_is_not_a_terminal(
         "json",
         env=cli_env(BULKJOB_PROGRESS_INTERVAL="0.2"),
     )
+    assert proc.stderr is not None
+    seen: list[bytes] = []
+    async with asyncio.timeout(90):  # a hang detector: the wait must log while jobs run
+        while True:
+            line = await proc.stderr.readline()
+            assert line, b"".join(seen).decode()  # it ended without one such line
+            seen.append(line)
+            if b'"wait.progress"' in line and json.loads(line)["jobs_open"]:
+                break
+    for job in sb.ledger.jobs.values():
+        job.finished_after = 0.0
+    code, rest = await finish_cli(proc)
+    err = b"".join(seen).decode() + rest
     assert code == 0, err
     events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     *periodic, final = [e for e in events if e["event"] == "wait.progress"]

@@ -339,8 +339,9 @@ async def test_lockout_denies_every_token_for_a_full_window(
 ) -> None:
     """A lockout outlasts the sliding window, covers other tokens, and ends after one window."""
     sandbox.config.access_tokens = ("one", "two")
+    # A window of a whole second: each step has 0.4 s or more to spare on a busy machine.
     sandbox.config.throttle_requests = 2
-    sandbox.config.throttle_window = 0.2
+    sandbox.config.throttle_window = 1.0
     url = f"{sandbox.base_url}/admin/usage"
 
     async def call(token: str) -> int:
@@ -348,14 +349,14 @@ async def test_lockout_denies_every_token_for_a_full_window(
             return r.status
 
     assert await call("one") == 200  # t = 0
-    await asyncio.sleep(0.12)
-    assert await call("one") == 200  # t = 0.12
-    assert await call("one") == 429  # t = 0.12: lockout until 0.32
-    await asyncio.sleep(0.1)
-    # t = 0.22: the first request has left the window, but the account is still locked out.
+    await asyncio.sleep(0.6)
+    assert await call("one") == 200  # t = 0.6
+    assert await call("one") == 429  # t = 0.6: lockout until 1.6
+    await asyncio.sleep(0.5)
+    # t = 1.1: the first request has left the window, but the account is still locked out.
     assert await call("two") == 429
-    await asyncio.sleep(0.13)
-    assert await call("two") == 200  # t = 0.35
+    await asyncio.sleep(0.65)
+    assert await call("two") == 200  # t = 1.75
     assert sandbox.ledger.lockouts == 1
 
 
@@ -364,11 +365,11 @@ async def test_without_lockout_the_window_slides(
 ) -> None:
     """With lockout off, a slot frees as soon as the oldest request leaves the window."""
     sandbox.config.throttle_requests = 2
-    sandbox.config.throttle_window = 0.2
+    sandbox.config.throttle_window = 1.0  # the third request has 0.4 s to spare
     sandbox.config.lockout = False
     url = f"{sandbox.base_url}/admin/usage"
     statuses = []
-    for pause in (0.0, 0.12, 0.0, 0.1):
+    for pause in (0.0, 0.6, 0.0, 0.5):
         await asyncio.sleep(pause)
         async with session.get(url, headers=JSON_HEADERS) as r:
             statuses.append(r.status)

@@ -66,7 +66,9 @@ async def test_with_memory_stores_they_trip_each_other(
 ) -> None:
     """The control: each process on its own window overfills the account's."""
     sb = await sandbox(throttle_requests=20, throttle_window=1.0, lockout_seconds=0.2)
-    values = await _runs_at_once(sb, tmp_path, 3, 200, "--throttle-store", "memory")
+    # 50 requests each, 2.5 s at 20/s: they overlap even when a busy machine starts the
+    # processes seconds apart (10 each, 0.5 s, once did not).
+    values = await _runs_at_once(sb, tmp_path, 3, 1000, "--throttle-store", "memory")
     assert sb.ledger.throttled > 0
     assert_paid_once(sb, values)
 
