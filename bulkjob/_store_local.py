@@ -205,17 +205,22 @@ class LocalStore:
         return await self._run(self._queue, change)
 
     async def close(self) -> None:
-        if self._db is None:
-            return
         try:
             if self._mine:
                 mine = sorted(self._mine)
                 await self._run(self._release_all, mine)
         finally:
-            async with self._lock:  # after any transaction still running in its thread
-                db, self._db = self._db, None
-                if db is not None:
-                    db.close()
+            # Shielded: a caller cancelled again while it waits still gets the file closed.
+            await asyncio.shield(self._disconnect())
+
+    async def _disconnect(self) -> None:
+        # After any step still running in its thread, and not only when a connection is
+        # there now: a first step cancelled while its thread opens the file (a run stopped
+        # at once) has none yet, and would leave the one it makes open.
+        async with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
 
     # -- transactions (run in a worker thread, one at a time) ----------------------------------
 

@@ -265,3 +265,33 @@ async def test_a_locked_file_is_one_clear_error_for_every_one_statement_step(
         other.rollback()
         other.close()
         await store.close()
+
+
+async def test_close_while_the_first_step_still_opens_the_file(tmp_path: Path) -> None:
+    """Was broken: close() returned at once when no connection was there yet, but a first
+    step cancelled while its thread was still opening the file (a run stopped at once)
+    made one a moment later, left open: a ResourceWarning wherever the garbage collector
+    met it, and a file handle held meanwhile. close() now waits for that thread."""
+    settings = _settings(tmp_path, 1000, 60.0)
+    first = _store(settings)
+    await first.open()  # the file is there, set up
+    await first.close()
+    other = sqlite3.connect(first.path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # the next store's set-up waits for this lock
+        store = _store(settings)
+        opening = asyncio.ensure_future(store.open())
+        while not store._lock.locked():  # noqa: ASYNC110 (its thread is opening the file)
+            await asyncio.sleep(0.001)
+        opening.cancel()
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0.05)
+        other.rollback()  # the set-up goes on, and makes its connection
+    finally:
+        other.close()
+    await closing
+    with contextlib.suppress(asyncio.CancelledError):
+        await opening
+    while store._lock.locked():  # noqa: ASYNC110 (the thread's step is done)
+        await asyncio.sleep(0.001)
+    assert store._db is None
