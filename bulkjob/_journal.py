@@ -230,6 +230,27 @@ class Journal:
             raise
         return journal
 
+    @classmethod
+    async def open_async(
+        cls, path: str | os.PathLike[str], command: str = "bulkjob", *, readonly: bool = False
+    ) -> Journal:
+        """:meth:`open` in a worker thread, for a coroutine.
+
+        A caller cancelled meanwhile (a run stopped at once) cannot stop the thread; the
+        journal it opens is closed, and its lock released, as soon as it is there, rather
+        than left open to the garbage collector. A plain future, not a task: the end of
+        ``asyncio.run`` cancels every task still running, and would lose it.
+        """
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(
+            None, functools.partial(cls.open, path, command, readonly=readonly)
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
+
     def _migrate(self, columns: frozenset[str]) -> None:
         """Bring an older journal to this schema: add what it lacks, in one transaction."""
         missing = [c for c in ADDED_COLUMNS if c not in columns]
@@ -629,6 +650,12 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close_sync()
+
+
+def _close_opened(opening: asyncio.Future[Journal]) -> None:
+    """The journal a cancelled :meth:`Journal.open_async` opened after all: closed."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close_sync()
 
 
 def _delivered(seq: int, out_bytes: int | None) -> tuple[str, tuple[object, ...]]:

@@ -449,9 +449,7 @@ class _Command:
             if isinstance(arg, Journal):
                 journal = arg
             else:
-                journal = await asyncio.to_thread(
-                    Journal.open, arg, self._command, readonly=not self._online
-                )
+                journal = await Journal.open_async(arg, self._command, readonly=not self._online)
                 stack.callback(journal.close_sync)
             self._journal = journal
             if self._online:

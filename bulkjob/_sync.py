@@ -202,7 +202,7 @@ async def _held(
     values: Mapping[str, object],
 ) -> AsyncIterator[tuple[Journal, Settings]]:
     """The journal opened (and locked) once for a whole call, with the run's settings."""
-    handle = await asyncio.to_thread(Journal.open, journal, command)
+    handle = await Journal.open_async(journal, command)
     try:
         recorded = handle.recorded_settings()
         yield handle, load_settings(values, config=config, recorded=recorded)

@@ -191,6 +191,38 @@ def test_second_opener_is_refused_with_the_holder(tmp_path: Path) -> None:
     Journal.open(path).close_sync()  # free again once released
 
 
+async def test_open_async_cancelled_closes_what_its_thread_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped while its journal opens in a worker thread: the thread cannot be
+    stopped, and the journal it opens is closed (its lock released) once it is there,
+    not left open to the garbage collector."""
+    path = tmp_path / "j.journal"
+    new_journal(path).close_sync()
+    began, go_on = threading.Event(), threading.Event()
+    opened: list[Journal] = []
+    real_open = Journal.open
+
+    def open_when_told(*args: object, **kw: object) -> Journal:
+        began.set()
+        go_on.wait(30)  # the caller is cancelled meanwhile
+        journal = real_open(*args, **kw)  # type: ignore[arg-type]
+        opened.append(journal)
+        return journal
+
+    monkeypatch.setattr(Journal, "open", open_when_told)
+    opening = asyncio.ensure_future(Journal.open_async(path, "bulkjob resume"))
+    await asyncio.to_thread(began.wait, 30)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    go_on.set()
+    async with asyncio.timeout(30):  # a hang detector: the opened journal gets closed
+        while not (opened and opened[0]._conn is None):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    real_open(path, "bulkjob resume").close_sync()  # and its lock is free
+
+
 def test_lock_of_a_process_killed_with_9_is_taken_over(tmp_path: Path) -> None:
     """A lock held by a process killed with SIGKILL is free at once for the next one."""
     path = tmp_path / "j.journal"
