@@ -149,7 +149,9 @@ async def test_queue_full_wait_completes(
     sandbox: SandboxFactory, ids: IdsWriter, tmp_path: Path
 ) -> None:
     """With on_queue_full=wait, a 2-running-job limit is waited out and everything lands."""
-    sb = await sandbox(running_job_limit=2, processing_after=0.05, finished_after=0.1)
+    # Jobs that run half a second: four workers posting at once meet the limit even when a
+    # busy machine spreads their posts apart.
+    sb = await sandbox(running_job_limit=2, processing_after=0.05, finished_after=0.5)
     values = make_ids(800)
     s = settings_for(sb, on_queue_full="wait", queue_poll_interval=0.05, concurrency=4)
     report = await run(s, ids(values), tmp_path / "run.journal")
